@@ -1,0 +1,1 @@
+"""mcp-authz: an Envoy external authorizer for MCP servers."""

@@ -1,0 +1,465 @@
+"""Configuration: the YAML schema (every field documented), validation, and the compiled runtime form.
+
+The YAML is parsed and compiled once (globs, CEL, header names) at start-up and on reload,
+never per Check. "How to verify a token" (``issuers``) is kept apart from "what is protected"
+(``servers``) and from "who may do what" (``servers[].policy``).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from fnmatch import translate
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from authz.model import KNOWN_REVISIONS
+from authz.policy.cel import CelError, Expression
+
+ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
+Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used. ``errors`` lists one ``key: problem`` line each."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = errors
+        super().__init__("invalid configuration:\n  " + "\n  ".join(errors))
+
+
+class _Spec(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------- schema: listen addresses
+
+
+class ListenSpec(_Spec):
+    grpc: str = Field(
+        "127.0.0.1:9191", description="gRPC ext_authz (envoy.service.auth.v3) and grpc.health.v1."
+    )
+    discovery: str = Field(
+        "127.0.0.1:9192",
+        description="HTTP: RFC 9728 / RFC 8414 documents, /healthz, /readyz. Empty string disables it.",
+    )
+
+    @field_validator("grpc", "discovery")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        if value and not re.fullmatch(r"\[?[0-9A-Za-z.:\-]+\]?:\d{1,5}", value):
+            raise ValueError(f"expected host:port, got {value!r}")
+        return value
+
+
+# ---------------------------------------------------------------- schema: issuers (how to verify)
+
+
+class IssuerSpec(_Spec):
+    name: str = Field(description="Name that servers[].issuers refers to.")
+    issuer: str = Field(description="Exact value of the `iss` claim (RFC 8414 issuer identifier).")
+    jwks_uri: str | None = Field(
+        None, description="JWKS URL. If absent, found through RFC 8414 then OIDC discovery on `issuer`."
+    )
+    local_key_file: str | None = Field(
+        None,
+        description="Development only: a PEM private key whose public half is this issuer's JWKS "
+        "(served by the discovery service at /jwks/<name>.json; `mcp-authz token` signs with it).",
+    )
+    algorithms: list[Algorithm] = Field(
+        ["RS256", "PS256", "ES256", "EdDSA"],
+        description="Allowed JWS algorithms (RFC 8725 §3.1). `none` and HMAC are never accepted.",
+    )
+    audiences: list[str] = Field(
+        [], description="Extra `aud` values accepted besides the MCP server's resource URL (RFC 8707)."
+    )
+    clock_skew: int = Field(30, ge=0, le=300, description="Seconds of leeway for exp/nbf/iat.")
+    required_claims: list[str] = Field(["exp", "iss", "aud", "sub"], description="Claims a token must carry.")
+    token_type: str | None = Field(
+        None, description="Required JOSE `typ`, e.g. `at+jwt` for RFC 9068 access tokens. Unset: not checked."
+    )
+    max_token_bytes: int = Field(8000, ge=256, le=65536, description="Longer tokens are refused unparsed.")
+    max_lifetime: int = Field(
+        86400, ge=60, description="Seconds: tokens whose exp is further ahead are refused."
+    )
+    jwks_refresh: int = Field(300, ge=10, description="Seconds between background JWKS refreshes.")
+    jwks_min_refetch: int = Field(
+        10, ge=0, description="Seconds: an unknown `kid` triggers a refetch at most this often."
+    )
+    jwks_timeout: float = Field(3.0, gt=0, le=30, description="Seconds for one JWKS or metadata fetch.")
+    require_jti: bool = Field(False, description="Refuse tokens without `jti` (needed for revocation by id).")
+
+    @model_validator(mode="after")
+    def _one_key_source(self) -> IssuerSpec:
+        if self.jwks_uri and self.local_key_file:
+            raise ValueError("set jwks_uri or local_key_file, not both")
+        if not self.algorithms:
+            raise ValueError("algorithms: at least one algorithm is required")
+        return self
+
+    @field_validator("issuer", "jwks_uri")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("https", "http"):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+
+# ---------------------------------------------------------------- schema: policy (who may do what)
+
+
+class RuleSpec(_Spec):
+    name: str = Field(description="Shown in logs, audit events and `policy explain`.")
+    methods: list[str] | None = Field(
+        None,
+        description="JSON-RPC methods (globs). Default: `tools/call` if `tools` is set, "
+        "`prompts/get` if `prompts`, `resources/*` if `resources`, else every method.",
+    )
+    tools: list[str] | None = Field(None, description="Tool names (globs) for tools/call.")
+    resources: list[str] | None = Field(
+        None, description="Resource URIs (globs) for resources/read|subscribe."
+    )
+    prompts: list[str] | None = Field(None, description="Prompt names (globs) for prompts/get.")
+    http_methods: list[str] | None = Field(
+        None, description="HTTP methods (GET = SSE stream, DELETE = end session). Default: any."
+    )
+    scopes: list[str] = Field([], description="Scopes the token must all have; else 403 insufficient_scope.")
+    any_scopes: list[str] = Field([], description="Scopes of which the token needs at least one.")
+    when: str | None = Field(None, description="CEL over `jwt`, `mcp`, `request`; false → 403.")
+    effect: Literal["allow", "deny"] = Field("allow", description="What a matching rule decides.")
+
+
+class PolicySpec(_Spec):
+    default: Literal["allow", "deny"] = Field("deny", description="Decision when no rule matches.")
+    rules: list[RuleSpec] = Field([], description="Ordered; the first rule that matches decides.")
+
+
+# ---------------------------------------------------------------- schema: MCP servers (what is protected)
+
+
+class IdentityHeadersSpec(_Spec):
+    subject: str = Field("x-mcp-subject", description="Header carrying the caller's `sub` upstream.")
+    client_id: str = Field("x-mcp-client-id", description="Header carrying `client_id` (or `azp`).")
+    scopes: str = Field("x-mcp-scopes", description="Header carrying the granted scopes, space-separated.")
+    issuer: str = Field("x-mcp-issuer", description="Header carrying the token's issuer.")
+
+
+class ServerSpec(_Spec):
+    name: str = Field(description="Name Envoy sends in the `mcp_server` context extension.")
+    resource: str = Field(description="Public URL of the MCP endpoint; the audience tokens must carry.")
+    upstream: str = Field("127.0.0.1:8000", description="host:port of the MCP server (used by `render`).")
+    issuers: list[str] | None = Field(None, description="Issuer names trusted for this server. Default: all.")
+    scopes_supported: list[str] = Field([], description="Advertised in RFC 9728 metadata and 401 challenges.")
+    resource_name: str | None = Field(None, description="Human-readable name in RFC 9728 metadata.")
+    mode: Literal["strict", "optional", "permissive"] = Field(
+        "strict",
+        description="strict: a valid token is required. optional: no token → anonymous caller, "
+        "a bad token → 401. permissive: a missing or bad token → anonymous caller (policy decides).",
+    )
+    identity_headers: IdentityHeadersSpec = Field(default_factory=IdentityHeadersSpec)  # type: ignore[arg-type]
+    origins: list[str] | None = Field(
+        None, description="Allowed `Origin` values (DNS-rebinding defence). Unset: not checked."
+    )
+    revisions: list[str] = Field(list(KNOWN_REVISIONS), description="MCP protocol revisions accepted.")
+    header_only: bool = Field(
+        False,
+        description="Decide 2026-07-28 requests on Mcp-Method/Mcp-Name without the body. Only for "
+        "upstreams that validate header/body agreement themselves (as the revision requires).",
+    )
+    policy: PolicySpec | None = Field(None, description="Per-operation rules. Unset: any valid caller.")
+
+    @field_validator("resource")
+    @classmethod
+    def _resource_url(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("https", "http") or not parts.netloc or parts.fragment:
+            raise ValueError(f"expected an absolute http(s) URL without fragment, got {value!r}")
+        return value
+
+    @field_validator("revisions")
+    @classmethod
+    def _revisions(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in KNOWN_REVISIONS]
+        if unknown or not value:
+            raise ValueError(f"unknown revisions {unknown}; known: {list(KNOWN_REVISIONS)}")
+        return value
+
+
+# ---------------------------------------------------------------- schema: Envoy and the whole file
+
+
+class EnvoySpec(_Spec):
+    listen: str = Field("127.0.0.1:8080", description="Where the rendered Envoy listens for MCP clients.")
+    max_request_bytes: int = Field(
+        1_048_576, ge=1024, le=16_777_216, description="Body bound sent to the Check (with_request_body)."
+    )
+    timeout_ms: int = Field(1000, ge=50, le=60000, description="ext_authz gRPC timeout in Envoy.")
+    admin_port: int = Field(0, ge=0, le=65535, description="Envoy admin port on 127.0.0.1 (0: ephemeral).")
+
+
+class ConfigSpec(_Spec):
+    listen: ListenSpec = Field(default_factory=ListenSpec)  # type: ignore[arg-type]
+    issuers: list[IssuerSpec] = Field(description="Token issuers (authorization servers).")
+    servers: list[ServerSpec] = Field(description="MCP servers protected by this authorizer.")
+    failure_status: int = Field(
+        503, ge=400, le=599, description="Status of a deny caused by an internal error (fail closed)."
+    )
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    envoy: EnvoySpec = Field(default_factory=EnvoySpec)  # type: ignore[arg-type]
+
+    @model_validator(mode="after")
+    def _references(self) -> ConfigSpec:
+        _unique("issuers", [i.name for i in self.issuers])
+        _unique("servers", [s.name for s in self.servers])
+        _unique("servers[].resource", [s.resource for s in self.servers])
+        known = {i.name for i in self.issuers}
+        for s in self.servers:
+            missing = [n for n in s.issuers or [] if n not in known]
+            if missing:
+                raise ValueError(f"server {s.name!r}: unknown issuers {missing}")
+        if not self.servers:
+            raise ValueError("servers: at least one MCP server is required")
+        return self
+
+
+def _unique(key: str, names: list[str]) -> None:
+    seen = {n for n in names if names.count(n) > 1}
+    if seen:
+        raise ValueError(f"{key}: duplicate names {sorted(seen)}")
+
+
+# ---------------------------------------------------------------- runtime form
+
+
+def _globs(patterns: list[str] | None) -> re.Pattern[str] | None:
+    """One regex for a list of exact names and ``*``/``?`` globs; None matches anything."""
+    if patterns is None:
+        return None
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns), re.DOTALL)
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    name: str
+    methods: re.Pattern[str] | None
+    tools: re.Pattern[str] | None
+    resources: re.Pattern[str] | None
+    prompts: re.Pattern[str] | None
+    http_methods: frozenset[str] | None
+    scopes: frozenset[str]
+    any_scopes: tuple[str, ...]
+    when: Expression | None
+    allow: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    rules: tuple[Rule, ...]
+    default_allow: bool
+    uses_cel: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Issuer:
+    name: str
+    issuer: str
+    jwks_uri: str | None
+    local_key_file: str | None
+    algorithms: tuple[str, ...]
+    audiences: frozenset[str]
+    clock_skew: int
+    required_claims: tuple[str, ...]
+    token_type: str | None
+    max_token_bytes: int
+    max_lifetime: int
+    jwks_refresh: int
+    jwks_min_refetch: int
+    jwks_timeout: float
+    require_jti: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Server:
+    name: str
+    resource: str
+    path: str  # path of `resource`; the Envoy route prefix
+    upstream: str
+    issuers: tuple[str, ...]
+    scopes_supported: tuple[str, ...]
+    resource_name: str | None
+    mode: str
+    identity_headers: IdentityHeadersSpec
+    origins: frozenset[str] | None
+    revisions: frozenset[str]
+    header_only: bool
+    policy: Policy | None
+    metadata_url: str  # RFC 9728 path-suffixed metadata URL, sent in every challenge
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    spec: ConfigSpec
+    issuers: Mapping[str, Issuer]
+    servers: Mapping[str, Server]
+    source: str = ""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def listen(self) -> ListenSpec:
+        return self.spec.listen
+
+
+def metadata_url(resource: str) -> str:
+    """RFC 9728 §3.1: insert /.well-known/oauth-protected-resource between host and path."""
+    parts = urlsplit(resource)
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
+
+
+def _compile_rule(rule: RuleSpec) -> Rule:
+    methods = rule.methods
+    if methods is None:
+        if rule.tools is not None:
+            methods = ["tools/call"]
+        elif rule.prompts is not None:
+            methods = ["prompts/get"]
+        elif rule.resources is not None:
+            methods = ["resources/read", "resources/subscribe", "resources/unsubscribe"]
+    try:
+        when = Expression(rule.when) if rule.when else None
+    except CelError as exc:
+        raise ValueError(f"rule {rule.name!r}: {exc}") from None
+    return Rule(
+        name=rule.name,
+        methods=_globs(methods),
+        tools=_globs(rule.tools),
+        resources=_globs(rule.resources),
+        prompts=_globs(rule.prompts),
+        http_methods=frozenset(m.upper() for m in rule.http_methods) if rule.http_methods else None,
+        scopes=frozenset(rule.scopes),
+        any_scopes=tuple(rule.any_scopes),
+        when=when,
+        allow=rule.effect == "allow",
+    )
+
+
+def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str], index: int) -> Server | None:
+    policy = None
+    if spec.policy is not None:
+        rules = []
+        for j, rule in enumerate(spec.policy.rules):
+            try:
+                rules.append(_compile_rule(rule))
+            except ValueError as exc:
+                errors.append(f"servers.{index}.policy.rules.{j}.when: {exc}")
+        policy = Policy(tuple(rules), spec.policy.default == "allow", any(r.when for r in rules))
+    return Server(
+        name=spec.name,
+        resource=spec.resource,
+        path=urlsplit(spec.resource).path or "/",
+        upstream=spec.upstream,
+        issuers=tuple(spec.issuers if spec.issuers is not None else all_issuers),
+        scopes_supported=tuple(spec.scopes_supported),
+        resource_name=spec.resource_name,
+        mode=spec.mode,
+        identity_headers=IdentityHeadersSpec(**{k: v.lower() for k, v in spec.identity_headers}),
+        origins=frozenset(spec.origins) if spec.origins is not None else None,
+        revisions=frozenset(spec.revisions),
+        header_only=spec.header_only,
+        policy=policy,
+        metadata_url=metadata_url(spec.resource),
+    )
+
+
+def compile_config(spec: ConfigSpec, source: str = "") -> Config:
+    errors: list[str] = []
+    issuers = {
+        i.name: Issuer(
+            name=i.name,
+            issuer=i.issuer,
+            jwks_uri=i.jwks_uri,
+            local_key_file=i.local_key_file,
+            algorithms=tuple(i.algorithms),
+            audiences=frozenset(i.audiences),
+            clock_skew=i.clock_skew,
+            required_claims=tuple(i.required_claims),
+            token_type=i.token_type.lower() if i.token_type else None,
+            max_token_bytes=i.max_token_bytes,
+            max_lifetime=i.max_lifetime,
+            jwks_refresh=i.jwks_refresh,
+            jwks_min_refetch=i.jwks_min_refetch,
+            jwks_timeout=i.jwks_timeout,
+            require_jti=i.require_jti,
+        )
+        for i in spec.issuers
+    }
+    for k, i in enumerate(spec.issuers):
+        if i.local_key_file and not Path(i.local_key_file).is_file():
+            errors.append(f"issuers.{k}.local_key_file: no such file {i.local_key_file!r}")
+    servers = {}
+    for k, s in enumerate(spec.servers):
+        compiled = _compile_server(s, list(issuers), errors, k)
+        if compiled is not None:
+            servers[s.name] = compiled
+    if errors:
+        raise ConfigError(errors)
+    return Config(spec=spec, issuers=issuers, servers=servers, source=source)
+
+
+def _substitute_env(node: Any, path: str, errors: list[str]) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in strings with environment values."""
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, f"{path}.{i}", errors) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def repl(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1), m.group(2))
+            if value is None:
+                errors.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return value
+
+        return _ENV_REF.sub(repl, node)
+    return node
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate YAML text and compile it. Raises ConfigError naming every bad key."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: expected a mapping at the top level"])
+    errors: list[str] = []
+    raw = _substitute_env(raw, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        spec = ConfigSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+    return compile_config(spec, source)
+
+
+def _format_error(error: Mapping[str, Any]) -> str:
+    key = ".".join(str(p) for p in error.get("loc", ())) or "<top>"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{key}: {message}"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(path))

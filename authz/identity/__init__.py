@@ -1,0 +1,1 @@
+"""Who is calling: JWT access tokens (RFC 9068) and trusted-proxy identity."""

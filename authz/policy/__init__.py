@@ -1,0 +1,1 @@
+"""Authorization policy: which caller may do which MCP operation."""
