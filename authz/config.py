@@ -43,9 +43,7 @@ class _Spec(BaseModel):
 
 
 class ListenSpec(_Spec):
-    grpc: str = Field(
-        "127.0.0.1:9191", description="gRPC ext_authz (envoy.service.auth.v3) and grpc.health.v1."
-    )
+    grpc: str = Field("127.0.0.1:9191", description="gRPC ext_authz (envoy.service.auth.v3) and grpc.health.v1.")
     discovery: str = Field(
         "127.0.0.1:9192",
         description="HTTP: RFC 9728 / RFC 8414 documents, /healthz, /readyz. Empty string disables it.",
@@ -86,9 +84,7 @@ class IssuerSpec(_Spec):
         None, description="Required JOSE `typ`, e.g. `at+jwt` for RFC 9068 access tokens. Unset: not checked."
     )
     max_token_bytes: int = Field(8000, ge=256, le=65536, description="Longer tokens are refused unparsed.")
-    max_lifetime: int = Field(
-        86400, ge=60, description="Seconds: tokens whose exp is further ahead are refused."
-    )
+    max_lifetime: int = Field(86400, ge=60, description="Seconds: tokens whose exp is further ahead are refused.")
     jwks_refresh: int = Field(300, ge=10, description="Seconds between background JWKS refreshes.")
     jwks_min_refetch: int = Field(
         10, ge=0, description="Seconds: an unknown `kid` triggers a refetch at most this often."
@@ -123,9 +119,7 @@ class RuleSpec(_Spec):
         "`prompts/get` if `prompts`, `resources/*` if `resources`, else every method.",
     )
     tools: list[str] | None = Field(None, description="Tool names (globs) for tools/call.")
-    resources: list[str] | None = Field(
-        None, description="Resource URIs (globs) for resources/read|subscribe."
-    )
+    resources: list[str] | None = Field(None, description="Resource URIs (globs) for resources/read|subscribe.")
     prompts: list[str] | None = Field(None, description="Prompt names (globs) for prompts/get.")
     http_methods: list[str] | None = Field(
         None, description="HTTP methods (GET = SSE stream, DELETE = end session). Default: any."
