@@ -1,0 +1,238 @@
+"""The MCP request parser: HttpRequest → McpRequest, or the BadRequest that refuses it.
+
+Pure (no I/O, no config beyond the server's own settings) and the only module that knows
+JSON-RPC and the MCP routing headers. Whatever the revision, policy sees the same McpCall.
+
+Header/body agreement (MCP 2026-07-28): whenever the body is here, the decision is made on the
+body, and ``Mcp-Method`` / ``Mcp-Name`` / ``MCP-Protocol-Version`` must agree with it. An older
+revision carrying routing headers is held to the same agreement, so a caller can never pick
+whichever source suits them.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+from typing import Any
+
+from authz.config import Server
+from authz.errors import (
+    HEADER_MISMATCH,
+    INVALID_PARAMS,
+    PARSE_ERROR,
+    UNSUPPORTED_PROTOCOL_VERSION,
+    BadRequest,
+    TooLarge,
+)
+from authz.model import DEFAULT_REVISION, STATELESS_REVISIONS, HttpRequest, McpCall, McpRequest
+
+VERSION_HEADER = "mcp-protocol-version"
+METHOD_HEADER = "mcp-method"
+NAME_HEADER = "mcp-name"
+SESSION_HEADER = "mcp-session-id"
+VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # mirrored in Mcp-Name
+NAMED_PARAM = {**NAME_PARAM, "resources/subscribe": "uri", "resources/unsubscribe": "uri"}  # required in the body
+MAX_BATCH = 256
+MAX_BODY_BYTES = 16 * 1024 * 1024
+_B64_FORM = re.compile(r"=\?base64\?(?P<payload>[A-Za-z0-9+/=]*)\?=")
+
+
+def decode_header_value(value: str) -> str | None:
+    """Decode an ``Mcp-Name`` value: plain, or ``=?base64?<canonical base64 of UTF-8>?=``.
+
+    None for a malformed encoded form (bad or non-canonical base64, or not UTF-8).
+    """
+    m = _B64_FORM.fullmatch(value)
+    if m is None:
+        return value
+    payload = m.group("payload")
+    try:
+        raw = base64.b64decode(payload, validate=True)
+    except (binascii.Error, ValueError):
+        return None
+    if base64.b64encode(raw).decode("ascii") != payload:
+        return None
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+
+
+def parse(req: HttpRequest, server: Server) -> McpRequest | BadRequest:
+    """Classify one HTTP request to an MCP endpoint. Never raises for any input."""
+    try:
+        return _parse(req, server)
+    except BadRequest as refusal:
+        return refusal
+    except (RecursionError, MemoryError, ValueError, TypeError) as exc:
+        return BadRequest("body_invalid", f"{type(exc).__name__}", code=PARSE_ERROR)
+
+
+def _single(req: HttpRequest, name: str) -> str | None:
+    values = req.values(name)
+    if len(values) > 1:
+        raise BadRequest("header_duplicated", f"{name} sent {len(values)} times", code=HEADER_MISMATCH)
+    return values[0] if values else None
+
+
+def _parse(req: HttpRequest, server: Server) -> McpRequest:
+    version_header = _single(req, VERSION_HEADER)
+    method_header = _single(req, METHOD_HEADER)
+    name_header = _single(req, NAME_HEADER)
+    revision = version_header or DEFAULT_REVISION
+    session = _single(req, SESSION_HEADER)
+    http_method = req.method.upper()
+
+    if http_method != "POST":
+        # GET opens the SSE stream, DELETE ends a session: no body, decided on method and identity.
+        _check_revision(revision, server, initialize=False)
+        return McpRequest(http_method, revision, (), session_id=session)
+
+    name = None
+    if name_header is not None:
+        name = decode_header_value(name_header)
+        if name is None:
+            raise BadRequest("header_malformed", "Mcp-Name is not a valid encoded value", code=HEADER_MISMATCH)
+
+    if not req.body:
+        return _from_headers(req, server, revision, method_header, name, version_header)
+
+    content_type = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if content_type != "application/json":
+        raise BadRequest("content_type_invalid", f"content-type {content_type!r}")
+    if len(req.body) > MAX_BODY_BYTES:
+        raise TooLarge(detail=f"{len(req.body)} bytes")
+    message = _load_json(req.body)
+    batch = isinstance(message, list)
+    items = message if batch else [message]
+    if batch and (not items or len(items) > MAX_BATCH):
+        raise BadRequest("batch_invalid", f"batch of {len(items)} elements")
+    calls = tuple(_call(item) for item in items)
+
+    first = calls[0]
+    initialize = not batch and first.method == "initialize"
+    _check_revision(revision, server, initialize=initialize and version_header is None)
+    stateless = version_header in STATELESS_REVISIONS
+    if stateless and batch:
+        raise BadRequest("batch_invalid", "JSON-RPC batches are not part of this revision")
+    if stateless or method_header is not None or name_header is not None:
+        _agree(first, items[0], batch, stateless, method_header, name, version_header)
+    return McpRequest("POST", revision, calls, session_id=None if stateless else session, batch=batch)
+
+
+def _check_revision(revision: str, server: Server, *, initialize: bool) -> None:
+    # An initialize without the header negotiates its version in the body: the server decides.
+    if not initialize and revision not in server.revisions:
+        accepted = ", ".join(sorted(server.revisions))
+        raise BadRequest(
+            "revision_unsupported",
+            f"MCP-Protocol-Version {revision!r}; accepted: {accepted}",
+            code=UNSUPPORTED_PROTOCOL_VERSION,
+        )
+
+
+def _from_headers(
+    req: HttpRequest, server: Server, revision: str, method: str | None, name: str | None, version: str | None
+) -> McpRequest:
+    """Header-only mode: no body reached us; decide on the routing headers if that is allowed."""
+    if not server.header_only or version not in STATELESS_REVISIONS:
+        raise BadRequest("body_missing", "POST without a body")
+    _check_revision(revision, server, initialize=False)
+    if not method:
+        raise BadRequest("header_missing", "Mcp-Method is required", code=HEADER_MISMATCH)
+    if method in NAME_PARAM and not name:
+        raise BadRequest("header_missing", f"Mcp-Name is required for {method}", code=HEADER_MISMATCH)
+    call = _named_call(method, None, name, None)
+    return McpRequest("POST", revision, (call,), from_headers=True)
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        raise BadRequest("body_duplicate_key", "a JSON object repeats a key", code=PARSE_ERROR)
+    return obj
+
+
+def _load_json(body: bytes) -> Any:
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest("body_invalid", "body is not UTF-8", code=PARSE_ERROR) from None
+    try:
+        return json.loads(text, object_pairs_hook=_no_duplicates, parse_constant=_reject_constant)
+    except json.JSONDecodeError as exc:
+        raise BadRequest("body_invalid", f"not JSON: {exc.msg}", code=PARSE_ERROR) from None
+
+
+def _reject_constant(name: str) -> Any:
+    raise BadRequest("body_invalid", f"{name} is not JSON", code=PARSE_ERROR)
+
+
+def _call(item: Any) -> McpCall:
+    if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
+        raise BadRequest("jsonrpc_invalid", "not a JSON-RPC 2.0 message")
+    request_id = item.get("id")
+    if "id" in item and (not isinstance(request_id, str | int) or isinstance(request_id, bool)):
+        raise BadRequest("jsonrpc_invalid", "id must be a string or an integer")
+    method = item.get("method")
+    if method is None:
+        if "id" in item and ("result" in item or "error" in item):
+            return McpCall(method="", id=request_id)  # a response to a server-initiated request
+        raise BadRequest("jsonrpc_invalid", "neither a request nor a response")
+    if not isinstance(method, str) or not method:
+        raise BadRequest("jsonrpc_invalid", "method must be a non-empty string")
+    params = item.get("params")
+    if params is not None and not isinstance(params, dict | list):
+        raise BadRequest("jsonrpc_invalid", "params must be an object or an array")
+    key = NAME_PARAM.get(method) or (
+        "uri" if method.startswith("resources/") and method.endswith("subscribe") else None
+    )
+    value = params.get(key) if key and isinstance(params, dict) else None
+    if key and (not isinstance(value, str) or not value):
+        raise BadRequest("params_invalid", f"{method} without params.{key}", code=INVALID_PARAMS)
+    arguments = params.get("arguments") if method == "tools/call" and isinstance(params, dict) else None
+    if arguments is not None and not isinstance(arguments, dict):
+        raise BadRequest("params_invalid", "tools/call arguments must be an object", code=INVALID_PARAMS)
+    return _named_call(method, request_id, value, arguments)
+
+
+def _named_call(method: str, request_id: Any, name: str | None, arguments: dict[str, Any] | None) -> McpCall:
+    if method == "tools/call":
+        return McpCall(method, request_id, tool=name, arguments=arguments or {})
+    if method == "prompts/get":
+        return McpCall(method, request_id, prompt=name)
+    if method.startswith("resources/") and name is not None:
+        return McpCall(method, request_id, uri=name)
+    return McpCall(method, request_id)
+
+
+def _agree(
+    call: McpCall,
+    item: dict[str, Any],
+    batch: bool,
+    stateless: bool,
+    method: str | None,
+    name: str | None,
+    version: str | None,
+) -> None:
+    """Routing headers must say what the body says (a -32020 refusal otherwise)."""
+    if batch:
+        raise BadRequest("header_mismatch", "routing headers on a batch", code=HEADER_MISMATCH)
+    if method is None and stateless and call.method:
+        raise BadRequest("header_missing", "Mcp-Method is required", code=HEADER_MISMATCH)
+    if method is not None and method != call.method:
+        raise BadRequest("header_mismatch", f"Mcp-Method {method!r} but body {call.method!r}", code=HEADER_MISMATCH)
+    if call.method in NAME_PARAM:
+        if name is None and stateless:
+            raise BadRequest("header_missing", "Mcp-Name is required", code=HEADER_MISMATCH)
+        if name is not None and name != call.name:
+            raise BadRequest("header_mismatch", "Mcp-Name disagrees with the body", code=HEADER_MISMATCH)
+    elif name is not None:
+        raise BadRequest("header_mismatch", f"Mcp-Name on {call.method!r}", code=HEADER_MISMATCH)
+    params = item.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    if isinstance(meta, dict) and VERSION_META_KEY in meta and meta[VERSION_META_KEY] != version:
+        raise BadRequest("header_mismatch", "MCP-Protocol-Version disagrees with params._meta", code=HEADER_MISMATCH)
