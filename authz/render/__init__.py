@@ -1,0 +1,1 @@
+"""Renderers: proxy configuration generated from the authorizer's own YAML."""
