@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import time
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -65,7 +64,6 @@ def _error(status: int, code: str, description: str | None = None) -> web.Respon
 class _Mirrored:
     issuer: Issuer
     body: bytes | None = None
-    fetched_at: float | None = None
     failures: int = 0
 
 
@@ -102,7 +100,6 @@ class MetadataMirror:
         if entry.body is None or entry.failures:
             log.info("issuer %s: metadata fetched", name)
         entry.body = _encode(document)
-        entry.fetched_at = time.monotonic()
         entry.failures = 0
         return True
 
