@@ -1,0 +1,212 @@
+// Test identity provider for mcp-authz end-to-end tests.
+//
+//   node tests/idp/server.js <port>
+//
+// Starts oidc-provider on http://127.0.0.1:<port> (that is also the issuer) and prints
+// `IDP READY <issuer>` on stdout once it accepts connections.
+//
+// What it offers:
+// - Open dynamic client registration (RFC 7591), public clients (`none`) with PKCE, loopback
+//   redirect URIs on any port (native clients).
+// - The client-credentials grant for the pre-registered confidential clients below.
+// - Resource indicators (RFC 8707): every token request must name a `resource` under
+//   http://127.0.0.1 or http://localhost; the access token is then an RFC 9068 JWT
+//   (`typ: at+jwt`, `aud` = resource) signed with RS256 (or ES256 for clients that ask).
+// - The devInteractions login form: any login name is the subject; names starting with
+//   `admin` get `groups: ["admins"]`, others `groups: ["users"]`.
+//
+// Environment:
+// - IDP_CLIENTS: JSON list replacing the pre-registered clients. Each entry:
+//   {"client_id", "client_secret", "scope" (resource scopes it may get),
+//    "claims" (extra access-token claims), "access_token_alg" ("RS256" | "ES256")}.
+// - IDP_ACCESS_TOKEN_TTL: access-token lifetime in seconds (default 3600).
+import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { argv, env, exit, stdout } from 'node:process';
+
+import Provider, { errors } from 'oidc-provider';
+
+const port = Number.parseInt(argv[2] ?? '', 10);
+if (!Number.isInteger(port) || port <= 0 || port > 65535) {
+  console.error('usage: node server.js <port>');
+  exit(2);
+}
+const issuer = `http://127.0.0.1:${port}`;
+
+const RESOURCE_SCOPES = ['tools:read', 'tools:write', 'prompts:read', 'resources:read'];
+const ACCESS_TOKEN_TTL = Number.parseInt(env.IDP_ACCESS_TOKEN_TTL ?? '3600', 10);
+
+const DEFAULT_CLIENTS = [
+  { client_id: 'm2m-reader', client_secret: 'm2m-reader-secret', scope: 'tools:read' },
+  { client_id: 'm2m-writer', client_secret: 'm2m-writer-secret', scope: 'tools:read tools:write' },
+  {
+    client_id: 'm2m-admin',
+    client_secret: 'm2m-admin-secret',
+    scope: RESOURCE_SCOPES.join(' '),
+    claims: { groups: ['admins'] },
+  },
+  {
+    client_id: 'm2m-es256',
+    client_secret: 'm2m-es256-secret',
+    scope: 'tools:read',
+    access_token_alg: 'ES256',
+  },
+];
+
+const clientSpecs = env.IDP_CLIENTS ? JSON.parse(env.IDP_CLIENTS) : DEFAULT_CLIENTS;
+// client_id -> { scope, claims, alg } for the pre-registered machine clients.
+const machineClients = new Map(
+  clientSpecs.map((c) => [
+    c.client_id,
+    { scope: c.scope ?? '', claims: c.claims ?? {}, alg: c.access_token_alg ?? 'RS256' },
+  ]),
+);
+
+function signingKeys() {
+  const rsa = generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  const ec = generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+  const tag = randomBytes(4).toString('hex');
+  return {
+    keys: [
+      { ...rsa, kid: `rsa-${tag}`, alg: 'RS256', use: 'sig' },
+      { ...ec, kid: `ec-${tag}`, alg: 'ES256', use: 'sig' },
+    ],
+  };
+}
+
+function isLocalResource(indicator) {
+  const url = URL.parse(indicator);
+  return (
+    url !== null
+    && url.protocol === 'http:'
+    && (url.hostname === '127.0.0.1' || url.hostname === 'localhost')
+    && url.hash === ''
+  );
+}
+
+function groupsFor(login) {
+  return login.startsWith('admin') ? ['admins'] : ['users'];
+}
+
+const configuration = {
+  clients: clientSpecs.map((c) => ({
+    client_id: c.client_id,
+    client_secret: c.client_secret,
+    grant_types: ['client_credentials'],
+    response_types: [],
+    redirect_uris: [],
+    token_endpoint_auth_method: 'client_secret_basic',
+  })),
+  clientDefaults: {
+    grant_types: ['authorization_code'],
+    response_types: ['code'],
+    token_endpoint_auth_method: 'client_secret_basic',
+    id_token_signed_response_alg: 'RS256',
+  },
+  clientBasedCORS: () => true,
+  cookies: { keys: [randomBytes(32).toString('hex')] },
+  jwks: signingKeys(),
+  // Only the code flow: no implicit or hybrid response types.
+  responseTypes: ['code'],
+  pkce: { required: () => true },
+  scopes: ['openid', 'offline_access'],
+  claims: { openid: ['sub'] },
+  async findAccount(_ctx, sub) {
+    return {
+      accountId: sub,
+      async claims() {
+        return { sub };
+      },
+    };
+  },
+  features: {
+    devInteractions: { enabled: true },
+    registration: { enabled: true, initialAccessToken: false, issueRegistrationAccessToken: false },
+    clientCredentials: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+    resourceIndicators: {
+      enabled: true,
+      // The resource indicator is required: without one there is no token.
+      async defaultResource(_ctx, _client, oneOf) {
+        if (oneOf) return oneOf;
+        throw new errors.InvalidTarget('a resource indicator (RFC 8707) is required');
+      },
+      // A refresh or code exchange without `resource` keeps the one granted.
+      async useGrantedResource() {
+        return true;
+      },
+      async getResourceServerInfo(_ctx, resourceIndicator, client) {
+        if (!isLocalResource(resourceIndicator)) {
+          throw new errors.InvalidTarget('resource must be an http URL on 127.0.0.1 or localhost');
+        }
+        const machine = machineClients.get(client.clientId);
+        return {
+          audience: resourceIndicator,
+          accessTokenFormat: 'jwt',
+          accessTokenTTL: ACCESS_TOKEN_TTL,
+          scope: machine ? machine.scope : RESOURCE_SCOPES.join(' '),
+          jwt: { sign: { alg: machine ? machine.alg : 'RS256' } },
+        };
+      },
+    },
+  },
+  async extraTokenClaims(_ctx, token) {
+    if (token.kind === 'ClientCredentials') {
+      return machineClients.get(token.clientId)?.claims;
+    }
+    if (token.accountId) {
+      return { groups: groupsFor(token.accountId) };
+    }
+    return undefined;
+  },
+  ttl: {
+    AccessToken: () => ACCESS_TOKEN_TTL,
+    ClientCredentials: () => ACCESS_TOKEN_TTL,
+    AuthorizationCode: 60,
+    Grant: 3600,
+    IdToken: 3600,
+    Interaction: 600,
+    RefreshToken: 86400,
+    Session: 3600,
+  },
+};
+
+const provider = new Provider(issuer, configuration);
+provider.on('server_error', (_ctx, err) => {
+  console.error('server_error', err);
+});
+
+// oidc-provider refuses a registration whose `scope` names anything but its own static
+// scopes (openid, offline_access), while the MCP SDK registers with the scopes the resource
+// asked for (tools:read ...), which are resource-server scopes here. RFC 7591 §3.2.1 lets the
+// server replace requested metadata: drop `scope` from a registration request, so the client
+// is registered without a scope restriction (what it gets is decided per resource).
+provider.use(async (ctx, next) => {
+  if (ctx.method === 'POST' && ctx.path === '/reg' && ctx.is('application/json')) {
+    const chunks = [];
+    for await (const chunk of ctx.req) chunks.push(chunk);
+    let body;
+    try {
+      body = JSON.parse(Buffer.concat(chunks).toString('utf8'));
+    } catch {
+      ctx.status = 400;
+      ctx.body = { error: 'invalid_client_metadata', error_description: 'body is not JSON' };
+      return;
+    }
+    if (body && typeof body === 'object') delete body.scope;
+    ctx.request.body = body;
+  }
+  await next();
+});
+
+const server = provider.listen(port, '127.0.0.1', () => {
+  stdout.write(`IDP READY ${issuer}\n`);
+});
+
+for (const signal of ['SIGTERM', 'SIGINT']) {
+  process.on(signal, () => {
+    server.close();
+    server.closeAllConnections?.();
+    exit(0);
+  });
+}
