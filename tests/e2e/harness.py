@@ -238,7 +238,8 @@ class Proc:
             f"{self.name} ({state}): {what}\n--- {self.log_path} (last lines) ---\n{self.log_tail()}\n---"
         )
 
-    def _wait(self, what: str, ready: Callable[[], bool], timeout: float) -> None:
+    def wait_until(self, what: str, ready: Callable[[], bool], timeout: float = 30.0) -> None:
+        """Poll `ready()` until true; fail with the log tail if the process dies or `timeout` passes."""
         deadline = time.monotonic() + timeout
         delay = 0.02
         while True:
@@ -253,7 +254,7 @@ class Proc:
 
     def wait_port(self, port: int, host: str = "127.0.0.1", timeout: float = 30.0) -> None:
         """Wait until `host:port` accepts TCP connections."""
-        self._wait(f"TCP {host}:{port} to accept", lambda: _port_accepts(host, port), timeout)
+        self.wait_until(f"TCP {host}:{port} to accept", lambda: _port_accepts(host, port), timeout)
 
     def wait_http(self, url: str, *, timeout: float = 30.0, expect: Callable[[int], bool] | None = None) -> None:
         """Wait until `GET url` answers with a status `expect` accepts (default: 200)."""
@@ -265,11 +266,11 @@ class Proc:
             except httpx.HTTPError:
                 return False
 
-        self._wait(f"GET {url}", ready, timeout)
+        self.wait_until(f"GET {url}", ready, timeout)
 
     def wait_log(self, text: str, timeout: float = 30.0) -> None:
         """Wait until the log contains `text`."""
-        self._wait(f"{text!r} in the log", lambda: text in self.log_text(), timeout)
+        self.wait_until(f"{text!r} in the log", lambda: text in self.log_text(), timeout)
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM the process group, SIGKILL it after `timeout`; the exit status (None if never started)."""
