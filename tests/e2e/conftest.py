@@ -11,14 +11,14 @@ Every test under tests/e2e is marked `e2e` (deselect with `-m "not e2e"`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Generic, TypeVar
 
 import pytest
 from harness import (
     Authorizer,
     Envoy,
+    Factory,
     IdP,
     Redis,
     SampleServer,
@@ -31,31 +31,11 @@ from harness import (
 
 _HERE = Path(__file__).resolve().parent
 
-T = TypeVar("T", SampleServer, Envoy, Redis, Authorizer, IdP)
-
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if _HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.e2e)
-
-
-class Factory(Generic[T]):
-    """Starts components on demand and stops all of them at teardown."""
-
-    def __init__(self, start: Callable[..., T], log_dir: Path) -> None:
-        self._start = start
-        self._log_dir = log_dir
-        self.started: list[T] = []
-
-    def __call__(self, *args: Any, **kwargs: Any) -> T:
-        component = self._start(self._log_dir, *args, **kwargs)
-        self.started.append(component)
-        return component
-
-    def stop_all(self) -> None:
-        while self.started:
-            self.started.pop().proc.stop()
 
 
 @pytest.fixture(scope="session")

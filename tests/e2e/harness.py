@@ -40,7 +40,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
 from pathlib import Path
-from typing import Any, Final
+from typing import Any, Final, Generic, Protocol, TypeVar
 from urllib.parse import parse_qs, urlencode, urljoin, urlsplit
 
 import httpx
@@ -74,6 +74,7 @@ __all__ = [
     "VENV_BIN",
     "Authorizer",
     "Envoy",
+    "Factory",
     "IdP",
     "InMemoryTokenStorage",
     "LoginDriver",
@@ -312,6 +313,35 @@ def _start_or_fail(proc: Proc, ready: Callable[[Proc], None]) -> None:
     except BaseException:
         proc.stop()
         raise
+
+
+class _Component(Protocol):
+    @property
+    def proc(self) -> Proc: ...
+
+
+ComponentT = TypeVar("ComponentT", bound=_Component)
+
+
+class Factory(Generic[ComponentT]):
+    """Starts components with `start(log_dir, *args, **kwargs)` on demand; `stop_all()` stops them all.
+
+    The session fixtures `sample_server`, `envoy`, `redis`, `authorizer` and `idp_factory` are these.
+    """
+
+    def __init__(self, start: Callable[..., ComponentT], log_dir: Path) -> None:
+        self._start = start
+        self._log_dir = log_dir
+        self.started: list[ComponentT] = []
+
+    def __call__(self, *args: Any, **kwargs: Any) -> ComponentT:
+        component = self._start(self._log_dir, *args, **kwargs)
+        self.started.append(component)
+        return component
+
+    def stop_all(self) -> None:
+        while self.started:
+            self.started.pop().proc.stop()
 
 
 # ---------------------------------------------------------------------------------------------- identity provider
@@ -557,7 +587,7 @@ def start_envoy(
         text = config
     admin_port, listener_ports = _envoy_ports(yaml.safe_load(text) or {})
     base_id = next_envoy_base_id()
-    argv = [
+    argv: list[str | os.PathLike[str]] = [
         envoy_bin,
         "-c",
         config_path,
@@ -709,18 +739,11 @@ def start_authorizer(
     if "discovery" not in listen:
         raise ValueError("the authorizer config has no listen.discovery address to wait on")
     cli = VENV_BIN / "mcp-authz"
-    argv: list[str | os.PathLike[str]] = (
-        [cli, "serve", "-c", config_path]
-        if cli.exists()
-        else [
-            sys.executable,
-            "-m",
-            "authz",
-            "serve",
-            "-c",
-            config_path,
-        ]
+    # Without the console script (the project not pip-installed), run the same entry point from the tree.
+    launcher: list[str | os.PathLike[str]] = (
+        [cli] if cli.exists() else [sys.executable, "-c", "import sys; from authz.cli import main; sys.exit(main())"]
     )
+    argv = [*launcher, "serve", "-c", config_path]
     proc = Proc("mcp-authz", argv, log_dir=log_dir, env=env, cwd=REPO_ROOT)
     _start_or_fail(proc, lambda p: p.wait_http(f"http://{listen['discovery']}/readyz", timeout=timeout))
     return Authorizer(config_path=config_path, listen=listen, proc=proc)

@@ -10,6 +10,7 @@ import jwt
 import pytest
 from harness import (
     DEFAULT_REDIRECT_URI,
+    Factory,
     IdP,
     InMemoryTokenStorage,
     LoginDriver,
@@ -187,9 +188,8 @@ async def test_auth_code_without_pkce_is_refused(idp_server: IdP) -> None:
 
 
 @pytest.fixture(scope="module")
-def protected_sample(sample_server: Any, idp: str) -> SampleServer:
-    server: SampleServer = sample_server(auth_issuer=idp, auth_scopes=["tools:read"])
-    return server
+def protected_sample(sample_server: Factory[SampleServer], idp: str) -> SampleServer:
+    return sample_server(auth_issuer=idp, auth_scopes=["tools:read"])
 
 
 async def test_sdk_client_credentials_provider(protected_sample: SampleServer, idp_server: IdP) -> None:

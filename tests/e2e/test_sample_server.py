@@ -6,7 +6,6 @@ import re
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import pytest
 import redis as redis_lib
@@ -15,8 +14,10 @@ from harness import (
     MODE_2026_07_28,
     MODE_AUTO,
     Envoy,
+    Factory,
     Proc,
     RawMcp,
+    Redis,
     SampleServer,
     StartupError,
     envoy_proxy_config,
@@ -28,9 +29,8 @@ TOOLS = {"search", "read_file", "delete_repo", "admin_reset", "echo_headers"}
 
 
 @pytest.fixture(scope="module")
-def sample(sample_server: Any) -> SampleServer:
-    server: SampleServer = sample_server()
-    return server
+def sample(sample_server: Factory[SampleServer]) -> SampleServer:
+    return sample_server()
 
 
 @pytest.fixture
@@ -120,8 +120,8 @@ async def test_raw_2026_07_28_request_and_header_mismatch(fresh: SampleServer) -
     assert fresh.tool_calls() == ["search"]
 
 
-async def test_paginated_tools_list(sample_server: Any) -> None:
-    paged: SampleServer = sample_server(page_size=2)
+async def test_paginated_tools_list(sample_server: Factory[SampleServer]) -> None:
+    paged = sample_server(page_size=2)
     for mode in (MODE_2026_07_28, MODE_2025_11_25):
         names: list[str] = []
         pages = 0
@@ -140,9 +140,9 @@ async def test_paginated_tools_list(sample_server: Any) -> None:
     assert not paged.proc.alive
 
 
-async def test_through_plain_envoy(sample: SampleServer, envoy: Any) -> None:
+async def test_through_plain_envoy(sample: SampleServer, envoy: Factory[Envoy]) -> None:
     """Envoy in front (no auth): the sample server accepts the proxy's Host; the harness starts Envoy."""
-    proxy: Envoy = envoy(envoy_proxy_config(free_port(), sample.port, admin_port=free_port()))
+    proxy = envoy(envoy_proxy_config(free_port(), sample.port, admin_port=free_port()))
     assert proxy.base_id > 0
     sample.clear_logs()
     for mode in (MODE_AUTO, MODE_2025_11_25):
@@ -154,7 +154,7 @@ async def test_through_plain_envoy(sample: SampleServer, envoy: Any) -> None:
     assert int(proxy.stats("downstream_rq_2xx").get("http.mcp.downstream_rq_2xx", "0")) > 0
 
 
-def test_redis_factory(redis: Any) -> None:
+def test_redis_factory(redis: Factory[Redis]) -> None:
     server = redis()
     client = redis_lib.Redis.from_url(server.url)
     try:
