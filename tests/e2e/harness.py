@@ -492,6 +492,7 @@ def start_sample_server(
     page_size: int | None = None,
     json_response: bool = False,
     auth_issuer: str | None = None,
+    auth_resource: str | None = None,
     auth_scopes: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
     timeout: float = 30.0,
@@ -499,7 +500,8 @@ def start_sample_server(
     """Start the sample MCP server with its call and header logs in `log_dir`.
 
     `auth_issuer` turns on the SDK's own in-process bearer auth (RFC 9728 metadata, 401s,
-    `auth_scopes` required) with tokens from that issuer: the baseline users run without us.
+    `auth_scopes` required) with tokens from that issuer for `auth_resource` (default: its own
+    /mcp URL; give the proxy's URL when it sits behind one): the baseline users run without us.
     """
     port = port or free_port()
     n = next(_LOG_SEQ)
@@ -512,6 +514,8 @@ def start_sample_server(
         argv.append("--json-response")
     if auth_issuer is not None:
         argv += ["--auth-issuer", auth_issuer]
+        if auth_resource:
+            argv += ["--auth-resource", auth_resource]
         if auth_scopes:
             argv += ["--auth-scopes", " ".join(auth_scopes)]
     proc_env = {"SAMPLE_CALL_LOG": str(call_log), "SAMPLE_HEADER_LOG": str(header_log), **(env or {})}

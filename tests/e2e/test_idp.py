@@ -113,6 +113,20 @@ def test_wrong_client_secret_is_refused(idp_server: IdP) -> None:
     assert response.json()["error"] == "invalid_client"
 
 
+def test_clients_claims_and_lifetime_are_configurable(idp_factory: Factory[IdP]) -> None:
+    custom = idp_factory(
+        clients=[{"client_id": "robot", "client_secret": "s3", "scope": "prompts:read", "claims": {"team": "qa"}}],
+        access_token_ttl=5,
+    )
+    response = custom.client_credentials_token("robot", RESOURCE, scope="prompts:read tools:read", client_secret="s3")
+    claims = verify(custom, response["access_token"], RESOURCE)
+    assert claims["scope"] == "prompts:read"
+    assert claims["team"] == "qa"
+    assert claims["exp"] - claims["iat"] == 5
+    assert response["expires_in"] == 5
+    custom.proc.stop()
+
+
 def register_public_client(idp: IdP, redirect_uri: str) -> str:
     response = httpx.post(
         idp.registration_endpoint,
