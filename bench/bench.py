@@ -1,0 +1,579 @@
+"""Throughput of one authenticated MCP ``tools/call`` through Envoy: no auth, Envoy's own jwt_authn,
+and Envoy + mcp-authz, all in one run against the same direct-response upstream and the same wrk load.
+
+    .venv/bin/python bench/bench.py [--duration S] [--connections C] [--threads T] [--cases a,b,...]
+
+Every case starts its own Envoy (and authorizer) in front of the upstream, checks that one request
+gets a 200, warms up, then runs ``wrk --latency``. The table gives req/s, p50, p99, the ratio of
+req/s to the ``jwt_authn`` case, and CPU per request of the front Envoy and of the authorizer
+(from /proc utime+stime of the process and its children over the measured run).
+
+To add a case, append an object with ``name``, ``title`` and ``start(bench, run, stack) -> Front``
+to ``CASES`` (see ``EnvoyCase`` and ``AuthzCase``); raise ``Skip`` when it cannot run here.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from authz.config import parse_config  # noqa: E402
+from authz.identity.devkey import ensure_key, mint, public_jwks  # noqa: E402
+from authz.render.envoy import render_envoy  # noqa: E402
+
+BIN = Path(sys.executable).parent
+ENVOY = shutil.which("envoy", path=str(BIN)) or shutil.which("envoy") or "envoy"
+MCP_PATH = "/mcp"
+TOOL = "search"
+SUBJECT = "bench-user"
+REVISION = "2026-07-28"
+BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 1,
+        "method": "tools/call",
+        "params": {
+            "name": TOOL,
+            "arguments": {"query": "envoy ext_authz"},
+            "_meta": {"io.modelcontextprotocol/protocolVersion": REVISION},
+        },
+    },
+    separators=(",", ":"),
+)
+UPSTREAM_BODY = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}'
+CLOCK_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
+ROUTER = {
+    "name": "envoy.filters.http.router",
+    "typed_config": {"@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"},
+}
+
+
+BUFFER = {
+    "name": "envoy.filters.http.buffer",
+    "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.http.buffer.v3.Buffer",
+        "max_request_bytes": 1_048_576,
+    },
+}
+
+
+class Skip(Exception):
+    """This case cannot run here; the message says why."""
+
+
+# ---------------------------------------------------------------- processes
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+def tree_cpu_ticks(pid: int) -> int:
+    """utime+stime of ``pid`` and its live descendants, in clock ticks."""
+    stats: dict[int, tuple[int, int]] = {}  # pid -> (ppid, ticks)
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            text = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = text[text.rindex(")") + 2 :].split()
+        stats[int(entry.name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    total, todo = 0, [pid]
+    while todo:
+        current = todo.pop()
+        total += stats.get(current, (0, 0))[1]
+        todo.extend(p for p, (ppid, _) in stats.items() if ppid == current)
+    return total
+
+
+def http_get(url: str, timeout: float = 1.0) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read()
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        process.terminate()
+        try:
+            process.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def tail(path: Path, lines: int = 5) -> str:
+    try:
+        return " | ".join(path.read_text(errors="replace").strip().splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def wait_until(ready: Callable[[], bool], process: subprocess.Popen[bytes], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        if process.poll() is not None:
+            raise Skip(f"{what} exited with status {process.returncode}")
+        try:
+            if ready():
+                return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise Skip(f"{what} not ready after {timeout:g}s")
+        time.sleep(0.05)
+
+
+# ---------------------------------------------------------------- the bench
+
+
+@dataclass
+class Front:
+    """A started case: where wrk sends requests, and whose CPU to measure."""
+
+    url: str
+    headers: dict[str, str]
+    envoy_pid: int
+    authorizer_pid: int | None = None
+
+
+@dataclass
+class Run:
+    """Ports and identities of one case."""
+
+    name: str
+    front_port: int = field(default_factory=free_port)
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.front_port}"
+
+    @property
+    def resource(self) -> str:
+        return self.base + MCP_PATH
+
+    @property
+    def issuer(self) -> str:
+        return self.base + "/dev"
+
+
+class Bench:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.key = ensure_key(workdir / "signing-key.pem")
+        self.jwks = public_jwks(self.key)
+        self.upstream = ""
+        self._envoys = 0
+
+    def path(self, name: str) -> Path:
+        return self.workdir / name
+
+    def token(self, run: Run) -> str:
+        return mint(self.key, issuer=run.issuer, audience=run.resource, subject=SUBJECT, scopes=["tools:read"])
+
+    def headers(self, run: Run) -> dict[str, str]:
+        """The request of every case: a 2026-07-28 tools/call with its routing headers."""
+        return {
+            "Content-Type": "application/json",
+            "Accept": "application/json, text/event-stream",
+            "Authorization": f"Bearer {self.token(run)}",
+            "MCP-Protocol-Version": REVISION,
+            "Mcp-Method": "tools/call",
+            "Mcp-Name": TOOL,
+        }
+
+    def start_envoy(self, name: str, bootstrap: dict[str, Any], stack: contextlib.ExitStack) -> int:
+        """Start an Envoy (own base id, one worker) and wait for its admin /ready."""
+        self._envoys += 1
+        base_id = 1_000_000 + (os.getpid() % 100_000) * 16 + self._envoys
+        config, admin = self.path(f"{name}.envoy.yaml"), self.path(f"{name}.admin")
+        bootstrap = copy.deepcopy(bootstrap)
+        bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}
+        config.write_text(yaml.safe_dump(bootstrap, sort_keys=False))
+        log = self.path(f"{name}.envoy.log")
+        command = [ENVOY, "-c", str(config), "--base-id", str(base_id), "--concurrency", "1"]
+        command += ["--admin-address-path", str(admin), "-l", "warning", "--log-path", str(log)]
+        process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        stack.callback(stop, process)
+
+        def ready() -> bool:
+            address = admin.read_text().strip() if admin.exists() else ""
+            return bool(address) and http_get(f"http://{address}/ready")[0] == 200
+
+        try:
+            wait_until(ready, process, 15, f"envoy {name}")
+        except Skip as exc:
+            raise Skip(f"{exc}: {tail(log)}") from None
+        return process.pid
+
+    def start_upstream(self, stack: contextlib.ExitStack) -> None:
+        """The MCP server stand-in: an Envoy answering every request with a fixed JSON-RPC result."""
+        port = free_port()
+        route = {
+            "match": {"prefix": "/"},
+            "direct_response": {"status": 200, "body": {"inline_string": UPSTREAM_BODY}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
+        }
+        manager = {
+            "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
+            ".HttpConnectionManager",
+            "stat_prefix": "upstream",
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+            # A direct response sent before the request body is read closes the connection; a real
+            # server reads the body first, so does this one (buffer, then answer).
+            "http_filters": [BUFFER, ROUTER],
+        }
+        listener = {
+            "name": "upstream",
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [
+                {"filters": [{"name": "envoy.filters.network.http_connection_manager", "typed_config": manager}]}
+            ],
+        }
+        self.start_envoy("upstream", {"static_resources": {"listeners": [listener]}}, stack)
+        self.upstream = f"127.0.0.1:{port}"
+
+    def authz_config(
+        self, run: Run, *, header_only: bool = False, policy: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """The authorizer's own config for this case: the dev issuer, one server, the upstream."""
+        server: dict[str, Any] = {
+            "name": "bench",
+            "resource": run.resource,
+            "upstream": self.upstream,
+            "scopes_supported": ["tools:read", "tools:write"],
+            "header_only": header_only,
+        }
+        if policy is not None:
+            server["policy"] = policy
+        return {
+            "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
+            "issuers": [
+                {
+                    "name": "dev",
+                    "issuer": run.issuer,
+                    "local_key_file": str(self.key),
+                    "algorithms": ["ES256"],
+                    "token_type": "at+jwt",
+                }
+            ],
+            "servers": [server],
+            "log_level": "warning",
+            "envoy": {"listen": f"127.0.0.1:{run.front_port}", "admin_port": 0},
+        }
+
+    def rendered(self, spec: dict[str, Any]) -> dict[str, Any]:
+        return render_envoy(parse_config(yaml.safe_dump(spec), "bench"))
+
+
+def authorizer_command(config: Path) -> list[str]:
+    script = BIN / "mcp-authz"
+    if script.exists():
+        return [str(script), "serve", "-c", str(config)]
+    if (ROOT / "authz" / "cli.py").exists():  # not pip-installed: the same entry point from the tree
+        entry = "import sys; from authz.cli import main; sys.exit(main())"
+        return [sys.executable, "-c", entry, "serve", "-c", str(config)]
+    raise Skip("mcp-authz CLI not installed (no .venv/bin/mcp-authz, no authz/cli.py)")
+
+
+def with_filters(bootstrap: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rendered bootstrap with its HTTP filters replaced, per-route ext_authz settings dropped."""
+    result = copy.deepcopy(bootstrap)
+    manager = result["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    manager["http_filters"] = [*filters, ROUTER]
+    for route in manager["route_config"]["virtual_hosts"][0]["routes"]:
+        route.pop("typed_per_filter_config", None)
+    result["static_resources"]["clusters"] = [
+        c for c in result["static_resources"]["clusters"] if c["name"] not in ("mcp_authz", "mcp_discovery")
+    ]
+    manager["route_config"]["virtual_hosts"][0]["routes"] = [
+        r for r in manager["route_config"]["virtual_hosts"][0]["routes"] if "mcp_discovery" not in str(r)
+    ]
+    return result
+
+
+def jwt_authn(bench: Bench, run: Run, *, cache: bool = False) -> dict[str, Any]:
+    """Envoy's in-process JWT check of the same token: issuer, audience, ES256 against an inline JWKS."""
+    provider: dict[str, Any] = {
+        "issuer": run.issuer,
+        "audiences": [run.resource],
+        "local_jwks": {"inline_string": json.dumps(bench.jwks)},
+        "forward": False,
+    }
+    if cache:
+        provider["jwt_cache_config"] = {"jwt_cache_size": 100}
+    return {
+        "name": "envoy.filters.http.jwt_authn",
+        "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.filters.http.jwt_authn.v3.JwtAuthentication",
+            "providers": {"dev": provider},
+            "rules": [{"match": {"prefix": "/"}, "requires": {"provider_name": "dev"}}],
+        },
+    }
+
+
+# ---------------------------------------------------------------- cases
+
+
+class Case(Protocol):
+    @property
+    def name(self) -> str: ...  # short id for --cases
+
+    @property
+    def title(self) -> str: ...
+
+    def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front: ...
+
+
+@dataclass(frozen=True)
+class EnvoyCase:
+    """Envoy alone, with the renderer's listener and routes but other HTTP filters (or none)."""
+
+    name: str
+    title: str
+    filters: Callable[[Bench, Run], list[dict[str, Any]]]
+
+    def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
+        bootstrap = with_filters(bench.rendered(bench.authz_config(run)), self.filters(bench, run))
+        pid = bench.start_envoy(self.name, bootstrap, stack)
+        return Front(run.resource, bench.headers(run), pid)
+
+
+@dataclass(frozen=True)
+class AuthzCase:
+    """Envoy rendered by mcp-authz, with ``mcp-authz serve`` as its ext_authz."""
+
+    name: str
+    title: str
+    header_only: bool = False
+    policy: dict[str, Any] | None = None
+
+    def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
+        spec = bench.authz_config(run, header_only=self.header_only, policy=self.policy)
+        config = bench.path(f"{self.name}.authz.yaml")
+        config.write_text(yaml.safe_dump(spec, sort_keys=False))
+        log = bench.path(f"{self.name}.authz.log")
+        with log.open("wb") as out:
+            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        stack.callback(stop, authz)
+        readyz = f"http://{spec['listen']['discovery']}/readyz"
+        try:
+            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
+        except Skip as exc:
+            raise Skip(f"{exc}: {tail(log)}") from None
+        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        return Front(run.resource, bench.headers(run), pid, authz.pid)
+
+
+def policy_of(size: int) -> dict[str, Any]:
+    """``size`` rules of which only the last one matches the benchmark call (all are evaluated)."""
+    rules: list[dict[str, Any]] = [
+        {"name": f"tool-{i}", "tools": [f"tool_{i}", f"tool_{i}_*"], "scopes": ["tools:write"]} for i in range(size - 2)
+    ]
+    rules.append({"name": "protocol", "methods": ["initialize", "ping", "notifications/*", "*/list"]})
+    rules.append({"name": "search", "tools": [TOOL], "scopes": ["tools:read"], "when": f'jwt.sub == "{SUBJECT}"'})
+    return {"default": "deny", "rules": rules}
+
+
+BASELINE = "jwt_authn"
+CASES: list[Case] = [
+    EnvoyCase("envoy", "Envoy, no auth", lambda bench, run: []),
+    EnvoyCase(BASELINE, "Envoy jwt_authn (ES256, inline JWKS)", lambda bench, run: [jwt_authn(bench, run)]),
+    EnvoyCase(
+        "jwt_authn-cache",
+        "Envoy jwt_authn, jwt_cache_config",
+        lambda bench, run: [jwt_authn(bench, run, cache=True)],
+    ),
+    AuthzCase("mcp-authz", "Envoy + mcp-authz, no policy, header-only", header_only=True),
+    AuthzCase("mcp-authz-body", "Envoy + mcp-authz, no policy, body sent"),
+    AuthzCase("mcp-authz-policy", "Envoy + mcp-authz, 50 rules, body sent", policy=policy_of(50)),
+]
+
+
+# ---------------------------------------------------------------- load and results
+
+
+@dataclass
+class Result:
+    case: Case
+    skipped: str | None = None
+    rps: float = 0.0
+    p50_ms: float = 0.0
+    p99_ms: float = 0.0
+    requests: int = 0
+    bad: int = 0
+    envoy_us: float | None = None
+    authz_us: float | None = None
+
+
+def lua_script(path: Path, headers: dict[str, str]) -> Path:
+    lines = ['wrk.method = "POST"', f"wrk.body = [==[{BODY}]==]"]
+    lines += [f'wrk.headers["{k}"] = [==[{v}]==]' for k, v in headers.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+def parse_wrk(output: str) -> tuple[float, float, float, int, int]:
+    """req/s, p50 ms, p99 ms, requests, non-2xx + socket errors."""
+
+    def latency(percent: str) -> float:
+        m = re.search(rf"^\s*{percent}%\s+([\d.]+)(us|ms|s)\s*$", output, re.M)
+        if m is None:
+            raise ValueError(f"no {percent}% line in wrk output:\n{output}")
+        return float(m.group(1)) * _UNITS_MS[m.group(2)]
+
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", output)
+    total = re.search(r"(\d+) requests in", output)
+    if rps is None or total is None:
+        raise ValueError(f"unexpected wrk output:\n{output}")
+    bad = sum(int(n) for n in re.findall(r"Non-2xx or 3xx responses: (\d+)", output))
+    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", output)
+    bad += sum(int(n) for n in errors.groups()) if errors else 0
+    return float(rps.group(1)), latency("50"), latency("99"), int(total.group(1)), bad
+
+
+def wrk(url: str, script: Path, seconds: int, args: argparse.Namespace) -> str:
+    command = ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{seconds}s", "--latency", "-s", str(script)]
+    run = subprocess.run([*command, url], capture_output=True, text=True, timeout=seconds + 60)
+    if run.returncode != 0:
+        raise RuntimeError(f"wrk failed: {(run.stderr or run.stdout).strip()}")
+    return run.stdout
+
+
+def smoke(front: Front) -> None:
+    """One request must get a 200: never benchmark refusals."""
+    request = urllib.request.Request(front.url, data=BODY.encode(), headers=front.headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            response.read()
+    except urllib.error.HTTPError as exc:
+        detail = exc.headers.get("www-authenticate") or exc.read()[:200].decode(errors="replace")
+        raise Skip(f"smoke request got {exc.code}: {detail}") from None
+
+
+def measure(bench: Bench, case: Case, args: argparse.Namespace) -> Result:
+    with contextlib.ExitStack() as stack:
+        try:
+            front = case.start(bench, Run(case.name), stack)
+            smoke(front)
+        except Skip as exc:
+            return Result(case, skipped=str(exc))
+        script = lua_script(bench.path(f"{case.name}.lua"), front.headers)
+        if args.warmup > 0:
+            wrk(front.url, script, args.warmup, args)
+        pids = {"envoy": front.envoy_pid, "authz": front.authorizer_pid}
+        before = {k: tree_cpu_ticks(p) for k, p in pids.items() if p}
+        output = wrk(front.url, script, args.duration, args)
+        after = {k: tree_cpu_ticks(p) for k, p in pids.items() if p}
+        rps, p50, p99, requests, bad = parse_wrk(output)
+        per_request = {k: (after[k] - before[k]) * CLOCK_TICK_US / max(requests, 1) for k in before}
+        return Result(case, None, rps, p50, p99, requests, bad, per_request.get("envoy"), per_request.get("authz"))
+
+
+def table(results: list[Result], args: argparse.Namespace) -> str:
+    baseline = next((r.rps for r in results if r.case.name == BASELINE and not r.skipped), None)
+    head = f"{'case':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs jwt':>7} {'envoy µs':>9} {'authz µs':>9}  note"
+    lines = [
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST tools/call, {os.cpu_count()} CPUs",
+        head,
+        "-" * len(head),
+    ]
+    for r in results:
+        if r.skipped:
+            lines.append(f"{r.case.name:<18} skipped: {r.skipped}")
+            continue
+        ratio = f"{r.rps / baseline:.2f}x" if baseline else "-"
+        envoy = f"{r.envoy_us:.0f}" if r.envoy_us is not None else "-"
+        authz = f"{r.authz_us:.0f}" if r.authz_us is not None else "-"
+        note = r.case.title + (f"; {r.bad} bad responses/errors" if r.bad else "")
+        figures = f"{r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>7} {envoy:>9} {authz:>9}"
+        lines.append(f"{r.case.name:<18} {figures}  {note}")
+    return "\n".join(lines)
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=5, help="seconds of measured load per case")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load per case (0: none)")
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    names = [c.name for c in CASES]
+    parser.add_argument("--cases", default=",".join(names), help=f"comma-separated subset of {names}")
+    parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
+    args = parser.parse_args(argv)
+    args.cases = [n.strip() for n in args.cases.split(",") if n.strip()]
+    unknown = set(args.cases) - set(names)
+    if unknown:
+        parser.error(f"unknown cases {sorted(unknown)}; known: {names}")
+    if args.duration < 1 or args.warmup < 0:
+        parser.error("--duration must be at least 1 and --warmup at least 0")
+    if args.connections < args.threads:
+        parser.error("--connections must be at least --threads")
+    return args
+
+
+@contextlib.contextmanager
+def workdir(keep: bool) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix="mcp-authz-bench-"))
+    try:
+        yield path
+    finally:
+        if keep:
+            print(f"work directory kept: {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    for tool in (ENVOY, "wrk"):
+        if shutil.which(tool) is None and not Path(tool).is_file():
+            print(f"bench: {tool} not found", file=sys.stderr)
+            return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups below
+    results: list[Result] = []
+    with workdir(args.keep) as path, contextlib.ExitStack() as stack:
+        bench = Bench(path)
+        bench.start_upstream(stack)
+        for case in CASES:
+            if case.name in args.cases:
+                print(f"running {case.name}: {case.title}", file=sys.stderr, flush=True)
+                results.append(measure(bench, case, args))
+    print(table(results, args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
