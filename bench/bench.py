@@ -214,7 +214,7 @@ class Bench:
     def start_envoy(self, name: str, bootstrap: dict[str, Any], stack: contextlib.ExitStack) -> int:
         """Start an Envoy (own base id, one worker) and wait for its admin /ready."""
         self._envoys += 1
-        base_id = 1_000_000 + (os.getpid() % 100_000) * 16 + self._envoys
+        base_id = 5_000_000 + (os.getpid() % 100_000) * 16 + self._envoys  # clear of tests/e2e
         config, admin = self.path(f"{name}.envoy.yaml"), self.path(f"{name}.admin")
         bootstrap = copy.deepcopy(bootstrap)
         bootstrap["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import http.server
+import os
 import shutil
 import socket
 import subprocess
@@ -271,8 +272,9 @@ def test_running_envoy_fails_closed_and_header_only_skips_buffering(tmp_path: Pa
             address["socket_address"] = {"address": "127.0.0.1", "port_value": echo}
     path = tmp_path / "envoy.yaml"
     path.write_text(yaml.safe_dump(bootstrap), encoding="utf-8")
+    base_id = 4_100_000 + os.getpid() % 100_000  # clear of tests/e2e and bench
     process = subprocess.Popen(
-        [ENVOY, "-c", str(path), "--base-id", str(7000 + listen % 1000), "--concurrency", "1", "-l", "error"],
+        [ENVOY, "-c", str(path), "--base-id", str(base_id), "--concurrency", "1", "-l", "error"],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
     )
