@@ -20,6 +20,7 @@ class Refusal(Exception):
 
     status = 403
     default_reason = "forbidden"
+    rule: str | None = None  # the policy rule that refused, when one did
 
     def __init__(self, reason: str | None = None, detail: str = "") -> None:
         self.reason = reason or self.default_reason

@@ -1,0 +1,62 @@
+"""The Check pipeline: select server → origin → identify → parse → authorize → respond.
+
+No I/O of its own (the key set it is handed may fetch). An unexpected exception turns into a
+fail-closed deny here, and only here.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from authz import request, response
+from authz.config import Config, Server
+from authz.errors import Forbidden, Refusal, Unavailable
+from authz.identity.bearer import identify
+from authz.identity.rfc9068 import Verifier
+from authz.model import Decision, HttpRequest, McpRequest
+from authz.policy.rules import authorize
+
+log = logging.getLogger("mcp_authz.check")
+SERVER_CONTEXT_KEY = "mcp_server"  # the per-route context extension Envoy sends
+
+
+class Checker:
+    """One compiled config and its verifier; replaced as a whole on reload."""
+
+    def __init__(self, config: Config, verifier: Verifier) -> None:
+        self.config = config
+        self.verifier = verifier
+        self._only = next(iter(config.servers.values())) if len(config.servers) == 1 else None
+
+    def select_server(self, req: HttpRequest) -> Server:
+        name = req.context.get(SERVER_CONTEXT_KEY)
+        if name is None:
+            if self._only is not None:
+                return self._only
+            raise Forbidden("server_unknown", "no mcp_server context extension")
+        server = self.config.servers.get(name)
+        if server is None:
+            raise Forbidden("server_unknown", f"mcp_server {name!r} is not configured")
+        return server
+
+    async def check(self, req: HttpRequest) -> Decision:
+        server: Server | None = None
+        mcp: McpRequest | None = None
+        try:
+            server = self.select_server(req)
+            origin = req.headers.get("origin")
+            if origin is not None and server.origins is not None and origin not in server.origins:
+                raise Forbidden("origin_not_allowed", f"origin {origin!r}")
+            caller = await identify(req, server, self.verifier)
+            parsed = request.parse(req, server)
+            if isinstance(parsed, Refusal):
+                raise parsed
+            mcp = parsed
+            rule = authorize(server.policy, caller, mcp, req)
+            return response.allow(server, caller, mcp, rule)
+        except Refusal as refusal:
+            return response.deny(refusal, server, mcp)
+        except Exception as exc:  # fail closed: never allow, never crash
+            log.exception("internal error in Check", extra={"reason": "internal_error"})
+            refusal = Unavailable("internal_error", f"{type(exc).__name__}: {exc}")
+            return response.deny(refusal, server, mcp, status=self.config.spec.failure_status)

@@ -1,0 +1,156 @@
+"""An issuer's signing keys: fetched asynchronously, cached, refreshed, never lost to a bad fetch.
+
+PyJWT parses the keys; fetching is ours (aiohttp), so no blocking I/O runs under the event loop.
+An unknown ``kid`` triggers a refetch at most once per ``jwks_min_refetch`` seconds (single flight).
+A fetch that fails or returns garbage leaves the last good keys in use.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import aiohttp
+import jwt
+
+from authz.config import Issuer
+from authz.identity import devkey
+from authz.identity.metadata import MetadataError, fetch_issuer_metadata, fetch_json
+
+log = logging.getLogger("mcp_authz.jwks")
+MAX_KEYS = 64
+_KTY_FOR_ALG = {
+    "RS256": ("RSA", None),
+    "RS384": ("RSA", None),
+    "RS512": ("RSA", None),
+    "PS256": ("RSA", None),
+    "PS384": ("RSA", None),
+    "PS512": ("RSA", None),
+    "ES256": ("EC", "P-256"),
+    "ES384": ("EC", "P-384"),
+    "EdDSA": ("OKP", None),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Key:
+    kid: str
+    kty: str
+    crv: str | None
+    alg: str | None  # the JWK's own `alg`, if it names one
+    key: Any  # a cryptography public key
+
+    def fits(self, alg: str) -> bool:
+        """May this key verify a signature made with ``alg``? (RFC 8725 §3.1: no algorithm confusion)."""
+        kty, crv = _KTY_FOR_ALG.get(alg, (None, None))
+        if kty != self.kty or (crv is not None and crv != self.crv):
+            return False
+        return self.alg is None or self.alg == alg
+
+
+class JwksError(Exception):
+    pass
+
+
+def parse_jwks(doc: Any) -> dict[str, Key]:
+    """Usable signature keys of a JWKS document by ``kid``; keys PyJWT cannot load are skipped."""
+    if not isinstance(doc, dict) or not isinstance(doc.get("keys"), list):
+        raise JwksError("not a JWKS document (no `keys` array)")
+    keys: dict[str, Key] = {}
+    for entry in doc["keys"][:MAX_KEYS]:
+        if not isinstance(entry, dict) or entry.get("use", "sig") != "sig" or "d" in entry:
+            continue  # encryption keys and private keys are never used
+        kid = entry.get("kid", "")
+        if not isinstance(kid, str) or kid in keys:
+            continue
+        try:
+            loaded = jwt.PyJWK(entry)
+        except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
+            continue
+        alg = entry.get("alg") if isinstance(entry.get("alg"), str) else None
+        keys[kid] = Key(kid, str(entry.get("kty")), entry.get("crv"), alg, loaded.key)
+    if not keys:
+        raise JwksError("JWKS has no usable signature key")
+    return keys
+
+
+class KeySet:
+    """The keys of one issuer."""
+
+    def __init__(self, issuer: Issuer, session: Callable[[], aiohttp.ClientSession]) -> None:
+        self.issuer = issuer
+        self._session = session
+        self._keys: dict[str, Key] = {}
+        self._last_attempt = float("-inf")
+        self._inflight: asyncio.Future[None] | None = None
+        self.jwks_uri = issuer.jwks_uri
+        self.fetches = 0
+        self.failures = 0
+        self.last_error = ""
+        if issuer.local_key_file:
+            self._keys = parse_jwks(devkey.public_jwks(issuer.local_key_file))
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._keys)
+
+    def get(self, kid: str | None) -> Key | None:
+        """A key by kid; a token without kid may use the only key there is."""
+        if kid is None:
+            return next(iter(self._keys.values())) if len(self._keys) == 1 else None
+        return self._keys.get(kid)
+
+    async def lookup(self, kid: str | None) -> Key | None:
+        key = self.get(kid)
+        if key is None and time.monotonic() - self._last_attempt >= self.issuer.jwks_min_refetch:
+            await self.refresh()
+            key = self.get(kid)
+        return key
+
+    async def refresh(self) -> None:
+        """Fetch the JWKS now (one fetch at a time; concurrent callers share it)."""
+        if self.issuer.local_key_file:
+            return
+        if self._inflight is not None:
+            await asyncio.shield(self._inflight)
+            return
+        loop = asyncio.get_running_loop()
+        self._inflight = loop.create_future()
+        self._last_attempt = time.monotonic()
+        try:
+            await self._fetch()
+        finally:
+            self._inflight.set_result(None)
+            self._inflight = None
+
+    async def _fetch(self) -> None:
+        self.fetches += 1
+        timeout = self.issuer.jwks_timeout
+        try:
+            session = self._session()
+            if self.jwks_uri is None:
+                meta = await fetch_issuer_metadata(session, self.issuer.issuer, timeout)
+                uri = meta.get("jwks_uri")
+                if not isinstance(uri, str):
+                    raise JwksError("issuer metadata has no jwks_uri")
+                self.jwks_uri = uri
+            self._keys = parse_jwks(await fetch_json(session, self.jwks_uri, timeout))
+            self.last_error = ""
+        except (MetadataError, JwksError) as exc:
+            self.failures += 1
+            self.last_error = str(exc)
+            log.warning(
+                "jwks fetch failed; keeping %d known keys",
+                len(self._keys),
+                extra={"issuer": self.issuer.name, "error": str(exc)},
+            )
+
+    async def run_refresher(self) -> None:
+        """Background task: refresh every ``jwks_refresh`` seconds, sooner (5 s) while failing."""
+        while True:
+            await self.refresh()
+            await asyncio.sleep(self.issuer.jwks_refresh if self.ready and not self.last_error else 5)

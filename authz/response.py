@@ -1,0 +1,102 @@
+"""Decisions as MCP clients expect them: challenges (RFC 6750 / RFC 9728), JSON-RPC error bodies,
+identity headers for the MCP server, and the caller's token removed."""
+
+from __future__ import annotations
+
+import json
+
+from authz.config import Server
+from authz.errors import (
+    FORBIDDEN_CODE,
+    BadRequest,
+    InsufficientScope,
+    InvalidToken,
+    MissingToken,
+    RateLimited,
+    Refusal,
+)
+from authz.model import Caller, Decision, McpRequest
+
+JSON = ("content-type", "application/json")
+
+
+def _quote(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"')
+
+
+def challenge(refusal: Refusal, server: Server | None) -> str | None:
+    """The WWW-Authenticate value for a refusal, or None where none is due."""
+    params: list[tuple[str, str]] = []
+    if isinstance(refusal, InvalidToken):
+        params.append(("error", "invalid_token"))
+    elif isinstance(refusal, InsufficientScope):
+        params.append(("error", "insufficient_scope"))
+        if refusal.scopes:
+            params.append(("scope", " ".join(refusal.scopes)))
+    elif not isinstance(refusal, MissingToken):
+        return None
+    elif server is not None and server.scopes_supported:
+        params.append(("scope", " ".join(s for s in server.scopes_supported if s != "offline_access")))
+    if server is not None:
+        params.append(("resource_metadata", server.metadata_url))
+    return "Bearer " + ", ".join(f'{k}="{_quote(v)}"' for k, v in params) if params else "Bearer"
+
+
+def _body(refusal: Refusal, mcp: McpRequest | None) -> bytes:
+    if isinstance(refusal, MissingToken | InvalidToken):
+        error = "invalid_token" if isinstance(refusal, InvalidToken) else "unauthorized"
+        return json.dumps({"error": error, "error_description": "authorization required"}).encode()
+    code = refusal.code if isinstance(refusal, BadRequest) else FORBIDDEN_CODE
+    message = {400: "Bad Request", 413: "Request too large", 429: "Too many requests", 503: "Unavailable"}.get(
+        refusal.status, "Forbidden"
+    )
+    if isinstance(refusal, InsufficientScope):
+        message = f"insufficient_scope: requires {' '.join(refusal.scopes)}".strip()
+    elif isinstance(refusal, BadRequest):
+        message = f"{message}: {refusal.reason}"
+    request_id = mcp.first_id if mcp is not None else None
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}).encode()
+
+
+def deny(refusal: Refusal, server: Server | None, mcp: McpRequest | None, status: int | None = None) -> Decision:
+    headers = [JSON]
+    www = challenge(refusal, server)
+    if www is not None:
+        headers.append(("www-authenticate", www))
+    if isinstance(refusal, RateLimited):
+        headers.append(("retry-after", str(refusal.retry_after)))
+    return Decision(
+        allowed=False,
+        status=status or refusal.status,
+        reason=refusal.reason,
+        server=server.name if server else None,
+        mcp=mcp,
+        rule=refusal.rule,
+        deny_headers=tuple(headers),
+        body=_body(refusal, mcp),
+        detail=refusal.detail,
+    )
+
+
+def allow(server: Server, caller: Caller, mcp: McpRequest, rule: str | None) -> Decision:
+    """Identity headers set (overwriting whatever the client sent), the token and unset ones removed."""
+    names = server.identity_headers
+    values = {
+        names.subject: caller.subject,
+        names.client_id: caller.client_id,
+        names.scopes: " ".join(sorted(caller.scopes)) if caller.scopes else None,
+        names.issuer: caller.issuer,
+    }
+    set_headers = tuple((k, v) for k, v in values.items() if v)
+    remove = ("authorization", *(k for k, v in values.items() if not v))
+    return Decision(
+        allowed=True,
+        status=200,
+        reason="allowed",
+        server=server.name,
+        caller=caller,
+        mcp=mcp,
+        rule=rule,
+        set_headers=set_headers,
+        remove_headers=remove,
+    )

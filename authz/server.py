@@ -1,0 +1,105 @@
+"""The Envoy Authorization gRPC service and grpc.health.v1; Envoy's messages ↔ our model."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import grpc
+from envoy.config.core.v3 import base_pb2
+from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
+from envoy.type.v3 import http_status_pb2
+from google.rpc import code_pb2, status_pb2
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from authz.check import Checker
+from authz.model import Decision, HttpRequest
+
+log = logging.getLogger("mcp_authz.server")
+OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
+
+
+def to_http_request(check: external_auth_pb2.CheckRequest) -> HttpRequest:
+    """CheckRequest → HttpRequest. Prefers the raw header map, which keeps repeated headers apart."""
+    attrs = check.attributes
+    http: attribute_context_pb2.AttributeContext.HttpRequest = attrs.request.http
+    values: dict[str, tuple[str, ...]] = {}
+    if http.header_map.headers:
+        for h in http.header_map.headers:
+            key = h.key.lower()
+            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
+            values[key] = (*values.get(key, ()), value)
+        headers = {k: ",".join(v) for k, v in values.items()}
+    else:
+        headers = dict(http.headers)
+    if http.raw_body:
+        body: bytes | None = http.raw_body
+    elif http.body:
+        body = http.body.encode("utf-8", "surrogateescape")
+    else:
+        body = None
+    source = attrs.source
+    return HttpRequest(
+        method=http.method,
+        path=http.path,
+        headers=headers,
+        body=body,
+        source_address=source.address.socket_address.address,
+        source_principal=source.principal,
+        context=dict(attrs.context_extensions),
+        header_values=values,
+    )
+
+
+def _header(key: str, value: str, append: int = OVERWRITE) -> base_pb2.HeaderValueOption:
+    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=append)
+
+
+def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
+    if decision.allowed:
+        return external_auth_pb2.CheckResponse(
+            status=status_pb2.Status(code=code_pb2.OK),
+            ok_response=external_auth_pb2.OkHttpResponse(
+                headers=[_header(k, v) for k, v in decision.set_headers],
+                headers_to_remove=list(decision.remove_headers),
+            ),
+        )
+    return external_auth_pb2.CheckResponse(
+        status=status_pb2.Status(
+            code=code_pb2.PERMISSION_DENIED if decision.status != 401 else code_pb2.UNAUTHENTICATED
+        ),
+        denied_response=external_auth_pb2.DeniedHttpResponse(
+            status=http_status_pb2.HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            headers=[_header(k, v) for k, v in decision.deny_headers],
+            body=decision.body.decode("utf-8"),
+        ),
+    )
+
+
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+    """``Check`` → the current Checker. ``checker`` is read once per call, so a reload never tears a Check."""
+
+    def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision], None]) -> None:
+        self._checker = checker
+        self._observe = observe
+
+    async def Check(
+        self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
+    ) -> external_auth_pb2.CheckResponse:
+        req = to_http_request(request)
+        decision = await self._checker().check(req)
+        self._observe(req, decision)
+        return to_check_response(decision)
+
+
+async def start_grpc(address: str, service: AuthorizationService) -> tuple[grpc.aio.Server, health.HealthServicer]:
+    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    if server.add_insecure_port(address) == 0:
+        raise OSError(f"cannot listen on {address}")
+    await server.start()
+    await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
+    await health_servicer.set("envoy.service.auth.v3.Authorization", health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer
