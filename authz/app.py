@@ -1,0 +1,203 @@
+"""The running authorizer: wires config, keys, the gRPC service and the discovery service; reloads.
+
+The only module that imports everything. Reload (SIGHUP, or the config file changing) validates
+the new file first; an invalid one is logged and the running config keeps serving.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import grpc
+
+from authz.check import Checker
+from authz.config import Config, ConfigError, load_config
+from authz.identity import devkey
+from authz.identity.jwks import KeySet
+from authz.identity.rfc9068 import Verifier
+from authz.model import Decision, HttpRequest
+from authz.server import AuthorizationService, start_grpc
+from discovery import build_app
+from discovery import start as start_discovery
+
+log = logging.getLogger("mcp_authz")
+decisions = logging.getLogger("mcp_authz.decision")
+
+
+class Authorizer:
+    def __init__(self, config: Config, path: str | None = None) -> None:
+        self.path = path
+        self._http: aiohttp.ClientSession | None = None
+        self._keys: dict[str, KeySet] = {}
+        self._refreshers: list[asyncio.Task[None]] = []
+        self._grpc: grpc.aio.Server | None = None
+        self._discovery: Any = None
+        self._mtime = self._stat()
+        self.checker = self._build(config)
+
+    # ------------------------------------------------------------------ building a config's runtime
+
+    def _session(self) -> aiohttp.ClientSession:
+        if self._http is None or self._http.closed:
+            self._http = aiohttp.ClientSession(headers={"User-Agent": "mcp-authz"})
+        return self._http
+
+    def _build(self, config: Config) -> Checker:
+        keys = {}
+        for name, issuer in config.issuers.items():
+            old = self._keys.get(name)
+            keys[name] = old if old is not None and old.issuer == issuer else KeySet(issuer, self._session)
+        self._keys = keys
+        return Checker(config, Verifier(config.issuers, keys))
+
+    @property
+    def config(self) -> Config:
+        return self.checker.config
+
+    def readiness(self) -> Mapping[str, bool]:
+        checks = {"config": True}
+        checks.update({f"jwks:{name}": ks.ready for name, ks in self._keys.items()})
+        return checks
+
+    def jwks_documents(self) -> dict[str, dict[str, Any]]:
+        return {
+            name: devkey.public_jwks(issuer.local_key_file)
+            for name, issuer in self.config.issuers.items()
+            if issuer.local_key_file
+        }
+
+    # ------------------------------------------------------------------ serving
+
+    def observe(self, req: HttpRequest, decision: Decision) -> None:
+        """Log each decision with its reason code (denials at info, allows at debug)."""
+        level = logging.DEBUG if decision.allowed else logging.INFO
+        if not decisions.isEnabledFor(level):
+            return
+        mcp = decision.mcp
+        call = mcp.calls[0] if mcp and mcp.calls else None
+        decisions.log(
+            level,
+            "allow" if decision.allowed else "deny",
+            extra={
+                "status": decision.status,
+                "reason": decision.reason,
+                "server": decision.server,
+                "rule": decision.rule,
+                "subject": decision.caller.subject if decision.caller else None,
+                "mcp_method": call.method if call else None,
+                "mcp_name": call.name if call else None,
+                "http_method": req.method,
+                "source": req.source_address,
+                "detail": decision.detail,
+            },
+        )
+
+    async def start(self) -> None:
+        self._start_refreshers()
+        service = AuthorizationService(lambda: self.checker, self.observe)
+        self._grpc, _ = await start_grpc(self.config.listen.grpc, service)
+        await self._start_discovery()
+        log.info(
+            "mcp-authz serving",
+            extra={
+                "grpc": self.config.listen.grpc,
+                "discovery": self.config.listen.discovery,
+                "servers": sorted(self.config.servers),
+                "issuers": sorted(self.config.issuers),
+                "config": self.path,
+            },
+        )
+
+    def _start_refreshers(self) -> None:
+        for task in self._refreshers:
+            task.cancel()
+        self._refreshers = [asyncio.create_task(ks.run_refresher()) for ks in self._keys.values()]
+
+    async def _start_discovery(self) -> None:
+        address = self.config.listen.discovery
+        if not address:
+            return
+        host, _, port = address.rpartition(":")
+        app = build_app(self.config, readiness=self.readiness, jwks_documents=self.jwks_documents())
+        self._discovery = await start_discovery(app, host, int(port))
+
+    async def stop(self) -> None:
+        for task in self._refreshers:
+            task.cancel()
+        if self._grpc is not None:
+            await self._grpc.stop(grace=2)
+        if self._discovery is not None:
+            await self._discovery.cleanup()
+        if self._http is not None:
+            await self._http.close()
+
+    # ------------------------------------------------------------------ reload
+
+    def _stat(self) -> float | None:
+        try:
+            return os.stat(self.path).st_mtime if self.path else None
+        except OSError:
+            return None
+
+    async def reload(self) -> bool:
+        """Validate and swap in the config file; keep the old one if the new one is invalid."""
+        if self.path is None:
+            return False
+        try:
+            config = load_config(self.path)
+        except ConfigError as exc:
+            log.error("config reload refused; the running config stays", extra={"errors": exc.errors})
+            return False
+        old = self.config
+        if (config.listen, config.spec.listen) != (old.listen, old.spec.listen):
+            log.warning("listen addresses change only on restart")
+        self.checker = self._build(config)
+        self._start_refreshers()
+        if self._discovery is not None:
+            await self._discovery.cleanup()
+            await self._start_discovery()
+        log.info("config reloaded", extra={"config": self.path})
+        return True
+
+    async def watch(self, interval: float = 2.0) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            mtime = self._stat()
+            if mtime is not None and mtime != self._mtime:
+                self._mtime = mtime
+                await self.reload()
+
+
+async def serve(path: str) -> None:
+    """Run until SIGTERM/SIGINT; SIGHUP reloads."""
+    authorizer = Authorizer(load_config(path), path)
+    await authorizer.start()
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(authorizer.reload()))
+    watcher = asyncio.create_task(authorizer.watch())
+    await stop.wait()
+    watcher.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await watcher
+    await authorizer.stop()
+
+
+def ensure_dev_keys(config_path: str | Path) -> None:
+    """Create missing development keys named by ``local_key_file`` (relative to the working directory)."""
+    import yaml
+
+    raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
+    for issuer in raw.get("issuers") or []:
+        if isinstance(issuer, dict) and issuer.get("local_key_file"):
+            devkey.ensure_key(issuer["local_key_file"])

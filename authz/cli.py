@@ -1,0 +1,150 @@
+"""The ``mcp-authz`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from authz.config import Config, ConfigError, load_config
+
+DEFAULT_CONFIG = "examples/config.yaml"
+
+
+def _load(path: str) -> Config:
+    try:
+        return load_config(path)
+    except ConfigError as exc:
+        print(f"mcp-authz: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvloop
+
+    from authz import app, logs
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"mcp-authz: {exc}", file=sys.stderr)
+        return 2
+    logs.setup(config.spec.log_level)
+    uvloop.run(app.serve(args.config))
+    return 0
+
+
+def cmd_config_check(args: argparse.Namespace) -> int:
+    config = _load(args.file)
+    print(f"{args.file}: ok ({len(config.servers)} MCP servers, {len(config.issuers)} issuers)")
+    return 0
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    from authz.identity import devkey
+
+    config = _load(args.config)
+    local = [i for i in config.issuers.values() if i.local_key_file and (args.issuer in (None, i.name))]
+    if not local:
+        print(
+            "mcp-authz: no issuer with local_key_file in the config (tokens are minted with the dev key)",
+            file=sys.stderr,
+        )
+        return 2
+    issuer = local[0]
+    server = config.servers[args.server] if args.server else next(iter(config.servers.values()))
+    extra: dict[str, Any] = {"groups": args.groups.split(",")} if args.groups else {}
+    print(
+        devkey.mint(
+            issuer.local_key_file or "",
+            issuer=issuer.issuer,
+            audience=args.aud or server.resource,
+            subject=args.sub,
+            scopes=args.scope.split() if args.scope else [],
+            lifetime=args.lifetime,
+            extra=extra,
+        )
+    )
+    return 0
+
+
+def cmd_policy_explain(args: argparse.Namespace) -> int:
+    from authz.explain import explain
+
+    config = _load(args.config)
+    spec = json.loads(Path(args.request).read_text(encoding="utf-8"))
+    result = asyncio.run(explain(config, spec, args.token))
+    print(json.dumps(result, indent=2))
+    return 0 if result["decision"] == "allow" else 1
+
+
+def cmd_render_envoy(args: argparse.Namespace) -> int:
+    from authz.render.envoy import render_envoy_yaml
+
+    text = render_envoy_yaml(_load(args.config))
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_dev_up(args: argparse.Namespace) -> int:
+    from authz.devstack import up
+
+    return up(args.config)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="mcp-authz", description="Envoy external authorizer for MCP servers")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("serve", help="run the gRPC authorizer and the discovery service")
+    s.add_argument("-c", "--config", required=True)
+    s.set_defaults(func=cmd_serve)
+
+    cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="action", required=True)
+    c = cfg.add_parser("check", help="validate a config file without starting")
+    c.add_argument("file")
+    c.set_defaults(func=cmd_config_check)
+
+    t = sub.add_parser("token", help="mint a development access token with the local dev key")
+    t.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    t.add_argument("--sub", default="dev-user", help="subject")
+    t.add_argument("--scope", default="", help='space-separated scopes, e.g. "tools:read"')
+    t.add_argument("--groups", default="", help="comma-separated groups claim")
+    t.add_argument("--server", help="MCP server name (audience = its resource URL)")
+    t.add_argument("--aud", help="explicit audience")
+    t.add_argument("--issuer", help="issuer name (one with local_key_file)")
+    t.add_argument("--lifetime", type=int, default=3600)
+    t.set_defaults(func=cmd_token)
+
+    pol = sub.add_parser("policy", help="policy tools").add_subparsers(dest="action", required=True)
+    e = pol.add_parser("explain", help="print the decision and the rule that made it")
+    e.add_argument("-c", "--config", required=True)
+    e.add_argument("--token", default="", help="the bearer JWT (empty: no token)")
+    e.add_argument(
+        "--request", required=True, help="JSON file: a JSON-RPC body, or {method, path, headers, body, server}"
+    )
+    e.set_defaults(func=cmd_policy_explain)
+
+    r = sub.add_parser("render", help="render proxy configuration").add_subparsers(dest="target", required=True)
+    re_ = r.add_parser("envoy", help="the standalone Envoy filter chain")
+    re_.add_argument("-c", "--config", required=True)
+    re_.add_argument("-o", "--output")
+    re_.set_defaults(func=cmd_render_envoy)
+
+    d = sub.add_parser("dev", help="local development stack").add_subparsers(dest="action", required=True)
+    du = d.add_parser("up", help="run Envoy, the authorizer and a sample MCP server locally")
+    du.add_argument("-c", "--config", default=DEFAULT_CONFIG)
+    du.set_defaults(func=cmd_dev_up)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    result: int = args.func(args)
+    return result

@@ -1,0 +1,105 @@
+"""``mcp-authz dev up``: the local stack on embedded defaults (in-memory state, dev signing key).
+
+Starts the sample MCP server, the authorizer and Envoy as child processes, prints how to mint a
+token and call a tool, and stops them all on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+from authz.app import ensure_dev_keys
+from authz.config import ConfigError, load_config
+from authz.render.envoy import render_envoy_yaml
+
+STATE = Path(".dev")
+
+
+def _wait(url: str, what: str, procs: list[subprocess.Popen[bytes]], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(p.poll() is not None for p in procs):
+            raise RuntimeError(f"a process exited while waiting for {what}; see {STATE}/*.log")
+        try:
+            with urllib.request.urlopen(url, timeout=1):
+                return
+        except OSError:
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} not ready at {url} after {timeout:.0f}s; see {STATE}/*.log")
+
+
+def up(config_path: str) -> int:
+    STATE.mkdir(exist_ok=True)
+    ensure_dev_keys(config_path)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        print(f"mcp-authz: {exc}", file=sys.stderr)
+        return 2
+    envoy = shutil.which("envoy") or str(Path(sys.executable).with_name("envoy"))
+    envoy_yaml = STATE / "envoy.yaml"
+    envoy_yaml.write_text(render_envoy_yaml(config), encoding="utf-8")
+    server = next(iter(config.servers.values()))
+    up_host, _, up_port = server.upstream.rpartition(":")
+    commands = {
+        "sample-server": [sys.executable, "examples/sample_server.py", "--host", up_host, "--port", up_port],
+        "authorizer": [sys.executable, "-m", "authz", "serve", "-c", config_path],
+        "envoy": [envoy, "-c", str(envoy_yaml), "--concurrency", "1", "--base-id", "7", "--log-level", "warn"],
+    }
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        for name, argv in commands.items():
+            log = (STATE / f"{name}.log").open("wb")
+            procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
+        _wait(f"http://{config.listen.discovery}/readyz", "the authorizer", procs)
+        _wait(f"http://{config.spec.envoy.listen}/.well-known/oauth-protected-resource{server.path}", "Envoy", procs)
+        _banner(config_path, server.resource)
+        signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+        while all(p.poll() is None for p in procs):
+            time.sleep(0.5)
+        print(f"a process exited; see {STATE}/*.log", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 0
+    except RuntimeError as exc:
+        print(f"mcp-authz: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        for p in procs:
+            p.terminate()
+        for p in procs:
+            try:
+                p.wait(5)
+            except subprocess.TimeoutExpired:
+                p.kill()
+
+
+def _banner(config_path: str, resource: str) -> None:
+    print(
+        f"""
+mcp-authz local stack is up (logs in {STATE}/). MCP endpoint: {resource}
+
+  # mint a development token (dev signing key, audience = the MCP server)
+  TOKEN=$(.venv/bin/mcp-authz token -c {config_path} --sub alice --scope "tools:read")
+
+  # call a tool through Envoy
+  curl -s {resource} -H "Authorization: Bearer $TOKEN" -H 'Content-Type: application/json' \\
+       -H 'Accept: application/json, text/event-stream' -H 'MCP-Protocol-Version: 2026-07-28' \\
+       -H 'Mcp-Method: tools/call' -H 'Mcp-Name: search' \\
+       -d '{{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{{"name":"search","arguments":{{"query":"mcp"}},
+            "_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28",
+                      "io.modelcontextprotocol/clientCapabilities":{{}}}}}}}}'
+
+  # without a token: 401 with WWW-Authenticate: Bearer resource_metadata="..."
+  curl -si {resource} -H 'Content-Type: application/json' -d '{{"jsonrpc":"2.0","id":1,"method":"ping"}}'
+
+Ctrl-C stops everything.
+""",
+        flush=True,
+    )

@@ -1,0 +1,45 @@
+"""``policy explain``: run one request through the Check pipeline offline and say why."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import aiohttp
+
+from authz.check import SERVER_CONTEXT_KEY, Checker
+from authz.config import Config
+from authz.identity.jwks import KeySet
+from authz.identity.rfc9068 import Verifier
+from authz.model import HttpRequest
+
+
+def request_from_spec(spec: Any, token: str) -> HttpRequest:
+    """A JSON-RPC body alone, or ``{"method", "path", "headers", "body", "server"}``."""
+    if not (isinstance(spec, dict) and "body" in spec and "jsonrpc" not in spec):
+        spec = {"body": spec}
+    headers = {str(k).lower(): str(v) for k, v in (spec.get("headers") or {}).items()}
+    headers.setdefault("content-type", "application/json")
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    body = spec.get("body")
+    raw = body.encode() if isinstance(body, str) else (None if body is None else json.dumps(body).encode())
+    context = {SERVER_CONTEXT_KEY: spec["server"]} if spec.get("server") else {}
+    return HttpRequest(
+        method=spec.get("method", "POST"), path=spec.get("path", "/"), headers=headers, body=raw, context=context
+    )
+
+
+async def explain(config: Config, spec: Any, token: str) -> dict[str, Any]:
+    async with aiohttp.ClientSession() as session:
+        keys = {name: KeySet(issuer, lambda: session) for name, issuer in config.issuers.items()}
+        decision = await Checker(config, Verifier(config.issuers, keys)).check(request_from_spec(spec, token))
+    return {
+        "decision": "allow" if decision.allowed else "deny",
+        "status": decision.status,
+        "reason": decision.reason,
+        "rule": decision.rule,
+        "server": decision.server,
+        "detail": decision.detail,
+        "headers": dict(decision.set_headers if decision.allowed else decision.deny_headers),
+    }
