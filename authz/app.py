@@ -40,6 +40,7 @@ class Authorizer:
         self._refreshers: list[asyncio.Task[None]] = []
         self._grpc: grpc.aio.Server | None = None
         self._discovery: Any = None
+        self._http_front: asyncio.Server | None = None
         self._mtime = self._stat()
         self.checker = self._build(config)
 
@@ -104,11 +105,16 @@ class Authorizer:
         self._start_refreshers()
         service = AuthorizationService(lambda: self.checker, self.observe)
         self._grpc, _ = await start_grpc(self.config.listen.grpc, service)
+        if self.config.listen.http:
+            from authz.httpfront import start_http
+
+            self._http_front = await start_http(self.config.listen.http, lambda: self.checker, self.observe)
         await self._start_discovery()
         log.info(
             "mcp-authz serving",
             extra={
                 "grpc": self.config.listen.grpc,
+                "http": self.config.listen.http or None,
                 "discovery": self.config.listen.discovery,
                 "servers": sorted(self.config.servers),
                 "issuers": sorted(self.config.issuers),
@@ -132,6 +138,8 @@ class Authorizer:
     async def stop(self) -> None:
         for task in self._refreshers:
             task.cancel()
+        if self._http_front is not None:
+            self._http_front.close()
         if self._grpc is not None:
             await self._grpc.stop(grace=2)
         if self._discovery is not None:

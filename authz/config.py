@@ -44,12 +44,17 @@ class _Spec(BaseModel):
 
 class ListenSpec(_Spec):
     grpc: str = Field("127.0.0.1:9191", description="gRPC ext_authz (envoy.service.auth.v3) and grpc.health.v1.")
+    http: str = Field(
+        "",
+        description="HTTP ext_authz (Envoy `http_service`, Istio `envoyExtAuthzHttp`): the same Check, "
+        "a faster transport. Empty string disables it.",
+    )
     discovery: str = Field(
         "127.0.0.1:9192",
         description="HTTP: RFC 9728 / RFC 8414 documents, /healthz, /readyz. Empty string disables it.",
     )
 
-    @field_validator("grpc", "discovery")
+    @field_validator("grpc", "http", "discovery")
     @classmethod
     def _host_port(cls, value: str) -> str:
         if value and not re.fullmatch(r"\[?[0-9A-Za-z.:\-]+\]?:\d{1,5}", value):
@@ -195,6 +200,9 @@ class EnvoySpec(_Spec):
         1_048_576, ge=1024, le=16_777_216, description="Body bound sent to the Check (with_request_body)."
     )
     timeout_ms: int = Field(1000, ge=50, le=60000, description="ext_authz gRPC timeout in Envoy.")
+    authorizer: Literal["grpc", "http"] = Field(
+        "grpc", description="Which ext_authz transport the rendered Envoy uses (`http` needs listen.http)."
+    )
     admin_port: int = Field(0, ge=0, le=65535, description="Envoy admin port on 127.0.0.1 (0: ephemeral).")
 
 
@@ -220,6 +228,8 @@ class ConfigSpec(_Spec):
                 raise ValueError(f"server {s.name!r}: unknown issuers {missing}")
         if not self.servers:
             raise ValueError("servers: at least one MCP server is required")
+        if self.envoy.authorizer == "http" and not self.listen.http:
+            raise ValueError("envoy.authorizer: http needs listen.http")
         return self
 
 
