@@ -58,5 +58,5 @@ class Checker:
             return response.deny(refusal, server, mcp)
         except Exception as exc:  # fail closed: never allow, never crash
             log.exception("internal error in Check", extra={"reason": "internal_error"})
-            refusal = Unavailable("internal_error", f"{type(exc).__name__}: {exc}")
-            return response.deny(refusal, server, mcp, status=self.config.spec.failure_status)
+            failure = Unavailable("internal_error", f"{type(exc).__name__}: {exc}")
+            return response.deny(failure, server, mcp, status=self.config.spec.failure_status)

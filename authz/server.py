@@ -69,14 +69,14 @@ def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
             code=code_pb2.PERMISSION_DENIED if decision.status != 401 else code_pb2.UNAUTHENTICATED
         ),
         denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=decision.status),  # type: ignore[arg-type]
+            status=http_status_pb2.HttpStatus(code=decision.status),
             headers=[_header(k, v) for k, v in decision.deny_headers],
             body=decision.body.decode("utf-8"),
         ),
     )
 
 
-class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):
+class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """``Check`` → the current Checker. ``checker`` is read once per call, so a reload never tears a Check."""
 
     def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision], None]) -> None:

@@ -46,9 +46,9 @@ def _decide(
             refusal.rule = rule.name
             raise
         if not rule.allow:
-            refusal = Forbidden("policy_denied", f"rule {rule.name!r} denies")
-            refusal.rule = rule.name
-            raise refusal
+            denied = Forbidden("policy_denied", f"rule {rule.name!r} denies")
+            denied.rule = rule.name
+            raise denied
         return rule.name
     if policy.default_allow:
         return None
