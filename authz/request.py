@@ -37,7 +37,8 @@ NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "ur
 NAMED_PARAM = {**NAME_PARAM, "resources/subscribe": "uri", "resources/unsubscribe": "uri"}  # required in the body
 MAX_BATCH = 256
 MAX_BODY_BYTES = 16 * 1024 * 1024
-_B64_FORM = re.compile(r"=\?base64\?(?P<payload>[A-Za-z0-9+/=]*)\?=")
+# Any value in the sentinel form is decoded or refused, never taken as plain text (as the SDK does).
+_B64_FORM = re.compile(r"=\?base64\?(?P<payload>.*)\?=")
 
 
 def decode_header_value(value: str) -> str | None:
