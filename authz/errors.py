@@ -6,6 +6,8 @@ the challenge and a short body.
 
 from __future__ import annotations
 
+from typing import Any
+
 # JSON-RPC error codes used in deny bodies.
 PARSE_ERROR = -32700
 INVALID_REQUEST = -32600
@@ -66,9 +68,13 @@ class BadRequest(Refusal):
     status = 400
     default_reason = "bad_request"
 
-    def __init__(self, reason: str | None = None, detail: str = "", code: int = INVALID_REQUEST) -> None:
+    def __init__(
+        self, reason: str | None = None, detail: str = "", code: int = INVALID_REQUEST, data: Any = None
+    ) -> None:
         super().__init__(reason, detail)
         self.code = code
+        self.data = data  # JSON-RPC error.data for the client (e.g. -32022's supported versions)
+        self.request_id: str | int | None = None  # the refused message's id, when it could be read
 
 
 class TooLarge(BadRequest):

@@ -92,14 +92,8 @@ def _parse(req: HttpRequest, server: Server) -> McpRequest:
         _check_revision(revision, server, initialize=False)
         return McpRequest(http_method, revision, (), session_id=session)
 
-    name = None
-    if name_header is not None:
-        name = decode_header_value(name_header)
-        if name is None:
-            raise BadRequest("header_malformed", "Mcp-Name is not a valid encoded value", code=HEADER_MISMATCH)
-
     if not req.body:
-        return _from_headers(req, server, revision, method_header, name, version_header)
+        return _from_headers(req, server, revision, method_header, _name(name_header), version_header)
 
     content_type = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
@@ -107,6 +101,23 @@ def _parse(req: HttpRequest, server: Server) -> McpRequest:
     if len(req.body) > MAX_BODY_BYTES:
         raise TooLarge(detail=f"{len(req.body)} bytes")
     message = _load_json(req.body)
+    try:
+        return _parse_message(message, server, revision, version_header, method_header, name_header, session)
+    except BadRequest as refusal:
+        refusal.request_id = _request_id(message)
+        raise
+
+
+def _parse_message(
+    message: Any,
+    server: Server,
+    revision: str,
+    version_header: str | None,
+    method_header: str | None,
+    name_header: str | None,
+    session: str | None,
+) -> McpRequest:
+    name = _name(name_header)
     batch = isinstance(message, list)
     items = message if batch else [message]
     if batch and (not items or len(items) > MAX_BATCH):
@@ -124,6 +135,21 @@ def _parse(req: HttpRequest, server: Server) -> McpRequest:
     return McpRequest("POST", revision, calls, session_id=None if stateless else session, batch=batch)
 
 
+def _name(header: str | None) -> str | None:
+    if header is None:
+        return None
+    name = decode_header_value(header)
+    if name is None:
+        raise BadRequest("header_malformed", "Mcp-Name is not a valid encoded value", code=HEADER_MISMATCH)
+    return name
+
+
+def _request_id(message: Any) -> str | int | None:
+    """The id a JSON-RPC error answers with: the single message's, when it is a valid one."""
+    request_id = message.get("id") if isinstance(message, dict) else None
+    return request_id if isinstance(request_id, str | int) and not isinstance(request_id, bool) else None
+
+
 def _check_revision(revision: str, server: Server, *, initialize: bool) -> None:
     # An initialize without the header negotiates its version in the body: the server decides.
     if not initialize and revision not in server.revisions:
@@ -132,6 +158,7 @@ def _check_revision(revision: str, server: Server, *, initialize: bool) -> None:
             "revision_unsupported",
             f"MCP-Protocol-Version {revision!r}; accepted: {accepted}",
             code=UNSUPPORTED_PROTOCOL_VERSION,
+            data={"supported": sorted(server.revisions), "requested": revision},
         )
 
 

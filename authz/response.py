@@ -4,6 +4,7 @@ identity headers for the MCP server, and the caller's token removed."""
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from authz.config import Server
 from authz.errors import (
@@ -54,8 +55,13 @@ def _body(refusal: Refusal, mcp: McpRequest | None) -> bytes:
         message = f"insufficient_scope: requires {' '.join(refusal.scopes)}".strip()
     elif isinstance(refusal, BadRequest):
         message = f"{message}: {refusal.reason}"
-    request_id = mcp.first_id if mcp is not None else None
-    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": {"code": code, "message": message}}).encode()
+    rpc_error: dict[str, Any] = {"code": code, "message": message}
+    if isinstance(refusal, BadRequest) and refusal.data is not None:
+        rpc_error["data"] = refusal.data
+    # Refused while parsing (no McpRequest yet): the parser kept the id when it could read one.
+    bad_id = refusal.request_id if isinstance(refusal, BadRequest) else None
+    request_id = mcp.first_id if mcp is not None else bad_id
+    return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": rpc_error}).encode()
 
 
 def deny(refusal: Refusal, server: Server | None, mcp: McpRequest | None, status: int | None = None) -> Decision:
