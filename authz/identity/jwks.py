@@ -106,8 +106,10 @@ class KeySet:
 
     async def lookup(self, kid: str | None) -> Key | None:
         key = self.get(kid)
-        if key is None and time.monotonic() - self._last_attempt >= self.issuer.jwks_min_refetch:
-            await self.refresh()
+        if key is None and (
+            self._inflight is not None or time.monotonic() - self._last_attempt >= self.issuer.jwks_min_refetch
+        ):
+            await self.refresh()  # joins a fetch already under way rather than answering before it lands
             key = self.get(kid)
         return key
 
