@@ -173,6 +173,8 @@ class Verifier:
         issuer = self._by_iss.get(iss) if isinstance(iss, str) else None
         if issuer is None:
             raise InvalidToken("token_issuer_unknown", f"iss {iss!r}")
+        if len(token) > issuer.max_token_bytes:  # the bound in verify() is the largest of all issuers'
+            raise InvalidToken("token_too_large", f"{len(token)} bytes for {issuer.name}")
         alg = header.get("alg")
         if not isinstance(alg, str) or alg.lower() == "none":
             raise InvalidToken("token_alg_none", "unsigned token")
