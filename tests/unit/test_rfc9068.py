@@ -1,0 +1,323 @@
+"""JWT access tokens (authz/identity/rfc9068.py): keys of every type, claims, audience per server, cache."""
+
+from __future__ import annotations
+
+import time
+from types import SimpleNamespace
+from typing import Any
+
+import aiohttp
+import jwt
+import pytest
+from conftest import (
+    ISSUER,
+    OTHER_ISSUER,
+    OTHER_RESOURCE,
+    REMOVE,
+    RESOURCE,
+    JwksServer,
+    SigningKey,
+    build_verifier,
+    issuer_spec,
+    jwks,
+    keys,
+    make_claims,
+    make_config,
+    server_spec,
+    sign,
+)
+
+from authz.config import Config
+from authz.errors import InvalidToken
+from authz.identity import rfc9068
+from authz.identity.rfc9068 import TokenCache, Verified, Verifier
+from authz.model import Caller
+
+ALL_ALGS = ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
+
+
+class Setup:
+    def __init__(self, verifier: Verifier, config: Config) -> None:
+        self.verifier = verifier
+        self.config = config
+
+    async def verify(self, token: str, server: str = "mcp") -> Caller:
+        return await self.verifier.verify(token, self.config.servers[server])
+
+    async def refuse(self, token: str, server: str = "mcp") -> str:
+        with pytest.raises(InvalidToken) as info:
+            await self.verify(token, server)
+        assert info.value.status == 401
+        return info.value.reason
+
+
+def make_setup(
+    jwks_server: JwksServer,
+    session: aiohttp.ClientSession,
+    *signing_keys: SigningKey,
+    servers: list[dict[str, Any]] | None = None,
+    other_issuer: bool = False,
+    **issuer_fields: Any,
+) -> Setup:
+    jwks_server.docs["/main.json"] = jwks(*(signing_keys or (keys().rsa, keys().ec256, keys().ec384, keys().ed25519)))
+    fields = {"algorithms": ALL_ALGS, "token_type": "at+jwt", **issuer_fields}
+    issuers = [issuer_spec(jwks_uri=jwks_server.url("/main.json"), **fields)]
+    if other_issuer:
+        jwks_server.docs["/other.json"] = jwks(keys().ec256)
+        issuers.append(issuer_spec("second", OTHER_ISSUER, jwks_uri=jwks_server.url("/other.json")))
+    config = make_config(issuers, servers)
+    verifier, _ = build_verifier(config, session)
+    return Setup(verifier, config)
+
+
+@pytest.fixture
+def setup(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> Setup:
+    return make_setup(jwks_server, http_session)
+
+
+# ---------------------------------------------------------------- accepted tokens
+
+
+@pytest.mark.parametrize("name", ["rsa", "ps256", "ec256", "ec384", "ed25519"])
+async def test_every_key_type_verifies(jwks_server: JwksServer, http_session: aiohttp.ClientSession, name: str) -> None:
+    key: SigningKey = getattr(keys(), name)
+    s = make_setup(jwks_server, http_session, key)
+    claims = make_claims(jti="t-1")
+    caller = await s.verify(key.token(claims))
+    assert caller == Caller(
+        subject="alice",
+        claims=claims,
+        scopes=frozenset({"tools:read", "tools:write"}),
+        client_id="client-1",
+        issuer=ISSUER,
+        mode="jwt",
+        token_id="t-1",
+        expires_at=claims["exp"],
+    )
+
+
+async def test_pyjwt_encoded_token(setup: Setup) -> None:
+    token = jwt.encode(
+        make_claims(), keys().ec384.private, algorithm="ES384", headers={"kid": "ec-384", "typ": "at+jwt"}
+    )
+    assert (await setup.verify(token)).subject == "alice"
+
+
+@pytest.mark.parametrize("typ", ["at+jwt", "AT+JWT", "application/at+jwt", "Application/At+JWT"])
+async def test_typ_variants(setup: Setup, typ: str) -> None:
+    assert (await setup.verify(keys().ec256.token(header={"typ": typ}))).subject == "alice"
+
+
+@pytest.mark.parametrize("typ", ["JWT", "jwt", "at+JWT2", "", 5, None])
+async def test_wrong_typ(setup: Setup, typ: Any) -> None:
+    header = {"typ": REMOVE} if typ is None else {"typ": typ}
+    assert await setup.refuse(keys().ec256.token(header=header)) == "token_type_invalid"
+
+
+async def test_typ_not_checked_when_not_configured(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256, token_type=None)
+    assert (await s.verify(keys().ec256.token(header={"typ": "JWT"}))).subject == "alice"
+
+
+@pytest.mark.parametrize(
+    ("claims", "scopes"),
+    [
+        ({"scope": "a b  c"}, {"a", "b", "c"}),
+        ({"scope": ""}, set()),
+        ({"scope": REMOVE}, set()),
+        ({"scope": REMOVE, "scp": ["x", "y"]}, {"x", "y"}),
+        ({"scope": REMOVE, "scp": "x y"}, {"x", "y"}),
+    ],
+)
+async def test_scope_forms(setup: Setup, claims: dict[str, Any], scopes: set[str]) -> None:
+    assert (await setup.verify(keys().ec256.token(make_claims(**claims)))).scopes == scopes
+
+
+async def test_client_id_falls_back_to_azp_and_subject_to_client(setup: Setup) -> None:
+    caller = await setup.verify(keys().ec256.token(make_claims(client_id=REMOVE, azp="app")))
+    assert caller.client_id == "app"
+    s = make_setup_no_sub(setup)
+    caller = await s.verify(keys().ec256.token(make_claims(sub=REMOVE, client_id="machine")))
+    assert (caller.subject, caller.client_id, caller.anonymous) == ("machine", "machine", False)
+
+
+def make_setup_no_sub(setup: Setup) -> Setup:
+    """The same issuer, with `sub` not required (client-credentials tokens)."""
+    spec = setup.config.spec.issuers[0].model_dump()
+    spec["required_claims"] = ["exp", "iss", "aud"]
+    config = make_config([spec])
+    return Setup(Verifier(config.issuers, setup.verifier._keys), config)
+
+
+async def test_token_without_kid_uses_the_only_key(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    s = make_setup(jwks_server, http_session, keys().ed25519)
+    assert (await s.verify(keys().ed25519.token(header={"kid": REMOVE}))).subject == "alice"
+    s = make_setup(jwks_server, http_session, keys().ed25519, keys().ec256)
+    assert await s.refuse(keys().ed25519.token(header={"kid": REMOVE})) == "token_kid_unknown"
+
+
+# ---------------------------------------------------------------- refused tokens
+
+
+@pytest.mark.parametrize(
+    ("overrides", "reason"),
+    [
+        ({"exp": REMOVE}, "token_claim_missing"),
+        ({"sub": REMOVE}, "token_claim_missing"),
+        ({"aud": REMOVE}, "token_claim_missing"),
+        ({"exp": "9999999999"}, "token_claim_invalid"),
+        ({"exp": 1e10}, "token_claim_invalid"),
+        ({"exp": True}, "token_claim_invalid"),
+        ({"exp": -1}, "token_claim_invalid"),
+        ({"exp": 2**64}, "token_claim_invalid"),
+        ({"nbf": "0"}, "token_claim_invalid"),
+        ({"iat": 1.5}, "token_claim_invalid"),
+        ({"sub": 42}, "token_claim_invalid"),
+        ({"aud": 42}, "token_claim_invalid"),
+        ({"aud": [RESOURCE, 1]}, "token_claim_invalid"),
+        ({"scope": 7}, "token_claim_invalid"),
+        ({"scope": ["a", 1]}, "token_claim_invalid"),
+        ({"exp": int(time.time()) - 3600}, "token_expired"),
+        ({"nbf": int(time.time()) + 3600}, "token_not_yet_valid"),
+        ({"iat": int(time.time()) + 3600}, "token_issued_in_future"),
+        ({"exp": int(time.time()) + 10 * 86400}, "token_lifetime_too_long"),
+        ({"iss": "https://unknown.test"}, "token_issuer_unknown"),
+        ({"iss": REMOVE}, "token_issuer_unknown"),
+        ({"iss": [ISSUER]}, "token_issuer_unknown"),
+        ({"aud": "https://mcp.test/mcp/"}, "token_audience_mismatch"),
+        ({"aud": ["https://other.test/mcp", "https://mcp.test"]}, "token_audience_mismatch"),
+        ({"aud": []}, "token_audience_mismatch"),
+    ],
+)
+async def test_claim_checks(setup: Setup, overrides: dict[str, Any], reason: str) -> None:
+    assert await setup.refuse(keys().ec256.token(make_claims(**overrides))) == reason
+
+
+async def test_clock_skew(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256, clock_skew=30)
+    now = int(time.time())
+    assert (await s.verify(keys().ec256.token(make_claims(exp=now - 20)))).subject == "alice"
+    assert (await s.verify(keys().ec256.token(make_claims(nbf=now + 20, iat=now + 20)))).subject == "alice"
+    assert await s.refuse(keys().ec256.token(make_claims(exp=now - 40))) == "token_expired"
+    assert await s.refuse(keys().ec256.token(make_claims(nbf=now + 40))) == "token_not_yet_valid"
+
+
+async def test_require_jti(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256, require_jti=True)
+    assert (await s.verify(keys().ec256.token(make_claims(jti="x")))).token_id == "x"
+    assert await s.refuse(keys().ec256.token(make_claims(jti=REMOVE))) == "token_claim_missing"
+    assert await s.refuse(keys().ec256.token(make_claims(jti=5))) == "token_claim_missing"
+
+
+async def test_alg_must_fit_the_key(setup: Setup) -> None:
+    k = keys()
+    # ES256 header, but the kid names the P-384 key (and the signature is made with it)
+    token = sign({"alg": "ES256", "kid": "ec-384", "typ": "at+jwt"}, make_claims(), k.ec256.private, "ES256")
+    assert await setup.refuse(token) == "token_alg_key_mismatch"
+    # PS256 with an RSA key whose JWK pins RS256
+    token = sign({"alg": "PS256", "kid": "rsa-1", "typ": "at+jwt"}, make_claims(), k.rsa.private, "PS256")
+    assert await setup.refuse(token) == "token_alg_key_mismatch"
+
+
+async def test_tampered_payload_fails_the_signature(setup: Setup) -> None:
+    token = keys().ec256.token(make_claims(scope="tools:read"))
+    head, _, sig = token.split(".")
+    forged = sign({"alg": "ES256"}, make_claims(scope="admin"), keys().ec256.private, "ES256").split(".")[1]
+    assert await setup.refuse(f"{head}.{forged}.{sig}") == "token_signature_invalid"
+    assert await setup.refuse(f"{head}.{token.split('.')[1]}.{sig[:-4]}") == "token_signature_invalid"
+    assert await setup.refuse(f"{head}.{token.split('.')[1]}.") == "token_signature_invalid"
+
+
+# ---------------------------------------------------------------- per server: audience and issuer
+
+
+async def test_audience_is_checked_per_server(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    s = make_setup(
+        jwks_server,
+        http_session,
+        keys().ec256,
+        servers=[server_spec(), server_spec("other", OTHER_RESOURCE)],
+    )
+    for_mcp = keys().ec256.token()
+    assert (await s.verify(for_mcp, "mcp")).subject == "alice"
+    assert await s.refuse(for_mcp, "other") == "token_audience_mismatch"  # cached, still refused
+    assert await s.refuse(keys().ec256.token(make_claims(aud=OTHER_RESOURCE)), "mcp") == "token_audience_mismatch"
+    both = keys().ec256.token(make_claims(aud=[RESOURCE, OTHER_RESOURCE]))
+    assert (await s.verify(both, "mcp")).subject == (await s.verify(both, "other")).subject == "alice"
+
+
+async def test_extra_issuer_audiences(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256, audiences=["api://shared"])
+    assert (await s.verify(keys().ec256.token(make_claims(aud="api://shared")))).subject == "alice"
+    assert await s.refuse(keys().ec256.token(make_claims(aud="api://other"))) == "token_audience_mismatch"
+
+
+async def test_issuer_not_trusted_for_that_server(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    s = make_setup(
+        jwks_server,
+        http_session,
+        keys().ec256,
+        other_issuer=True,
+        servers=[server_spec(issuers=["second"]), server_spec("both", OTHER_RESOURCE)],
+    )
+    token = keys().ec256.token(make_claims(aud=[RESOURCE, OTHER_RESOURCE]))
+    assert await s.refuse(token, "mcp") == "token_issuer_untrusted"
+    assert (await s.verify(token, "both")).issuer == ISSUER
+    from_second = keys().ec256.token(make_claims(iss=OTHER_ISSUER))
+    assert (await s.verify(from_second, "mcp")).issuer == OTHER_ISSUER
+
+
+async def test_per_issuer_size_limit(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256, other_issuer=True, max_token_bytes=1000)
+    big = keys().ec256.token(make_claims(pad="x" * 1200))
+    assert await s.refuse(big) == "token_too_large"
+    # the other issuer keeps its own (default) limit
+    assert (await s.verify(keys().ec256.token(make_claims(iss=OTHER_ISSUER, pad="x" * 1200)))).issuer == OTHER_ISSUER
+
+
+# ---------------------------------------------------------------- the token cache
+
+
+async def test_cache_hit_skips_verification(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    token = keys().ec256.token()
+    first = await setup.verify(token)
+    assert (setup.verifier.cache.hits, setup.verifier.cache.misses) == (0, 1)
+
+    async def must_not_verify(*args: Any) -> Verified:
+        raise AssertionError("verified again")
+
+    monkeypatch.setattr(setup.verifier, "_verify", must_not_verify)
+    assert await setup.verify(token) is first
+    assert setup.verifier.cache.hits == 1
+
+
+async def test_expired_while_cached(setup: Setup, monkeypatch: pytest.MonkeyPatch) -> None:
+    now = int(time.time())
+    token = keys().ec256.token(make_claims(exp=now + 60))
+    assert (await setup.verify(token)).subject == "alice"
+    assert len(setup.verifier.cache) == 1
+    monkeypatch.setattr(rfc9068, "time", SimpleNamespace(time=lambda: now + 60 + 31))  # past exp + 30 s skew
+    assert await setup.refuse(token) == "token_expired"
+    assert len(setup.verifier.cache) == 0
+
+
+async def test_refused_tokens_are_not_cached(setup: Setup) -> None:
+    token = keys().ec256.token(make_claims(exp=int(time.time()) - 3600))
+    for _ in range(2):
+        assert await setup.refuse(token) == "token_expired"
+    assert len(setup.verifier.cache) == 0
+
+
+def test_cache_is_bounded() -> None:
+    cache = TokenCache(2)
+    entry = Verified("main", Caller("s", {}, frozenset()), frozenset(), 0)
+    for token in ("a", "b", "c"):
+        cache.put(token, entry)
+    assert len(cache) == 2
+    assert cache.get("a") is None and cache.get("c") is entry
+    cache.drop("c")
+    assert cache.get("c") is None
