@@ -98,9 +98,9 @@ def _json(segment: str, what: str) -> dict[str, Any]:
 
 
 def _numeric_date(claims: Mapping[str, Any], name: str) -> int | None:
-    value = claims.get(name)
-    if value is None:
+    if name not in claims:
         return None
+    value = claims[name]  # an explicit null is not "absent": it is not a NumericDate
     if type(value) is not int or not 0 <= value < _NUMERIC_DATE_MAX:
         raise InvalidToken("token_claim_invalid", f"{name} must be an integer NumericDate")
     return value
@@ -138,6 +138,8 @@ class Verifier:
         self.cache = TokenCache(cache_size)
 
     async def verify(self, token: str, server: Server) -> Caller:
+        if not token:
+            raise InvalidToken("token_empty", "empty token")
         if len(token) > self._max_bytes:
             raise InvalidToken("token_too_large", f"{len(token)} bytes")
         now = int(time.time())
@@ -164,7 +166,7 @@ class Verifier:
         if len(parts) == 5:
             raise InvalidToken("token_encrypted", "JWE tokens are not accepted")
         if len(parts) != 3:
-            raise InvalidToken("token_malformed", f"{len(parts)} segments")
+            raise InvalidToken("token_segments_invalid", f"{len(parts)} segments, not a compact JWS")
         header = _json(parts[0], "header")
         claims = _json(parts[1], "payload")
         signature = _b64(parts[2])
@@ -213,7 +215,7 @@ class Verifier:
 
     def _claims(self, token: str, issuer: Issuer, claims: dict[str, Any], now: int) -> Verified:
         for name in issuer.required_claims:
-            if name not in claims:
+            if claims.get(name) is None:
                 raise InvalidToken("token_claim_missing", f"no {name} claim")
         if issuer.require_jti and not isinstance(claims.get("jti"), str):
             raise InvalidToken("token_claim_missing", "no jti claim")
