@@ -20,8 +20,10 @@ async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Call
             raise InvalidToken("token_malformed", "several Authorization headers")
         scheme, _, token = values[0].strip().partition(" ")
         token = token.strip()
-        if scheme.lower() != "bearer" or not token or " " in token:
+        if scheme.lower() != "bearer" or " " in token:
             raise InvalidToken("token_malformed", "not a Bearer credential")
+        if not token:
+            raise InvalidToken("token_empty", "Bearer without a token")
         return await verifier.verify(token, server)
     except InvalidToken:
         if server.mode == "permissive":
