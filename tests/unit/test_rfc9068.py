@@ -167,6 +167,10 @@ async def test_token_without_kid_uses_the_only_key(
     ("overrides", "reason"),
     [
         ({"exp": REMOVE}, "token_claim_missing"),
+        ({"exp": None}, "token_claim_missing"),  # null is not a way to get a token that never expires
+        ({"sub": None}, "token_claim_missing"),
+        ({"nbf": None}, "token_claim_invalid"),
+        ({"iat": None}, "token_claim_invalid"),
         ({"sub": REMOVE}, "token_claim_missing"),
         ({"aud": REMOVE}, "token_claim_missing"),
         ({"exp": "9999999999"}, "token_claim_invalid"),
@@ -204,6 +208,15 @@ async def test_clock_skew(jwks_server: JwksServer, http_session: aiohttp.ClientS
     assert (await s.verify(keys().ec256.token(make_claims(nbf=now + 20, iat=now + 20)))).subject == "alice"
     assert await s.refuse(keys().ec256.token(make_claims(exp=now - 40))) == "token_expired"
     assert await s.refuse(keys().ec256.token(make_claims(nbf=now + 40))) == "token_not_yet_valid"
+
+
+async def test_null_exp_is_refused_even_when_not_required(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256, required_claims=["iss", "aud"])
+    assert await s.refuse(keys().ec256.token(make_claims(exp=None))) == "token_claim_invalid"
+    caller = await s.verify(keys().ec256.token(make_claims(exp=REMOVE)))
+    assert caller.expires_at is None
 
 
 async def test_require_jti(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
