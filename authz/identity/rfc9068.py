@@ -87,10 +87,11 @@ def _object(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _json(segment: str, what: str) -> dict[str, Any]:
     try:
-        value = json.loads(_b64(segment), object_pairs_hook=_object)
+        # UTF-8 only (RFC 7515 §4, RFC 7519 §7.2): json.loads(bytes) would also take UTF-16/32.
+        value = json.loads(_b64(segment).decode("utf-8"), object_pairs_hook=_object)
     except InvalidToken:
         raise
-    except (ValueError, RecursionError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
         raise InvalidToken("token_malformed", f"{what} is not JSON") from None
     if not isinstance(value, dict):
         raise InvalidToken("token_malformed", f"{what} is not a JSON object")
