@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import functools
 import json
 import time
@@ -102,14 +103,18 @@ def _apply(target: dict[str, Any], overrides: Mapping[str, Any]) -> None:
             target[k] = v
 
 
-def sign(header: Mapping[str, Any] | str, payload: Mapping[str, Any] | str, private: Any, alg: str) -> str:
-    """A hand-built compact JWS: header and payload as given (str = raw JSON text), signed with ``alg``."""
+def sign(
+    header: Mapping[str, Any] | str | bytes, payload: Mapping[str, Any] | str | bytes, private: Any, alg: str
+) -> str:
+    """A hand-built compact JWS: header and payload as given (str/bytes = raw JSON text), signed with ``alg``."""
     signing_input = f"{segment(header)}.{segment(payload)}"
     signature = jwt.get_algorithm_by_name(alg).sign(signing_input.encode("ascii"), private)
     return f"{signing_input}.{b64url(signature)}"
 
 
-def unsigned(header: Mapping[str, Any] | str, payload: Mapping[str, Any] | str, signature: bytes = b"") -> str:
+def unsigned(
+    header: Mapping[str, Any] | str | bytes, payload: Mapping[str, Any] | str | bytes, signature: bytes = b""
+) -> str:
     return f"{segment(header)}.{segment(payload)}.{b64url(signature)}"
 
 
@@ -279,8 +284,9 @@ class JwksServer:
         return web.json_response(doc)
 
 
-@pytest.fixture
-async def jwks_server() -> AsyncIterator[JwksServer]:
+@contextlib.asynccontextmanager
+async def serve_jwks() -> AsyncIterator[JwksServer]:
+    """Start a JwksServer on a free loopback port for the duration of the block."""
     server = JwksServer()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server._handle)
@@ -295,6 +301,12 @@ async def jwks_server() -> AsyncIterator[JwksServer]:
         yield server
     finally:
         await runner.cleanup()
+
+
+@pytest.fixture
+async def jwks_server() -> AsyncIterator[JwksServer]:
+    async with serve_jwks() as server:
+        yield server
 
 
 @pytest.fixture
