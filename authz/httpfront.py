@@ -1,0 +1,361 @@
+"""Envoy's HTTP ext_authz protocol (``http_service``; Istio ``envoyExtAuthzHttp``): the fast front end.
+
+The same Check as the gRPC service (``authz.server``), on a plain HTTP/1.1 connection: an asyncio
+``Protocol`` feeding ``httptools``, no framework. It costs a few tens of µs per Check where grpcio
+costs ~300 µs (see bench/README.md).
+
+The contract with Envoy (what ``authz.render.envoy`` renders when ``envoy.authorizer: http``)
+------------------------------------------------------------------------------------------------
+
+Request (Envoy → authorizer). Envoy sends the client request's method and path, ``host``,
+``authorization``, the headers listed in ``authorization_request.allowed_headers``
+(``mcp-method``, ``mcp-name``, ``mcp-protocol-version``, ``mcp-session-id``, ``origin``,
+``content-type``, ``accept``, ``traceparent``), and the body when ``with_request_body`` is set
+(``content-length`` is the body's length; no body means ``content-length: 0``). A header the
+client sent several times arrives once, its values joined by ``,``.
+
+Which MCP server (the HTTP twin of the gRPC ``mcp_server`` context extension). Envoy sends
+``check_settings.context_extensions`` over gRPC only; the HTTP client copies headers and the body
+and nothing else. So each MCP route carries ``metadata.filter_metadata.mcp_authz.server: <name>``
+and the filter adds ``x-mcp-authz-server: %METADATA(ROUTE:mcp_authz:server)%`` to every
+authorization request (``authorization_request.headers_to_add``). Likewise
+``x-mcp-authz-source`` (the downstream address) and ``x-mcp-authz-peer-{uri-san,dns-san,subject}``
+(the mTLS peer; absent without TLS) fill ``source_address`` / ``source_principal``. These
+``x-mcp-authz-*`` headers are trusted because only Envoy can put them there:
+
+* ``headers_to_add`` overwrites a header of the same name;
+* a client's own ``x-mcp-authz-*`` headers never reach the authorizer, because
+  ``allowed_headers`` never lists them (do not add a pattern such as ``prefix: x-`` to it);
+* a route without the metadata (none exists with ext_authz enabled) sends no server header, and
+  a config with several servers then denies (``server_unknown``).
+
+The listen address must be reachable by Envoy only (loopback or a pod-local address): whoever
+can reach it can make up these headers, though all they get back is a decision.
+
+Response (authorizer → Envoy).
+
+* Allow: ``200`` with no body. The identity headers (``x-mcp-subject``...) are set on the
+  upstream request, overwriting the client's copies, because the renderer lists their names in
+  ``allowed_upstream_headers``. The client's ``Authorization`` and any identity header without a
+  value are removed upstream through ``x-envoy-auth-headers-to-remove: authorization, ...``
+  (Envoy's HTTP twin of ``OkHttpResponse.headers_to_remove``, which is gRPC-only; checked with
+  Envoy 1.40 in tests/e2e/test_httpfront.py).
+* Deny: the decision's status, headers and body. Envoy passes the status and body to the client,
+  with the headers listed in ``allowed_client_headers`` (``content-type``, ``www-authenticate``,
+  ``retry-after``). A ``5xx`` counts as an authorizer *error* in Envoy: the client gets
+  ``status_on_error`` (503) without our body. A deny never goes out as ``200``.
+
+Connections: keep-alive; pipelined requests are answered in order (one Check at a time per
+connection; Envoy's pool opens more connections for concurrency). A request whose headers exceed
+``MAX_HEADER_BYTES`` / ``MAX_HEADERS`` gets ``431``, a body over ``envoy.max_request_bytes``
+``413``, both then close. Anything httptools cannot parse closes the connection without an answer
+(Envoy then applies ``status_on_error``). An identity value that cannot be a header value (CR, LF
+or another control character) is never written: the Check answers ``500``, which Envoy turns
+into a 503 for the client (fail closed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+from collections import deque
+from collections.abc import Callable
+from http import HTTPStatus
+
+import httptools
+
+from authz.check import SERVER_CONTEXT_KEY, Checker
+from authz.model import Decision, HttpRequest
+
+log = logging.getLogger("mcp_authz.httpfront")
+
+# ---------------------------------------------------------------- the contract with the renderer
+
+ENVOY_HEADER_PREFIX = "x-mcp-authz-"  # headers only Envoy may set on an authorization request
+SERVER_HEADER = "x-mcp-authz-server"
+SOURCE_HEADER = "x-mcp-authz-source"
+PEER_HEADERS = ("x-mcp-authz-peer-uri-san", "x-mcp-authz-peer-dns-san", "x-mcp-authz-peer-subject")
+REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
+ROUTE_METADATA_NAMESPACE = "mcp_authz"  # route metadata: filter_metadata.mcp_authz.server = <name>
+
+MAX_HEADER_BYTES = 96 * 1024  # URL + header names and values
+MAX_HEADERS = 200
+MAX_PIPELINED = 32  # requests queued on one connection before it stops reading
+DEFAULT_MAX_BODY = 1_048_576
+
+_ENVOY_PREFIX = ENVOY_HEADER_PREFIX.encode()
+_BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _status_line(code: int) -> bytes:
+    try:
+        phrase = HTTPStatus(code).phrase
+    except ValueError:
+        phrase = "Unknown"
+    return f"HTTP/1.1 {code} {phrase}\r\n".encode("ascii")
+
+
+_STATUS_LINES = {code: _status_line(code) for code in range(100, 600)}
+_ERROR_500 = _STATUS_LINES[500] + b"content-length: 0\r\n\r\n"
+_CLOSE = b"connection: close\r\n"
+
+
+class _Reject(Exception):
+    """Raised from a parser callback: answer ``status`` and close."""
+
+    def __init__(self, status: int) -> None:
+        self.status = status
+
+
+# ---------------------------------------------------------------- decisions → HTTP responses
+
+
+def _header_lines(headers: tuple[tuple[str, str], ...]) -> str:
+    if _BAD_VALUE.search("".join([name + value for name, value in headers])):
+        raise ValueError("a header name or value holds a control character")
+    return "".join([f"{name}: {value}\r\n" for name, value in headers])
+
+
+def encode_decision(decision: Decision, keep_alive: bool = True) -> bytes:
+    """The authorization response Envoy expects for ``decision`` (see the module docstring).
+
+    Raises ValueError if a header would hold a control character (the caller answers 500).
+    """
+    close = b"" if keep_alive else _CLOSE
+    if decision.allowed:
+        head = _header_lines(decision.set_headers)
+        if decision.remove_headers:
+            names = ", ".join(decision.remove_headers)
+            if _BAD_VALUE.search(names):
+                raise ValueError("a header name holds a control character")
+            head += f"{REMOVE_HEADER}: {names}\r\n"
+        return b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n" + close + head.encode() + b"\r\n"
+    status = decision.status if 300 <= decision.status <= 599 else 403  # a deny is never a 200
+    head = _header_lines(decision.deny_headers)
+    body = decision.body
+    return (
+        _STATUS_LINES[status]
+        + f"content-length: {len(body)}\r\n".encode("ascii")
+        + close
+        + head.encode()
+        + b"\r\n"
+        + body
+    )
+
+
+def _error_response(status: int) -> bytes:
+    return _STATUS_LINES[status] + b"content-length: 0\r\n" + _CLOSE + b"\r\n"
+
+
+# ---------------------------------------------------------------- the protocol
+
+
+class HttpFront:
+    """What every connection shares: the current Checker (read once per request) and the observer."""
+
+    __slots__ = ("checker", "observe")
+
+    def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision], None]) -> None:
+        self.checker = checker
+        self.observe = observe
+
+    def max_body(self) -> int:
+        try:
+            return self.checker().config.spec.envoy.max_request_bytes
+        except Exception:  # a stub checker in tests
+            return DEFAULT_MAX_BODY
+
+
+class ExtAuthzHttpProtocol(asyncio.Protocol):
+    """One connection from Envoy: parse requests, Check them in order, answer each."""
+
+    def __init__(self, front: HttpFront) -> None:
+        self._front = front
+        self._parser = httptools.HttpRequestParser(self)
+        self._transport: asyncio.Transport | None = None
+        self._queue: deque[tuple[HttpRequest, bool]] = deque()
+        self._worker: asyncio.Task[None] | None = None
+        self._paused = False
+        # the request being parsed
+        self._url = b""
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._header_bytes = 0
+        self._body: list[bytes] = []
+        self._body_bytes = 0
+        self._max_body = DEFAULT_MAX_BODY
+
+    # ------------------------------------------------------------ asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+        self._queue.clear()
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._abort()
+        except httptools.HttpParserError as exc:
+            reject = exc.__context__ if isinstance(exc.__context__, _Reject) else None
+            if reject is not None:
+                self._fail(reject.status)
+            else:
+                self._abort()
+
+    # ------------------------------------------------------------ httptools callbacks
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = []
+        self._header_bytes = 0
+        self._body = []
+        self._body_bytes = 0
+        self._max_body = self._front.max_body()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._header_bytes += len(url)
+        if self._header_bytes > MAX_HEADER_BYTES:
+            raise _Reject(431)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+        self._header_bytes += len(name) + len(value)
+        if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) > MAX_HEADERS:
+            raise _Reject(431)
+
+    def on_body(self, body: bytes) -> None:
+        self._body_bytes += len(body)
+        if self._body_bytes > self._max_body:
+            raise _Reject(413)
+        self._body.append(body)
+
+    def on_message_complete(self) -> None:
+        request = self._request()
+        keep_alive = bool(self._parser.should_keep_alive())
+        self._queue.append((request, keep_alive))
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._serve())
+        elif len(self._queue) >= MAX_PIPELINED and self._transport is not None and not self._paused:
+            self._paused = True
+            self._transport.pause_reading()
+
+    # ------------------------------------------------------------ requests and answers
+
+    def _request(self) -> HttpRequest:
+        headers: dict[str, str] = {}
+        context: dict[str, str] = {}
+        source = ""
+        peers: dict[str, str] = {}
+        for raw_name, raw_value in self._headers:
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("utf-8", "replace")
+            if name.startswith(ENVOY_HEADER_PREFIX):
+                if name == SERVER_HEADER:
+                    context[SERVER_CONTEXT_KEY] = value
+                elif name == SOURCE_HEADER:
+                    source = value
+                elif name in PEER_HEADERS:
+                    peers[name] = value
+                continue
+            previous = headers.get(name)
+            headers[name] = value if previous is None else f"{previous},{value}"
+        principal = ""
+        for name in PEER_HEADERS:  # like Envoy's source.principal: URI SAN, else DNS SAN, else subject
+            value = peers.get(name, "")
+            if value and value != "-":
+                principal = value.split(",", 1)[0] if name != PEER_HEADERS[2] else value
+                break
+        body = b"".join(self._body) if self._body else None
+        return HttpRequest(
+            method=self._parser.get_method().decode("ascii", "replace"),
+            path=self._url.decode("utf-8", "replace"),
+            headers=headers,
+            body=body,
+            source_address=source,
+            source_principal=principal,
+            context=context,
+        )
+
+    async def _serve(self) -> None:
+        """Check queued requests one at a time, answering in order (pipelining)."""
+        front = self._front
+        try:
+            while self._queue:
+                request, keep_alive = self._queue.popleft()
+                decision = await front.checker().check(request)
+                try:
+                    front.observe(request, decision)
+                except Exception:
+                    log.exception("decision observer failed")
+                try:
+                    response = encode_decision(decision, keep_alive)
+                except ValueError as exc:
+                    log.error("cannot encode the decision: %s", exc, extra={"reason": "header_invalid"})
+                    response = _ERROR_500
+                transport = self._transport
+                if transport is None or transport.is_closing():
+                    return
+                transport.write(response)
+                if not keep_alive:
+                    transport.close()
+                    return
+                if self._paused and len(self._queue) < MAX_PIPELINED // 2:
+                    self._paused = False
+                    transport.resume_reading()
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("HTTP ext_authz connection failed")
+            self._abort()
+        finally:
+            self._worker = None
+
+    def _fail(self, status: int) -> None:
+        """Answer a request that cannot be checked, once the ones before it are answered, then close."""
+        transport = self._transport
+        if transport is None:
+            return
+        transport.pause_reading()
+        if self._worker is None:
+            transport.write(_error_response(status))
+            transport.close()
+        else:
+            self._worker.add_done_callback(lambda _: self._fail_now(status))
+
+    def _fail_now(self, status: int) -> None:
+        transport = self._transport
+        if transport is not None and not transport.is_closing():
+            transport.write(_error_response(status))
+            transport.close()
+
+    def _abort(self) -> None:
+        self._queue.clear()
+        if self._transport is not None:
+            self._transport.close()
+
+
+def _split_address(address: str) -> tuple[str, int]:
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise ValueError(f"expected host:port, got {address!r}")
+    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)
+
+
+async def start_http(
+    address: str,
+    checker: Callable[[], Checker],
+    observe: Callable[[HttpRequest, Decision], None],
+) -> asyncio.Server:
+    """Listen on ``address`` (host:port) for Envoy's HTTP authorization requests."""
+    host, port = _split_address(address)
+    front = HttpFront(checker, observe)
+    loop = asyncio.get_running_loop()
+    return await loop.create_server(lambda: ExtAuthzHttpProtocol(front), host, port, backlog=1024)
