@@ -7,7 +7,9 @@ The chain, for each request on ``config.envoy.listen``:
 2. A request for an MCP server's path (``<path>`` exactly, or under ``<path>/``) is checked by
    ``envoy.filters.http.ext_authz`` over gRPC, the body included up to ``envoy.max_request_bytes``.
    Each route names its server in the per-route context extension ``mcp_server``: that is how the
-   authorizer learns which server (resource, policy) a Check is for.
+   authorizer learns which server (resource, policy) a Check is for. With ``envoy.authorizer: http``
+   the filter uses ``http_service`` instead (the fast path, ``authz.httpfront``), and the server's
+   name travels from route metadata in the ``x-mcp-authz-server`` header.
 3. For ``header_only`` servers, a 2026-07-28 request carrying ``Mcp-Method`` matches an earlier
    route that turns body buffering off: the decision is made on the routing headers, which such
    upstreams must validate against the body themselves.
@@ -35,6 +37,27 @@ CONTEXT_EXTENSION = "mcp_server"  # the contract with the authorizer: names the 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 STATELESS_REVISION = "2026-07-28"  # requests of this revision mirror the JSON-RPC method in headers
 DISCOVERY_PREFIXES = ("/.well-known/", "/jwks/")
+
+# HTTP ext_authz (envoy.authorizer: http): the contract with authz.httpfront.
+ROUTE_METADATA_NAMESPACE = "mcp_authz"  # route metadata filter_metadata.mcp_authz.server = <server name>
+HTTP_ALLOWED_HEADERS = (  # besides :method, :path, host, authorization and content-length, always sent
+    "mcp-method",
+    "mcp-name",
+    "mcp-protocol-version",
+    "mcp-session-id",
+    "origin",
+    "content-type",
+    "accept",
+    "traceparent",
+)
+HTTP_CONTEXT_HEADERS = (  # set by Envoy on each authorization request, overwriting any copy
+    ("x-mcp-authz-server", f"%METADATA(ROUTE:{ROUTE_METADATA_NAMESPACE}:server)%"),
+    ("x-mcp-authz-source", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+    ("x-mcp-authz-peer-uri-san", "%DOWNSTREAM_PEER_URI_SAN%"),
+    ("x-mcp-authz-peer-dns-san", "%DOWNSTREAM_PEER_DNS_SAN%"),
+    ("x-mcp-authz-peer-subject", "%DOWNSTREAM_PEER_SUBJECT%"),
+)
+HTTP_CLIENT_HEADERS = ("content-type", "www-authenticate", "retry-after")  # on deny, with status and body
 
 _EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 _EXT_AUTHZ_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
@@ -149,9 +172,16 @@ def _path_matches(path: str) -> list[dict[str, str]]:
     return [{"path": base}, {"prefix": base + "/"}]
 
 
-def server_routes(server: Server) -> list[dict[str, Any]]:
-    """The routes of one MCP server: header-only ones first (if enabled), then the body-checked ones."""
+def server_routes(server: Server, *, http_authorizer: bool = False) -> list[dict[str, Any]]:
+    """The routes of one MCP server: header-only ones first (if enabled), then the body-checked ones.
+
+    With the HTTP authorizer, each route also carries ``metadata.filter_metadata.mcp_authz.server``:
+    context extensions travel over gRPC only, so the filter copies this metadata into the
+    ``x-mcp-authz-server`` header of the authorization request (see ``http_ext_authz_filter``).
+    """
     context = {"context_extensions": {CONTEXT_EXTENSION: server.name}}
+    metadata = {"metadata": {"filter_metadata": {ROUTE_METADATA_NAMESPACE: {"server": server.name}}}}
+    extra = metadata if http_authorizer else {}
     action = {
         "cluster": upstream_cluster_name(server),
         "timeout": "0s",  # responses may be SSE streams: no overall limit
@@ -168,6 +198,7 @@ def server_routes(server: Server) -> list[dict[str, Any]]:
                 {
                     "name": f"{server.name}/header-only",
                     "match": {**match, "headers": headers},
+                    **extra,
                     "route": action,
                     "typed_per_filter_config": _ext_authz_per_route(
                         {**context, "disable_request_body_buffering": True}
@@ -179,6 +210,7 @@ def server_routes(server: Server) -> list[dict[str, Any]]:
             {
                 "name": server.name,
                 "match": match,
+                **extra,
                 "route": action,
                 "typed_per_filter_config": _ext_authz_per_route(context),
             }
@@ -213,8 +245,9 @@ def route_config(config: Config, *, with_discovery: bool) -> dict[str, Any]:
     # Longest path first, so a server at "/" never shadows one at "/a".
     servers = sorted(config.servers.values(), key=lambda s: -len(s.path.rstrip("/")))
     routes = discovery_routes() if with_discovery else []
+    http_authorizer = config.spec.envoy.authorizer == "http"
     for server in servers:
-        routes.extend(server_routes(server))
+        routes.extend(server_routes(server, http_authorizer=http_authorizer))
     routes.append(not_found_route())
     return {
         "name": "mcp",
@@ -223,6 +256,54 @@ def route_config(config: Config, *, with_discovery: bool) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------- filters and listener
+
+
+def _exact(names: list[str]) -> dict[str, Any]:
+    return {"patterns": [{"exact": name} for name in names]}
+
+
+def http_ext_authz_filter(config: Config, authorizer: str) -> dict[str, Any]:
+    """ext_authz over HTTP/1.1 (``http_service``) to ``authz.httpfront`` at ``authorizer`` (host:port).
+
+    The contract is the docstring of ``authz.httpfront``: which request headers go to the
+    authorizer (``allowed_headers``; never an ``x-mcp-authz-*`` one), the Envoy-set
+    ``x-mcp-authz-*`` headers naming the server and the peer, the identity headers taken
+    upstream on allow (``allowed_upstream_headers``; the authorizer removes ``authorization``
+    with ``x-envoy-auth-headers-to-remove``), the headers given to the client on deny.
+    Body, timeout and failure settings are those of the gRPC filter.
+    """
+    envoy = config.spec.envoy
+    host, port = _connect_address(authorizer)
+    identity = sorted({name for server in config.servers.values() for _, name in server.identity_headers})
+    return {
+        "name": EXT_AUTHZ,
+        "typed_config": {
+            "@type": _EXT_AUTHZ_TYPE,
+            "http_service": {
+                "server_uri": {
+                    "uri": f"http://{f'[{host}]' if ':' in host else host}:{port}",
+                    "cluster": AUTHZ_CLUSTER,
+                    "timeout": _duration(envoy.timeout_ms),
+                },
+                "authorization_request": {
+                    "headers_to_add": [{"key": key, "value": value} for key, value in HTTP_CONTEXT_HEADERS]
+                },
+                "authorization_response": {
+                    "allowed_upstream_headers": _exact(identity),
+                    "allowed_client_headers": _exact(list(HTTP_CLIENT_HEADERS)),
+                },
+            },
+            "allowed_headers": _exact(list(HTTP_ALLOWED_HEADERS)),
+            "transport_api_version": "V3",
+            "failure_mode_allow": False,
+            "status_on_error": {"code": "ServiceUnavailable"},  # unreachable or 5xx: deny with 503
+            "with_request_body": {
+                "max_request_bytes": envoy.max_request_bytes,
+                "allow_partial_message": False,
+                "pack_as_bytes": True,
+            },
+        },
+    }
 
 
 def ext_authz_filter(config: Config) -> dict[str, Any]:
@@ -303,15 +384,18 @@ def overload_manager() -> dict[str, Any]:
 def render_envoy(config: Config, *, authorizer: str | None = None, discovery: str | None = None) -> dict[str, Any]:
     """The Envoy bootstrap for ``config``.
 
-    ``authorizer`` and ``discovery`` (host:port) default to ``config.listen.grpc`` and
-    ``config.listen.discovery``; with no discovery address, the discovery routes are left out.
+    ``authorizer`` and ``discovery`` (host:port) default to ``config.listen.grpc`` (``listen.http``
+    with ``envoy.authorizer: http``) and ``config.listen.discovery``; with no discovery address,
+    the discovery routes are left out.
     """
-    authorizer = authorizer or config.listen.grpc
+    http_authorizer = config.spec.envoy.authorizer == "http"
+    authorizer = authorizer or (config.listen.http if http_authorizer else config.listen.grpc)
     discovery = discovery if discovery is not None else config.listen.discovery
     envoy = config.spec.envoy
     routes = route_config(config, with_discovery=bool(discovery))
-    manager = http_connection_manager(routes, [ext_authz_filter(config), router_filter()])
-    clusters = [cluster(AUTHZ_CLUSTER, authorizer, http2=True)]
+    authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
+    manager = http_connection_manager(routes, [authz, router_filter()])
+    clusters = [cluster(AUTHZ_CLUSTER, authorizer, http2=not http_authorizer)]
     if discovery:
         clusters.append(cluster(DISCOVERY_CLUSTER, discovery))
     clusters.extend(cluster(upstream_cluster_name(s), s.upstream) for s in config.servers.values())
