@@ -62,6 +62,7 @@ import re
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
+from typing import cast
 
 import httptools
 
@@ -188,8 +189,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
     # ------------------------------------------------------------ asyncio.Protocol
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are no subclasses
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None

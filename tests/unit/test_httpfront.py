@@ -7,6 +7,7 @@ import json
 import shutil
 import subprocess
 import sys
+import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -420,3 +421,27 @@ def test_rendered_http_bootstrap_passes_envoy_validate(tmp_path: Path) -> None:
     run = subprocess.run([ENVOY, "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0, run.stdout + run.stderr
     assert "deprecated" not in (run.stdout + run.stderr).lower()
+
+
+def test_under_uvloop() -> None:
+    """The authorizer runs on uvloop (``mcp-authz serve``): the same exchange there."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> list[Response]:
+        stub = Stub()
+        server = await start_http("127.0.0.1:0", lambda: cast(Checker, stub), lambda req, dec: None)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            front = Front(port, stub, [])
+            return await front.exchange(request("/a") + request("/deny") + request("/b"), responses=3)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    result: list[list[Response]] = []
+    thread = threading.Thread(target=lambda: result.append(uvloop.run(scenario())))
+    thread.start()
+    thread.join(30)
+    [responses] = result
+    assert [r.status for r in responses] == [200, 401, 200]
+    assert [r.header("x-path") for r in responses] == ["/a", None, "/b"]
