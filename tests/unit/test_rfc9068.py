@@ -29,6 +29,7 @@ from conftest import (
 
 from authz.config import Config
 from authz.errors import InvalidToken
+from authz.identity import jwks as jwks_module
 from authz.identity import rfc9068
 from authz.identity.rfc9068 import TokenCache, Verified, Verifier
 from authz.model import Caller
@@ -334,3 +335,35 @@ def test_cache_is_bounded() -> None:
     assert cache.get("a") is None and cache.get("c") is entry
     cache.drop("c")
     assert cache.get("c") is None
+
+
+# ---------------------------------------------------------------- key rotation, seen through tokens
+
+
+async def test_rotation_through_tokens(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = [1000.0]
+    monkeypatch.setattr(jwks_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    k = keys()
+    s = make_setup(jwks_server, http_session, k.rsa, jwks_min_refetch=30)
+    assert (await s.verify(k.rsa.token())).subject == "alice"
+    assert jwks_server.fetches("/main.json") == 1
+
+    # the issuer starts signing with a new key: the unknown kid triggers one refetch
+    jwks_server.docs["/main.json"] = jwks(k.rsa, k.rsa_new)
+    now[0] += 30
+    assert (await s.verify(k.rsa_new.token())).subject == "alice"
+    assert jwks_server.fetches("/main.json") == 2
+
+    # the old key is withdrawn; a fresh token under it still verifies until the key set is refetched
+    jwks_server.docs["/main.json"] = jwks(k.rsa_new)
+    assert (await s.verify(k.rsa.token())).subject == "alice"
+    now[0] += 30
+    assert await s.refuse(k.rsa_new.token(header={"kid": "unknown"})) == "token_kid_unknown"  # refetches
+    assert jwks_server.fetches("/main.json") == 3
+    assert await s.refuse(k.rsa.token()) == "token_kid_unknown"
+    # unknown kids within the interval cause no further fetches
+    for _ in range(5):
+        assert await s.refuse(k.rsa.token()) == "token_kid_unknown"
+    assert jwks_server.fetches("/main.json") == 3
