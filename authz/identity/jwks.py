@@ -142,7 +142,7 @@ class KeySet:
                 self.jwks_uri = uri
             self._keys = parse_jwks(await fetch_json(session, self.jwks_uri, timeout))
             self.last_error = ""
-        except (MetadataError, JwksError) as exc:
+        except (MetadataError, JwksError, RecursionError) as exc:  # RecursionError: a deeply nested document
             self.failures += 1
             self.last_error = str(exc)
             log.warning(
