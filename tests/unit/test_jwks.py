@@ -9,6 +9,8 @@ from typing import Any
 import aiohttp
 import pytest
 from conftest import JwksServer, issuer_spec, jwks, keys, make_config
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from authz.config import Issuer
 from authz.identity import devkey
@@ -168,7 +170,16 @@ async def test_min_refetch_zero_refetches_every_unknown_kid(
 
 @pytest.mark.parametrize(
     "garbage",
-    [b"not json", b"[]", {"keys": []}, {"keys": "x"}, {"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]}, None],
+    [
+        b"not json",
+        b"[]",
+        b"[" * 100_000,  # deep nesting: a RecursionError, not a crash of the refresher
+        b'{"keys": [' + b"1" + b"0" * 100_000 + b"]}",
+        {"keys": []},
+        {"keys": "x"},
+        {"keys": [{"kty": "RSA", "n": "!!", "e": "AQAB"}]},
+        None,
+    ],
 )
 async def test_garbage_keeps_the_last_good_keys(
     jwks_server: JwksServer, http_session: aiohttp.ClientSession, garbage: Any, caplog: pytest.LogCaptureFixture
@@ -267,3 +278,43 @@ async def test_local_key_file(tmp_path: Any) -> None:
     assert ks.ready and ks.get(kid) is not None and ks.get(None) is not None
     await ks.refresh()
     assert (await ks.lookup("unknown")) is None and ks.fetches == 0
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="metadata.fetch_json reads with StreamReader.read(n), which returns only what is buffered: "
+    "a JWKS larger than one read arrives truncated and fails as 'not JSON'",
+)
+async def test_large_jwks_is_read_whole(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    doc = jwks(keys().ec256)
+    doc["keys"] += [{"kty": "oct", "kid": f"pad{i}", "k": "x" * 1000, "use": "enc"} for i in range(300)]
+    jwks_server.docs["/jwks.json"] = doc  # ~300 KB, under the 512 KB bound
+    ks = keyset(jwks_server, http_session)
+    await ks.refresh()
+    assert ks.last_error == ""
+    assert ks.get("ec-256") is not None
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.text(max_size=6),
+        lambda c: (
+            st.lists(c, max_size=3)
+            | st.dictionaries(
+                st.sampled_from(["kty", "kid", "crv", "x", "y", "n", "e", "use", "alg", "d", "k"])
+                | st.text(max_size=3),
+                c,
+                max_size=5,
+            )
+        ),
+        max_leaves=10,
+    )
+)
+def test_parse_jwks_takes_any_json(entry: Any) -> None:
+    for doc in (entry, {"keys": [entry]}, {"keys": [entry, keys().ec256.public_jwk()]}):
+        try:
+            parsed = parse_jwks(doc)
+        except JwksError:
+            continue
+        assert all(isinstance(kid, str) and isinstance(key, Key) for kid, key in parsed.items())
