@@ -145,12 +145,14 @@ class Verifier:
             raise InvalidToken("token_too_large", f"{len(token)} bytes")
         now = int(time.time())
         entry = self.cache.get(token)
+        if entry is not None and entry.expires_at <= now - self._skew(entry):
+            self.cache.drop(token)
+            if entry.caller.expires_at is not None:
+                raise InvalidToken("token_expired", "expired while cached")
+            entry = None  # no exp: the entry only aged out of the cache; verify the token again
         if entry is None:
             entry = await self._verify(token, now)
             self.cache.put(token, entry)
-        elif entry.expires_at <= now - self._skew(entry):
-            self.cache.drop(token)
-            raise InvalidToken("token_expired", "expired while cached")
         if entry.issuer not in server.issuers:
             raise InvalidToken("token_issuer_untrusted", f"issuer {entry.issuer!r} not trusted for {server.name!r}")
         accepted = self._by_iss[entry.caller.issuer or ""].audiences | {server.resource}
