@@ -367,3 +367,17 @@ async def test_rotation_through_tokens(
     for _ in range(5):
         assert await s.refuse(k.rsa.token()) == "token_kid_unknown"
     assert jwks_server.fetches("/main.json") == 3
+
+
+async def test_token_without_exp_is_reverified_not_expired(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256, required_claims=["iss", "aud", "sub"])
+    now = int(time.time())
+    token = keys().ec256.token(make_claims(exp=REMOVE, iat=now, nbf=now))
+    assert (await s.verify(token)).expires_at is None
+    later = now + 3600  # long past the 300 s the entry is cached for
+    monkeypatch.setattr(rfc9068, "time", SimpleNamespace(time=lambda: later))
+    assert (await s.verify(token)).subject == "alice"
+    entry = s.verifier.cache.get(token)  # verified afresh: the entry now runs from `later`
+    assert entry is not None and entry.expires_at == later + 300
