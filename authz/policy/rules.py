@@ -62,12 +62,14 @@ def _matches(rule: Rule, http_method: str, call: McpCall | None) -> bool:
         return False
     if call is None:
         return rule.methods is None and rule.tools is None and rule.prompts is None and rule.resources is None
-    if rule.methods is not None and not rule.methods.match(call.method):
+    # Spelled out (no loop over (pattern, value) pairs): this runs for every rule of every Check.
+    if rule.methods is not None and rule.methods.match(call.method) is None:
         return False
-    for pattern, value in ((rule.tools, call.tool), (rule.prompts, call.prompt), (rule.resources, call.uri)):
-        if pattern is not None and (value is None or not pattern.match(value)):
-            return False
-    return True
+    if rule.tools is not None and (call.tool is None or rule.tools.match(call.tool) is None):
+        return False
+    if rule.prompts is not None and (call.prompt is None or rule.prompts.match(call.prompt) is None):
+        return False
+    return rule.resources is None or (call.uri is not None and rule.resources.match(call.uri) is not None)
 
 
 def _require(rule: Rule, caller: Caller, mcp: McpRequest, call: McpCall | None, base: dict[str, Any] | None) -> None:
