@@ -263,9 +263,12 @@ class Bench:
         self.upstream = f"127.0.0.1:{port}"
 
     def authz_config(
-        self, run: Run, *, header_only: bool = False, policy: dict[str, Any] | None = None
+        self, run: Run, *, header_only: bool = False, policy: dict[str, Any] | None = None, http: bool = False
     ) -> dict[str, Any]:
-        """The authorizer's own config for this case: the dev issuer, one server, the upstream."""
+        """The authorizer's own config for this case: the dev issuer, one server, the upstream.
+
+        ``http``: Envoy asks the authorizer over HTTP ext_authz (``listen.http``) instead of gRPC.
+        """
         server: dict[str, Any] = {
             "name": "bench",
             "resource": run.resource,
@@ -275,8 +278,13 @@ class Bench:
         }
         if policy is not None:
             server["policy"] = policy
+        listen = {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"}
+        envoy: dict[str, Any] = {"listen": f"127.0.0.1:{run.front_port}", "admin_port": 0}
+        if http:
+            listen["http"] = f"127.0.0.1:{free_port()}"
+            envoy["authorizer"] = "http"
         return {
-            "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
+            "listen": listen,
             "issuers": [
                 {
                     "name": "dev",
@@ -288,7 +296,7 @@ class Bench:
             ],
             "servers": [server],
             "log_level": "warning",
-            "envoy": {"listen": f"127.0.0.1:{run.front_port}", "admin_port": 0},
+            "envoy": envoy,
         }
 
     def rendered(self, spec: dict[str, Any]) -> dict[str, Any]:
@@ -370,15 +378,16 @@ class EnvoyCase:
 
 @dataclass(frozen=True)
 class AuthzCase:
-    """Envoy rendered by mcp-authz, with ``mcp-authz serve`` as its ext_authz."""
+    """Envoy rendered by mcp-authz, with ``mcp-authz serve`` as its ext_authz (gRPC, or HTTP if ``http``)."""
 
     name: str
     title: str
     header_only: bool = False
     policy: dict[str, Any] | None = None
+    http: bool = False
 
     def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
-        spec = bench.authz_config(run, header_only=self.header_only, policy=self.policy)
+        spec = bench.authz_config(run, header_only=self.header_only, policy=self.policy, http=self.http)
         config = bench.path(f"{self.name}.authz.yaml")
         config.write_text(yaml.safe_dump(spec, sort_keys=False))
         log = bench.path(f"{self.name}.authz.log")
@@ -416,7 +425,14 @@ CASES: list[Case] = [
     AuthzCase("mcp-authz", "Envoy + mcp-authz, no policy, header-only", header_only=True),
     AuthzCase("mcp-authz-body", "Envoy + mcp-authz, no policy, body sent"),
     AuthzCase("mcp-authz-policy", "Envoy + mcp-authz, 50 rules, body sent", policy=policy_of(50)),
+    AuthzCase("http", "Envoy + mcp-authz over HTTP ext_authz, no policy, header-only", header_only=True, http=True),
+    AuthzCase("http-body", "Envoy + mcp-authz over HTTP ext_authz, no policy, body sent", http=True),
+    AuthzCase(
+        "http-policy", "Envoy + mcp-authz over HTTP ext_authz, 50 rules, body sent", policy=policy_of(50), http=True
+    ),
 ]
+NO_AUTH = "envoy"
+CACHED = "jwt_authn-cache"
 
 
 # ---------------------------------------------------------------- load and results
@@ -503,8 +519,20 @@ def measure(bench: Bench, case: Case, args: argparse.Namespace) -> Result:
 
 
 def table(results: list[Result], args: argparse.Namespace) -> str:
-    baseline = next((r.rps for r in results if r.case.name == BASELINE and not r.skipped), None)
-    head = f"{'case':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs jwt':>7} {'envoy µs':>9} {'authz µs':>9}  note"
+    """One line per case; ``vs jwt``/``vs jwt$``/``vs envoy``: req/s over the jwt_authn, cached
+    jwt_authn and no-auth cases of the same run."""
+
+    def rps_of(name: str) -> float | None:
+        return next((r.rps for r in results if r.case.name == name and not r.skipped), None)
+
+    def ratio(rps: float, base: float | None) -> str:
+        return f"{rps / base:.2f}x" if base else "-"
+
+    bases = (rps_of(BASELINE), rps_of(CACHED), rps_of(NO_AUTH))
+    head = (
+        f"{'case':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs jwt':>7} {'vs jwt$':>7} {'vs envoy':>8}"
+        f" {'envoy µs':>9} {'authz µs':>9}  note"
+    )
     lines = [
         f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST tools/call, {os.cpu_count()} CPUs",
         head,
@@ -514,11 +542,11 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         if r.skipped:
             lines.append(f"{r.case.name:<18} skipped: {r.skipped}")
             continue
-        ratio = f"{r.rps / baseline:.2f}x" if baseline else "-"
+        ratios = f"{ratio(r.rps, bases[0]):>7} {ratio(r.rps, bases[1]):>7} {ratio(r.rps, bases[2]):>8}"
         envoy = f"{r.envoy_us:.0f}" if r.envoy_us is not None else "-"
         authz = f"{r.authz_us:.0f}" if r.authz_us is not None else "-"
         note = r.case.title + (f"; {r.bad} bad responses/errors" if r.bad else "")
-        figures = f"{r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratio:>7} {envoy:>9} {authz:>9}"
+        figures = f"{r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratios} {envoy:>9} {authz:>9}"
         lines.append(f"{r.case.name:<18} {figures}  {note}")
     return "\n".join(lines)
 
