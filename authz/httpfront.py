@@ -169,7 +169,12 @@ class HttpFront:
 
 
 class ExtAuthzHttpProtocol(asyncio.Protocol):
-    """One connection from Envoy: parse requests, Check them in order, answer each."""
+    """One connection from Envoy: parse requests, Check them in order, answer each.
+
+    One worker task per connection checks the queued requests in order; between requests it
+    waits on a future (waking it costs ~1 µs where a task per request costs ~5 µs). Checks run
+    inside that task, so whatever they await (a JWKS fetch with aiohttp) has a current task.
+    """
 
     def __init__(self, front: HttpFront) -> None:
         self._front = front
@@ -177,7 +182,9 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._transport: asyncio.Transport | None = None
         self._queue: deque[tuple[HttpRequest, bool]] = deque()
         self._worker: asyncio.Task[None] | None = None
+        self._waiter: asyncio.Future[None] | None = None
         self._paused = False
+        self._fail_status = 0  # answer this, after the queued requests, then close
         # the request being parsed
         self._url = b""
         self._headers: list[tuple[bytes, bytes]] = []
@@ -190,12 +197,14 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self._transport = cast(asyncio.Transport, transport)  # uvloop's transports are no subclasses
+        self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._transport = None
         self._queue.clear()
         if self._worker is not None:
             self._worker.cancel()
+            self._worker = None
 
     def data_received(self, data: bytes) -> None:
         try:
@@ -203,9 +212,8 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._abort()
         except httptools.HttpParserError as exc:
-            reject = exc.__context__ if isinstance(exc.__context__, _Reject) else None
-            if reject is not None:
-                self._fail(reject.status)
+            if isinstance(exc.__context__, _Reject):
+                self._fail(exc.__context__.status)
             else:
                 self._abort()
 
@@ -238,11 +246,12 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        request = self._request()
-        keep_alive = bool(self._parser.should_keep_alive())
-        self._queue.append((request, keep_alive))
-        if self._worker is None:
-            self._worker = asyncio.get_running_loop().create_task(self._serve())
+        self._queue.append((self._request(), bool(self._parser.should_keep_alive())))
+        waiter = self._waiter
+        if waiter is not None:
+            self._waiter = None
+            if not waiter.done():
+                waiter.set_result(None)
         elif len(self._queue) >= MAX_PIPELINED and self._transport is not None and not self._paused:
             self._paused = True
             self._transport.pause_reading()
@@ -268,28 +277,37 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             previous = headers.get(name)
             headers[name] = value if previous is None else f"{previous},{value}"
         principal = ""
-        for name in PEER_HEADERS:  # like Envoy's source.principal: URI SAN, else DNS SAN, else subject
-            value = peers.get(name, "")
-            if value and value != "-":
-                principal = value.split(",", 1)[0] if name != PEER_HEADERS[2] else value
-                break
-        body = b"".join(self._body) if self._body else None
+        if peers:  # like Envoy's source.principal: URI SAN, else DNS SAN, else subject
+            for name in PEER_HEADERS:
+                value = peers.get(name, "")
+                if value and value != "-":
+                    principal = value.split(",", 1)[0] if name != PEER_HEADERS[2] else value
+                    break
         return HttpRequest(
             method=self._parser.get_method().decode("ascii", "replace"),
             path=self._url.decode("utf-8", "replace"),
             headers=headers,
-            body=body,
+            body=b"".join(self._body) if self._body else None,
             source_address=source,
             source_principal=principal,
             context=context,
         )
 
     async def _serve(self) -> None:
-        """Check queued requests one at a time, answering in order (pipelining)."""
+        """The connection's worker: Check queued requests one at a time, answer in order (pipelining)."""
         front = self._front
+        queue = self._queue
+        loop = asyncio.get_running_loop()
         try:
-            while self._queue:
-                request, keep_alive = self._queue.popleft()
+            while True:
+                if not queue:
+                    if self._fail_status:
+                        self._write_error(self._fail_status)
+                        return
+                    self._waiter = loop.create_future()
+                    await self._waiter
+                    continue
+                request, keep_alive = queue.popleft()
                 decision = await front.checker().check(request)
                 try:
                     front.observe(request, decision)
@@ -307,7 +325,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                 if not keep_alive:
                     transport.close()
                     return
-                if self._paused and len(self._queue) < MAX_PIPELINED // 2:
+                if self._paused and len(queue) < MAX_PIPELINED // 2:
                     self._paused = False
                     transport.resume_reading()
         except asyncio.CancelledError:
@@ -315,22 +333,19 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("HTTP ext_authz connection failed")
             self._abort()
-        finally:
-            self._worker = None
 
     def _fail(self, status: int) -> None:
-        """Answer a request that cannot be checked, once the ones before it are answered, then close."""
-        transport = self._transport
-        if transport is None:
+        """Answer a request that cannot be checked once the ones before it are answered, then close."""
+        if self._transport is None:
             return
-        transport.pause_reading()
-        if self._worker is None:
-            transport.write(_error_response(status))
-            transport.close()
-        else:
-            self._worker.add_done_callback(lambda _: self._fail_now(status))
+        self._transport.pause_reading()
+        self._fail_status = status
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            self._waiter = None
+            waiter.set_result(None)
 
-    def _fail_now(self, status: int) -> None:
+    def _write_error(self, status: int) -> None:
         transport = self._transport
         if transport is not None and not transport.is_closing():
             transport.write(_error_response(status))
