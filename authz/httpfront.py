@@ -39,7 +39,7 @@ Response (authorizer → Envoy).
   ``allowed_upstream_headers``. The client's ``Authorization`` and any identity header without a
   value are removed upstream through ``x-envoy-auth-headers-to-remove: authorization, ...``
   (Envoy's HTTP twin of ``OkHttpResponse.headers_to_remove``, which is gRPC-only; checked with
-  Envoy 1.40 in tests/e2e/test_httpfront.py).
+  Envoy 1.40 in tests/e2e/test_httpfront_envoy.py).
 * Deny: the decision's status, headers and body. Envoy passes the status and body to the client,
   with the headers listed in ``allowed_client_headers`` (``content-type``, ``www-authenticate``,
   ``retry-after``). A ``5xx`` counts as an authorizer *error* in Envoy: the client gets
