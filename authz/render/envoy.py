@@ -322,6 +322,9 @@ def ext_authz_filter(config: Config) -> dict[str, Any]:
                 "pack_as_bytes": True,
             },
             "include_peer_certificate": True,
+            # Headers as a list in attributes.request.http.header_map, one entry per header line:
+            # a header sent twice (two Mcp-Name) reaches the authorizer as two values, not joined.
+            "encode_raw_headers": True,
         },
     }
 
