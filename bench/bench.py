@@ -1,7 +1,7 @@
 """Throughput of one authenticated MCP ``tools/call`` through Envoy: no auth, Envoy's own jwt_authn,
 and Envoy + mcp-authz, all in one run against the same direct-response upstream and the same wrk load.
 
-    .venv/bin/python bench/bench.py [--duration S] [--connections C] [--threads T] [--cases a,b,...]
+    .venv/bin/python bench/bench.py [--duration S] [--repeat N] [--connections C] [--threads T] [--cases a,b,...]
 
 Every case starts its own Envoy (and authorizer) in front of the upstream, checks that one request
 gets a 200, warms up, then runs ``wrk --latency``. The table gives req/s, p50, p99, the ratio of
@@ -23,6 +23,7 @@ import re
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -533,8 +534,9 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         f"{'case':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs jwt':>7} {'vs jwt$':>7} {'vs envoy':>8}"
         f" {'envoy µs':>9} {'authz µs':>9}  note"
     )
+    rounds = f", median of {args.repeat} rounds" if args.repeat > 1 else ""
     lines = [
-        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s, POST tools/call, {os.cpu_count()} CPUs",
+        f"wrk -t{args.threads} -c{args.connections} -d{args.duration}s{rounds}, POST tools/call, {os.cpu_count()} CPUs",
         head,
         "-" * len(head),
     ]
@@ -559,14 +561,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--threads", type=int, default=1)
     names = [c.name for c in CASES]
     parser.add_argument("--cases", default=",".join(names), help=f"comma-separated subset of {names}")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds over all cases; the table shows medians")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     args = parser.parse_args(argv)
     args.cases = [n.strip() for n in args.cases.split(",") if n.strip()]
     unknown = set(args.cases) - set(names)
     if unknown:
         parser.error(f"unknown cases {sorted(unknown)}; known: {names}")
-    if args.duration < 1 or args.warmup < 0:
-        parser.error("--duration must be at least 1 and --warmup at least 0")
+    if args.duration < 1 or args.warmup < 0 or args.repeat < 1:
+        parser.error("--duration and --repeat must be at least 1 and --warmup at least 0")
     if args.connections < args.threads:
         parser.error("--connections must be at least --threads")
     return args
@@ -591,16 +594,41 @@ def main(argv: list[str] | None = None) -> int:
             print(f"bench: {tool} not found", file=sys.stderr)
             return 2
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the clean-ups below
-    results: list[Result] = []
+    runs: dict[str, list[Result]] = {c.name: [] for c in CASES if c.name in args.cases}
     with workdir(args.keep) as path, contextlib.ExitStack() as stack:
         bench = Bench(path)
         bench.start_upstream(stack)
-        for case in CASES:
-            if case.name in args.cases:
-                print(f"running {case.name}: {case.title}", file=sys.stderr, flush=True)
-                results.append(measure(bench, case, args))
-    print(table(results, args))
+        for round_ in range(1, args.repeat + 1):  # rounds interleave the cases: drift hits all alike
+            for case in CASES:
+                if case.name in runs:
+                    label = f" (round {round_}/{args.repeat})" if args.repeat > 1 else ""
+                    print(f"running {case.name}: {case.title}{label}", file=sys.stderr, flush=True)
+                    runs[case.name].append(measure(bench, case, args))
+    print(table([median(r) for r in runs.values()], args))
     return 0
+
+
+def median(results: list[Result]) -> Result:
+    """Each figure's median over the runs of one case (skipped if any run was skipped)."""
+    skipped = next((r for r in results if r.skipped), None)
+    if skipped is not None:
+        return skipped
+
+    def mid(values: list[float | None]) -> float | None:
+        present = [v for v in values if v is not None]
+        return statistics.median(present) if present else None
+
+    return Result(
+        results[0].case,
+        None,
+        statistics.median(r.rps for r in results),
+        statistics.median(r.p50_ms for r in results),
+        statistics.median(r.p99_ms for r in results),
+        sum(r.requests for r in results),
+        sum(r.bad for r in results),
+        mid([r.envoy_us for r in results]),
+        mid([r.authz_us for r in results]),
+    )
 
 
 if __name__ == "__main__":
