@@ -19,12 +19,14 @@ The authorizer logs every denial (JSON, `logger: mcp_authz.decision`, with its `
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 from harness import (
     Authorizer,
@@ -40,7 +42,14 @@ from authz.config import Config, parse_config
 from authz.identity import devkey
 from authz.render.envoy import render_envoy_yaml
 
-__all__ = ["DEFAULT_POLICY", "Stack", "start_stack"]
+__all__ = ["ACCEPT", "DEFAULT_POLICY", "META", "Stack", "call_body", "challenge_params", "post_call", "start_stack"]
+
+ACCEPT = "application/json, text/event-stream"
+META = {
+    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
+    "io.modelcontextprotocol/clientCapabilities": {},
+}
+"""The `params._meta` envelope of a 2026-07-28 request."""
 
 DEFAULT_POLICY: dict[str, Any] = {
     "default": "deny",
@@ -163,6 +172,42 @@ class Stack:
     def stop(self) -> None:
         for proc in (self.envoy.proc, self.authorizer.proc, self.sample.proc):
             proc.stop()
+
+
+# ---------------------------------------------------------------- raw requests
+
+
+def challenge_params(value: str) -> dict[str, str]:
+    """The auth-params of a `Bearer` challenge (RFC 6750 §3)."""
+    scheme, _, rest = value.partition(" ")
+    assert scheme == "Bearer", value
+    params = {m.group(1): re.sub(r"\\(.)", r"\1", m.group(2)) for m in re.finditer(r'(\w+)="((?:[^"\\]|\\.)*)"', rest)}
+    assert rest.count("=") == len(params), f"unparsed parameters in {value!r}"
+    return params
+
+
+def call_body(tool: str, arguments: dict[str, Any], request_id: int = 1) -> dict[str, Any]:
+    return {
+        "jsonrpc": "2.0",
+        "id": request_id,
+        "method": "tools/call",
+        "params": {"name": tool, "arguments": arguments, "_meta": META},
+    }
+
+
+def post_call(
+    stack: Stack, tool: str, arguments: dict[str, Any], *, headers: list[tuple[str, str]] | None = None
+) -> httpx.Response:
+    """A 2026-07-28 tools/call with the routing headers the SDK would send, plus `headers`."""
+    sent = [
+        ("content-type", "application/json"),
+        ("accept", ACCEPT),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", tool),
+        *(headers or []),
+    ]
+    return httpx.post(stack.url, content=json.dumps(call_body(tool, arguments)), headers=sent, timeout=10.0)
 
 
 def start_stack(

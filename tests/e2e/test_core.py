@@ -17,7 +17,6 @@ import base64
 import hashlib
 import hmac
 import json
-import re
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -42,13 +41,8 @@ from harness import (
     client_credentials_provider,
     mcp_client,
 )
-from stack import Stack, start_stack
+from stack import ACCEPT, META, Stack, challenge_params, post_call, start_stack
 
-ACCEPT = "application/json, text/event-stream"
-META = {
-    "io.modelcontextprotocol/protocolVersion": "2026-07-28",
-    "io.modelcontextprotocol/clientCapabilities": {},
-}
 STAT_DISCOVERY_200 = "cluster.mcp_discovery.upstream_rq_200"
 TOOLS = {"search", "read_file", "delete_repo", "admin_reset", "echo_headers"}
 
@@ -75,39 +69,6 @@ def core(stack: Stack) -> Stack:
 
 
 # ---------------------------------------------------------------- helpers
-
-
-def challenge_params(value: str) -> dict[str, str]:
-    """The auth-params of a `Bearer` challenge (RFC 6750 §3)."""
-    scheme, _, rest = value.partition(" ")
-    assert scheme == "Bearer", value
-    params = {m.group(1): re.sub(r"\\(.)", r"\1", m.group(2)) for m in re.finditer(r'(\w+)="((?:[^"\\]|\\.)*)"', rest)}
-    assert rest.count("=") == len(params), f"unparsed parameters in {value!r}"
-    return params
-
-
-def call_body(tool: str, arguments: dict[str, Any], request_id: int = 1) -> dict[str, Any]:
-    return {
-        "jsonrpc": "2.0",
-        "id": request_id,
-        "method": "tools/call",
-        "params": {"name": tool, "arguments": arguments, "_meta": META},
-    }
-
-
-def post_call(
-    stack: Stack, tool: str, arguments: dict[str, Any], *, headers: list[tuple[str, str]] | None = None
-) -> httpx.Response:
-    """A 2026-07-28 tools/call with the routing headers the SDK would send, plus `headers`."""
-    sent = [
-        ("content-type", "application/json"),
-        ("accept", ACCEPT),
-        ("mcp-protocol-version", "2026-07-28"),
-        ("mcp-method", "tools/call"),
-        ("mcp-name", tool),
-        *(headers or []),
-    ]
-    return httpx.post(stack.url, content=json.dumps(call_body(tool, arguments)), headers=sent, timeout=10.0)
 
 
 def b64url(data: bytes) -> str:
