@@ -282,8 +282,8 @@ async def test_malformed_requests_get_400_and_never_reach_the_server(pol: Stack,
 
 async def test_a_body_over_max_request_bytes_gets_413_from_envoy(pol: Stack) -> None:
     before = len(pol.decisions())
-    big = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", "arguments": {}}}
-    big["params"]["arguments"]["query"] = "x" * pol.max_request_bytes
+    arguments = {"query": "x" * pol.max_request_bytes}
+    big = {"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {"name": "search", "arguments": arguments}}
     response = raw_post(pol, dumps(big))
     assert response.status_code == 413
     assert len(pol.decisions()) == before  # Envoy refused it before any Check
