@@ -151,6 +151,8 @@ class Smuggle:
     detail: str = ""  # ... and a word of its log detail, where the reason alone is ambiguous
     refused_by_upstream_when_header_only: bool = False
     header_only_status: int = 400  # 403: the headers alone name the forbidden tool
+    code: int = -32020  # the JSON-RPC error code of the 400
+    batch: bool = False  # the body is a batch: [search, delete_repo]
 
 
 V = ("mcp-protocol-version", "2026-07-28")
@@ -186,6 +188,14 @@ SMUGGLING: dict[str, Smuggle] = {
         refused_by_upstream_when_header_only=True,
     ),
     "legacy-session-name-header-says-search": Smuggle([("mcp-name", "search")], legacy_session=True),
+    # Headers for the batch's harmless first element; 2026-07-28 has no batches at all.
+    "batch-behind-search-headers": Smuggle(
+        [V, M, ("mcp-name", "search")],
+        batch=True,
+        reason="batch_invalid",
+        code=-32600,
+        refused_by_upstream_when_header_only=True,
+    ),
 }
 
 
@@ -208,8 +218,9 @@ async def smuggle(stack: Stack, token: str, case: Smuggle) -> tuple[httpx.Respon
             await raw.aclose()  # ends the session (a DELETE the upstream sees)
         return response, reached
     body["params"]["_meta"] = {**META, "io.modelcontextprotocol/protocolVersion": case.body_meta_version}
+    sent: Any = [call_body("search", {"query": "x"}, request_id=40), body] if case.batch else body
     async with httpx.AsyncClient(timeout=10.0) as http:
-        response = await http.post(stack.url, content=json.dumps(body), headers=headers + case.headers)
+        response = await http.post(stack.url, content=json.dumps(sent), headers=headers + case.headers)
     return response, len(stack.sample.requests())
 
 
@@ -219,8 +230,7 @@ async def test_smuggling_is_refused_by_the_authorizer(rev: Stack, reader_tokens:
     before = len(rev.decisions())
     response, reached = await smuggle(rev, reader_tokens["rev"], case)
     assert response.status_code == 400, response.text
-    error = response.json()["error"]
-    assert error["code"] == -32020
+    assert response.json()["error"]["code"] == case.code
     denial = rev.last_denial(before)
     assert denial["reason"] == case.reason
     assert case.detail in denial["detail"]
@@ -239,12 +249,12 @@ async def test_smuggling_in_header_only_mode(fast: Stack, reader_tokens: dict[st
         assert fast.last_denial(before)["reason"] == "insufficient_scope"
         assert reached == 0
     elif case.refused_by_upstream_when_header_only:
-        assert response.json()["error"]["code"] == -32020
+        assert response.json()["error"]["code"] == case.code
         # Allowed on its headers (which name an allowed operation); refused by the SDK server.
         assert reached == 1, "expected the upstream to see (and refuse) the request"
         assert [d for d in fast.decisions()[before:] if d["message"] == "deny"] == []
     else:
-        assert response.json()["error"]["code"] == -32020
+        assert response.json()["error"]["code"] == case.code
         assert reached == 0
         assert fast.last_denial(before)["reason"] == case.reason
     assert fast.sample.tool_calls() == []
