@@ -159,7 +159,7 @@ class Stack:
         return records
 
     def last_denial(self, after: int, timeout: float = 2.0) -> dict[str, Any]:
-        """The first denial logged after the first `after` decision records (waits for the log to flush)."""
+        """The latest denial among the decision records after the first `after` (waits for the log to flush)."""
         deadline = time.monotonic() + timeout
         while True:
             records = [r for r in self.decisions()[after:] if r.get("message") == "deny"]
