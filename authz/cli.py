@@ -44,8 +44,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
 
 
 def cmd_token(args: argparse.Namespace) -> int:
+    from authz.app import ensure_dev_keys
     from authz.identity import devkey
 
+    ensure_dev_keys(args.config)
     config = _load(args.config)
     local = [i for i in config.issuers.values() if i.local_key_file and (args.issuer in (None, i.name))]
     if not local:
@@ -110,6 +112,9 @@ def parser() -> argparse.ArgumentParser:
     c = cfg.add_parser("check", help="validate a config file without starting")
     c.add_argument("file")
     c.set_defaults(func=cmd_config_check)
+
+    ref = cfg.add_parser("reference", help="print the configuration reference (Markdown)")
+    ref.set_defaults(func=lambda _: print(__import__("authz.configdoc").configdoc.reference()) or 0)
 
     t = sub.add_parser("token", help="mint a development access token with the local dev key")
     t.add_argument("-c", "--config", default=DEFAULT_CONFIG)

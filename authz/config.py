@@ -162,7 +162,10 @@ class ServerSpec(_Spec):
         description="strict: a valid token is required. optional: no token → anonymous caller, "
         "a bad token → 401. permissive: a missing or bad token → anonymous caller (policy decides).",
     )
-    identity_headers: IdentityHeadersSpec = Field(default_factory=IdentityHeadersSpec)  # type: ignore[arg-type]
+    identity_headers: IdentityHeadersSpec = Field(
+        default_factory=IdentityHeadersSpec,  # type: ignore[arg-type]
+        description="Header names for the caller's identity upstream; client-sent copies are overwritten.",
+    )
     origins: list[str] | None = Field(
         None, description="Allowed `Origin` values (DNS-rebinding defence). Unset: not checked."
     )
@@ -207,14 +210,17 @@ class EnvoySpec(_Spec):
 
 
 class ConfigSpec(_Spec):
-    listen: ListenSpec = Field(default_factory=ListenSpec)  # type: ignore[arg-type]
+    listen: ListenSpec = Field(default_factory=ListenSpec, description="Listen addresses.")  # type: ignore[arg-type]
     issuers: list[IssuerSpec] = Field(description="Token issuers (authorization servers).")
     servers: list[ServerSpec] = Field(description="MCP servers protected by this authorizer.")
     failure_status: int = Field(
         503, ge=400, le=599, description="Status of a deny caused by an internal error (fail closed)."
     )
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-    envoy: EnvoySpec = Field(default_factory=EnvoySpec)  # type: ignore[arg-type]
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="JSON logs on stderr.")
+    envoy: EnvoySpec = Field(
+        default_factory=EnvoySpec,  # type: ignore[arg-type]
+        description="Settings of the Envoy chain that `mcp-authz render envoy` writes.",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> ConfigSpec:

@@ -38,10 +38,17 @@ async def fetch_json(session: aiohttp.ClientSession, url: str, timeout: float) -
         async with session.get(url, timeout=aiohttp.ClientTimeout(total=timeout), allow_redirects=False) as resp:
             if resp.status != 200:
                 raise MetadataError(f"{url}: HTTP {resp.status}")
-            body = await resp.content.read(MAX_DOCUMENT_BYTES + 1)
+            chunks: list[bytes] = []
+            size = 0
+            async for chunk in resp.content.iter_chunked(64 * 1024):
+                size += len(chunk)
+                if size > MAX_DOCUMENT_BYTES:
+                    break
+                chunks.append(chunk)
+            body = b"".join(chunks)
     except (aiohttp.ClientError, TimeoutError, OSError) as exc:
         raise MetadataError(f"{url}: {type(exc).__name__}: {exc}") from None
-    if len(body) > MAX_DOCUMENT_BYTES:
+    if size > MAX_DOCUMENT_BYTES:
         raise MetadataError(f"{url}: document larger than {MAX_DOCUMENT_BYTES} bytes")
     try:
         doc = json.loads(body)

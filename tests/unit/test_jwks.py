@@ -280,11 +280,6 @@ async def test_local_key_file(tmp_path: Any) -> None:
     assert (await ks.lookup("unknown")) is None and ks.fetches == 0
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="metadata.fetch_json reads with StreamReader.read(n), which returns only what is buffered: "
-    "a JWKS larger than one read arrives truncated and fails as 'not JSON'",
-)
 async def test_large_jwks_is_read_whole(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
     doc = jwks(keys().ec256)
     doc["keys"] += [{"kty": "oct", "kid": f"pad{i}", "k": "x" * 1000, "use": "enc"} for i in range(300)]
