@@ -10,6 +10,7 @@ from authz.config import Server
 from authz.errors import (
     FORBIDDEN_CODE,
     BadRequest,
+    Forbidden,
     InsufficientScope,
     InvalidToken,
     MissingToken,
@@ -19,6 +20,7 @@ from authz.errors import (
 from authz.model import Caller, Decision, McpRequest
 
 JSON = ("content-type", "application/json")
+_UNSAFE = frozenset(chr(c) for c in (*range(0x20), 0x7F))
 
 
 def _quote(value: str) -> str:
@@ -94,6 +96,8 @@ def allow(server: Server, caller: Caller, mcp: McpRequest, rule: str | None) -> 
         names.issuer: caller.issuer,
     }
     set_headers = tuple((k, v) for k, v in values.items() if v)
+    if any(not _UNSAFE.isdisjoint(v) for _, v in set_headers):
+        raise Forbidden("identity_unrepresentable", "a claim for an identity header has control characters")
     remove = ("authorization", *(k for k, v in values.items() if not v))
     return Decision(
         allowed=True,

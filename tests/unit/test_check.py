@@ -350,3 +350,19 @@ def test_challenge_quoting_and_rate_limit(tmp_path: Path) -> None:
     limited = deny(RateLimited(7), server, None)
     assert (limited.status, dict(limited.deny_headers)["retry-after"]) == (429, "7")
     assert "www-authenticate" not in dict(limited.deny_headers)
+
+
+def test_identity_claim_with_control_characters_is_refused_not_forwarded() -> None:
+    from authz.config import parse_config
+    from authz.errors import Forbidden
+    from authz.model import Caller
+    from authz.response import allow
+
+    config = parse_config(
+        "issuers: [{name: a, issuer: 'https://idp.example'}]\n"
+        "servers: [{name: s, resource: 'https://mcp.example/mcp'}]\n"
+    )
+    caller = Caller(subject="alice\r\nx-mcp-subject: root", claims={}, scopes=frozenset())
+    with pytest.raises(Forbidden) as refused:
+        allow(config.servers["s"], caller, None, None)  # type: ignore[arg-type]
+    assert refused.value.reason == "identity_unrepresentable"
