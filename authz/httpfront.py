@@ -12,7 +12,9 @@ Request (Envoy → authorizer). Envoy sends the client request's method and path
 (``mcp-method``, ``mcp-name``, ``mcp-protocol-version``, ``mcp-session-id``, ``origin``,
 ``content-type``, ``accept``, ``traceparent``), and the body when ``with_request_body`` is set
 (``content-length`` is the body's length; no body means ``content-length: 0``). A header the
-client sent several times arrives once, its values joined by ``,``.
+client sent several times arrives once, its values joined by ``,`` (the MCP parser then sees a
+value that disagrees with the body, not a duplicate). The front adds ``:method``, ``:path`` and
+``:authority`` to the headers, as the gRPC CheckRequest has them.
 
 Which MCP server (the HTTP twin of the gRPC ``mcp_server`` context extension). Envoy sends
 ``check_settings.context_extensions`` over gRPC only; the HTTP client copies headers and the body
@@ -283,9 +285,16 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                 if value and value != "-":
                     principal = value.split(",", 1)[0] if name != PEER_HEADERS[2] else value
                     break
+        method = self._parser.get_method().decode("ascii", "replace")
+        path = self._url.decode("utf-8", "replace")
+        # The pseudo-headers Envoy's gRPC CheckRequest carries, so CEL's request.headers reads alike.
+        headers[":method"] = method
+        headers[":path"] = path
+        if "host" in headers:
+            headers[":authority"] = headers["host"]
         return HttpRequest(
-            method=self._parser.get_method().decode("ascii", "replace"),
-            path=self._url.decode("utf-8", "replace"),
+            method=method,
+            path=path,
             headers=headers,
             body=b"".join(self._body) if self._body else None,
             source_address=source,

@@ -171,6 +171,7 @@ async def test_request_as_the_checker_sees_it(front: Front) -> None:
     assert req.headers["authorization"] == "Bearer t"
     assert req.headers["mcp-method"] == "tools/call"
     assert req.headers["x-thing"] == "a,b"  # as Envoy joins repeated headers
+    assert (req.headers[":method"], req.headers[":path"], req.headers[":authority"]) == ("POST", "/mcp?x=1", "mcp.test")
     assert not [h for h in req.headers if h.startswith("x-mcp-authz-")]
     assert req.context == {"mcp_server": "alpha"}
     assert req.source_address == "10.0.0.7"
