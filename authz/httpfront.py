@@ -202,11 +202,14 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._worker = asyncio.get_running_loop().create_task(self._serve())
 
     def connection_lost(self, exc: Exception | None) -> None:
+        """An idle worker ends now; a Check under way finishes (a JWKS fetch it started may serve
+        other Checks too), is observed, and its answer dropped."""
         self._transport = None
         self._queue.clear()
-        if self._worker is not None:
-            self._worker.cancel()
-            self._worker = None
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.cancel()
+        self._worker = None
 
     def data_received(self, data: bytes) -> None:
         try:

@@ -303,6 +303,17 @@ async def test_a_failing_checker_drops_the_connection_only(front: Front) -> None
     assert response.status == 200
 
 
+async def test_client_gone_during_a_check(front: Front) -> None:
+    _, writer = await front.connect()
+    writer.write(request("/slow/100") + request("/never"))
+    await asyncio.sleep(0.02)
+    writer.close()
+    await asyncio.sleep(0.2)
+    assert [r.path for r, _ in front.observed] == ["/slow/100"]  # finished and observed, not answered
+    [response] = await front.exchange(request("/after"))
+    assert response.header("x-path") == "/after"
+
+
 async def test_many_pipelined_requests_are_all_answered(front: Front) -> None:
     count = httpfront.MAX_PIPELINED * 3
     reader, writer = await front.connect()
