@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import random
 import shutil
 import subprocess
 import sys
@@ -268,6 +270,26 @@ async def test_garbage_closes_the_connection_and_the_server_lives_on(front: Fron
     writer.write(garbage)
     assert await closed(reader)
     writer.close()
+    [response] = await front.exchange(request("/after"))
+    assert response.header("x-path") == "/after"
+
+
+async def test_random_mutations_never_break_the_server(front: Front) -> None:
+    """Valid requests with random bytes flipped, cut or repeated: any answer or a close, never a crash."""
+    rng = random.Random(7)
+    valid = request("/fuzz", body=b'{"jsonrpc":"2.0"}', headers={"authorization": "Bearer t"})
+    for _ in range(150):
+        data = bytearray(valid * rng.randint(1, 3))
+        for _ in range(rng.randint(1, 6)):
+            data[rng.randrange(len(data))] = rng.randrange(256)
+        if rng.random() < 0.3:
+            data = data[: rng.randrange(len(data))]
+        reader, writer = await front.connect()
+        writer.write(bytes(data))
+        writer.write_eof()
+        with contextlib.suppress(ConnectionError):
+            await asyncio.wait_for(reader.read(), 5)  # answers, then EOF (or just EOF)
+        writer.close()
     [response] = await front.exchange(request("/after"))
     assert response.header("x-path") == "/after"
 
