@@ -431,6 +431,13 @@ CASES: list[Case] = [
     AuthzCase(
         "http-policy", "Envoy + mcp-authz over HTTP ext_authz, 50 rules, body sent", policy=policy_of(50), http=True
     ),
+    AuthzCase(
+        "http-policy-headers",
+        "Envoy + mcp-authz over HTTP ext_authz, 50 rules, header-only",
+        header_only=True,
+        policy=policy_of(50),
+        http=True,
+    ),
 ]
 NO_AUTH = "envoy"
 CACHED = "jwt_authn-cache"
