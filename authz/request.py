@@ -67,6 +67,8 @@ def parse(req: HttpRequest, server: Server) -> McpRequest | BadRequest:
     try:
         return _parse(req, server)
     except BadRequest as refusal:
+        if refusal.request_id is None and refusal.code == HEADER_MISMATCH and req.body:
+            refusal.request_id = _peek_id(req.body)  # refused on headers before the body was read
         return refusal
     except (RecursionError, MemoryError, ValueError, TypeError) as exc:
         return BadRequest("body_invalid", f"{type(exc).__name__}", code=PARSE_ERROR)
@@ -142,6 +144,14 @@ def _name(header: str | None) -> str | None:
     if name is None:
         raise BadRequest("header_malformed", "Mcp-Name is not a valid encoded value", code=HEADER_MISMATCH)
     return name
+
+
+def _peek_id(body: bytes) -> str | int | None:
+    """The id of a body refused before it was parsed, if it is a well-formed single message."""
+    try:
+        return _request_id(_load_json(body))
+    except (BadRequest, RecursionError, ValueError, TypeError):
+        return None
 
 
 def _request_id(message: Any) -> str | int | None:

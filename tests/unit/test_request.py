@@ -526,3 +526,25 @@ def test_sdk_encoding_round_trips(value: str) -> None:
         body = json.dumps(tool_call(value)).encode()
         req = http_request(body, headers=stateless_headers("tools/call", encoded))
         assert parsed(req).calls[0].tool == value
+
+
+def test_duplicated_routing_header_refusal_carries_the_request_id() -> None:
+    from authz.config import parse_config
+    from authz.errors import BadRequest
+    from authz.model import HttpRequest
+    from authz.request import parse
+
+    config = parse_config(
+        "issuers: [{name: a, issuer: 'https://i'}]\nservers: [{name: s, resource: 'https://m/mcp'}]\n"
+    )
+    body = b'{"jsonrpc":"2.0","id":42,"method":"tools/call","params":{"name":"search"}}'
+    req = HttpRequest(
+        "POST",
+        "/mcp",
+        {"content-type": "application/json", "mcp-name": "search,search"},
+        body,
+        header_values={"mcp-name": ("search", "search")},
+    )
+    refused = parse(req, config.servers["s"])
+    assert isinstance(refused, BadRequest)
+    assert (refused.reason, refused.request_id) == ("header_duplicated", 42)
