@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from authz.audit import Auditor
 from authz.check import Checker
 from authz.config import Config, ConfigError, load_config
 from authz.identity import devkey
@@ -42,6 +43,7 @@ class Authorizer:
         self._discovery: Any = None
         self._http_front: asyncio.Server | None = None
         self._mtime = self._stat()
+        self.audit = Auditor()
         self.checker = self._build(config)
 
     # ------------------------------------------------------------------ building a config's runtime
@@ -57,6 +59,7 @@ class Authorizer:
             old = self._keys.get(name)
             keys[name] = old if old is not None and old.issuer == issuer else KeySet(issuer, self._session)
         self._keys = keys
+        self.audit.configure(config.spec.audit.enabled, config.spec.audit.argument_keys)
         return Checker(config, Verifier(config.issuers, keys))
 
     @property
@@ -78,7 +81,8 @@ class Authorizer:
     # ------------------------------------------------------------------ serving
 
     def observe(self, req: HttpRequest, decision: Decision) -> None:
-        """Log each decision with its reason code (denials at info, allows at debug)."""
+        """Write the decision's audit event; log it with its reason code (denials at info, allows at debug)."""
+        self.audit(req, decision)
         level = logging.DEBUG if decision.allowed else logging.INFO
         if not decisions.isEnabledFor(level):
             return

@@ -209,6 +209,17 @@ class EnvoySpec(_Spec):
     admin_port: int = Field(0, ge=0, le=65535, description="Envoy admin port on 127.0.0.1 (0: ephemeral).")
 
 
+class AuditSpec(_Spec):
+    enabled: bool = Field(
+        True, description="Write one JSON audit event per decision to stdout (`\"stream\": \"mcp-authz-audit\"`)."
+    )
+    argument_keys: list[str] = Field(
+        [],
+        description="Tool argument keys copied into audit events; every other argument is left out. "
+        "Default: none.",
+    )
+
+
 class ConfigSpec(_Spec):
     listen: ListenSpec = Field(default_factory=ListenSpec, description="Listen addresses.")  # type: ignore[arg-type]
     issuers: list[IssuerSpec] = Field(description="Token issuers (authorization servers).")
@@ -220,6 +231,10 @@ class ConfigSpec(_Spec):
     envoy: EnvoySpec = Field(
         default_factory=EnvoySpec,  # type: ignore[arg-type]
         description="Settings of the Envoy chain that `mcp-authz render envoy` writes.",
+    )
+    audit: AuditSpec = Field(
+        default_factory=AuditSpec,  # type: ignore[arg-type]
+        description="Audit events: one JSON line per decision on stdout, never the token.",
     )
 
     @model_validator(mode="after")
