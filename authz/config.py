@@ -7,6 +7,7 @@ never per Check. "How to verify a token" (``issuers``) is kept apart from "what 
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 from collections.abc import Mapping
@@ -150,6 +151,51 @@ class IdentityHeadersSpec(_Spec):
     issuer: str = Field("x-mcp-issuer", description="Header carrying the token's issuer.")
 
 
+PROXY_PRESETS: dict[str, tuple[str, str | None, str | None]] = {
+    # preset: (user header, email header, groups header)
+    "oauth2-proxy": ("X-Auth-Request-User", "X-Auth-Request-Email", "X-Auth-Request-Groups"),
+    "authelia": ("Remote-User", "Remote-Email", "Remote-Groups"),
+    "cloudflare": ("Cf-Access-Authenticated-User-Email", "Cf-Access-Authenticated-User-Email", None),
+}
+
+
+class ProxySpec(_Spec):
+    preset: Literal["oauth2-proxy", "authelia", "cloudflare", "none"] = Field(
+        "none",
+        description="Header names of a known proxy: oauth2-proxy (`X-Auth-Request-*`), authelia (`Remote-*`). "
+        "cloudflare is not yet supported (its JWT assertion is not verified yet) and is refused. "
+        "A preset replaces user_header, email_header and groups_header.",
+    )
+    user_header: str = Field("X-Authenticated-User", description="Header with the user name; becomes `sub`.")
+    email_header: str | None = Field(None, description="Header with the user's email; becomes `email`.")
+    groups_header: str | None = Field(
+        None, description="Header with the user's groups, comma-separated; becomes the list `groups`."
+    )
+    trusted_principals: list[str] = Field(
+        [],
+        description="mTLS peer principals (SPIFFE ID / URI SAN, else DNS SAN, else subject) of the proxy; "
+        "exact or `*`/`?` globs. Every configured rule kind must pass (principal AND CIDR when both set).",
+    )
+    trusted_cidrs: list[str] = Field(
+        [], description="Source addresses of the proxy (CIDRs). At least one trust rule kind is required."
+    )
+    on_untrusted: Literal["deny", "strip"] = Field(
+        "deny",
+        description="An untrusted request carrying any identity header: deny → 401 (`proxy_untrusted`); "
+        "strip → the headers are ignored (and removed upstream) and identification goes on.",
+    )
+
+    @field_validator("trusted_cidrs")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError:
+                raise ValueError(f"not a CIDR: {cidr!r}") from None
+        return value
+
+
 class ServerSpec(_Spec):
     name: str = Field(description="Name Envoy sends in the `mcp_server` context extension.")
     resource: str = Field(description="Public URL of the MCP endpoint; the audience tokens must carry.")
@@ -162,6 +208,12 @@ class ServerSpec(_Spec):
         description="strict: a valid token is required. optional: no token → anonymous caller, "
         "a bad token → 401. permissive: a missing or bad token → anonymous caller (policy decides).",
     )
+    identity: list[Literal["jwt", "proxy"]] = Field(
+        ["jwt"],
+        description="Identity sources tried in this order: jwt (Bearer access token), proxy (headers of a "
+        "trusted authenticating proxy, see `proxy`). The first that identifies the caller wins.",
+    )
+    proxy: ProxySpec | None = Field(None, description="Trusted proxy identity; required when identity has proxy.")
     identity_headers: IdentityHeadersSpec = Field(
         default_factory=IdentityHeadersSpec,  # type: ignore[arg-type]
         description="Header names for the caller's identity upstream; client-sent copies are overwritten.",
@@ -176,6 +228,23 @@ class ServerSpec(_Spec):
         "upstreams that validate header/body agreement themselves (as the revision requires).",
     )
     policy: PolicySpec | None = Field(None, description="Per-operation rules. Unset: any valid caller.")
+
+    @model_validator(mode="after")
+    def _proxy_trust(self) -> ServerSpec:
+        if len(set(self.identity)) != len(self.identity) or not self.identity:
+            raise ValueError("identity: list jwt and/or proxy, each once")
+        if "proxy" in self.identity:
+            proxy = self.proxy
+            if proxy is None or not (proxy.trusted_principals or proxy.trusted_cidrs):
+                raise ValueError(
+                    "identity has proxy but proxy sets no trust rule: set proxy.trusted_principals and/or "
+                    "proxy.trusted_cidrs, or anyone could send the identity headers"
+                )
+            if proxy.preset == "cloudflare":
+                raise ValueError(
+                    "proxy.preset cloudflare is not yet supported: its Cf-Access-Jwt-Assertion is not verified"
+                )
+        return self
 
     @field_validator("resource")
     @classmethod
@@ -311,6 +380,37 @@ class Issuer:
 
 
 @dataclass(frozen=True, slots=True)
+class ProxyTrust:
+    """A trusted proxy: who it is (principal globs, CIDRs) and which headers carry the user."""
+
+    user_header: str  # header names lower-case
+    email_header: str | None
+    groups_header: str | None
+    principals: re.Pattern[str] | None  # None: not checked
+    cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None  # None: not checked
+    strip: bool
+
+    @property
+    def headers(self) -> tuple[str, ...]:
+        """Every identity header of the proxy, removed upstream in every case."""
+        return tuple(dict.fromkeys(h for h in (self.user_header, self.email_header, self.groups_header) if h))
+
+
+def _compile_proxy(spec: ProxySpec | None) -> ProxyTrust | None:
+    if spec is None:
+        return None
+    user, email, groups = PROXY_PRESETS.get(spec.preset, (spec.user_header, spec.email_header, spec.groups_header))
+    return ProxyTrust(
+        user_header=user.lower(),
+        email_header=email.lower() if email else None,
+        groups_header=groups.lower() if groups else None,
+        principals=_globs(spec.trusted_principals) if spec.trusted_principals else None,
+        cidrs=tuple(ipaddress.ip_network(c, strict=False) for c in spec.trusted_cidrs) or None,
+        strip=spec.on_untrusted == "strip",
+    )
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     name: str
     resource: str
@@ -321,6 +421,8 @@ class Server:
     resource_name: str | None
     mode: str
     identity_headers: IdentityHeadersSpec
+    identity: tuple[str, ...]  # jwt | proxy, in the operator's order
+    proxy: ProxyTrust | None
     origins: frozenset[str] | None
     revisions: frozenset[str]
     header_only: bool
@@ -395,6 +497,8 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
         resource_name=spec.resource_name,
         mode=spec.mode,
         identity_headers=IdentityHeadersSpec(**{k: v.lower() for k, v in spec.identity_headers}),
+        identity=tuple(spec.identity),
+        proxy=_compile_proxy(spec.proxy),
         origins=frozenset(spec.origins) if spec.origins is not None else None,
         revisions=frozenset(spec.revisions),
         header_only=spec.header_only,

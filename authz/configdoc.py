@@ -13,6 +13,7 @@ from authz.config import (
     IssuerSpec,
     ListenSpec,
     PolicySpec,
+    ProxySpec,
     RuleSpec,
     ServerSpec,
 )
@@ -22,6 +23,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("listen", ListenSpec),
     ("issuers[]", IssuerSpec),
     ("servers[]", ServerSpec),
+    ("servers[].proxy", ProxySpec),
     ("servers[].identity_headers", IdentityHeadersSpec),
     ("servers[].policy", PolicySpec),
     ("servers[].policy.rules[]", RuleSpec),

@@ -99,6 +99,8 @@ def allow(server: Server, caller: Caller, mcp: McpRequest, rule: str | None) -> 
     if any(not _UNSAFE.isdisjoint(v) for _, v in set_headers):
         raise Forbidden("identity_unrepresentable", "a claim for an identity header has control characters")
     remove = ("authorization", *(k for k, v in values.items() if not v))
+    if server.proxy is not None:  # the proxy's own identity headers never reach the MCP server
+        remove += tuple(h for h in server.proxy.headers if h not in values)
     return Decision(
         allowed=True,
         status=200,

@@ -1,20 +1,34 @@
-"""RFC 6750 bearer extraction and the server's identity mode (strict / optional / permissive)."""
+"""Who is calling: the server's identity sources in order (RFC 6750 bearer JWT, trusted proxy), then
+its mode (strict / optional / permissive) when none identified the caller."""
 
 from __future__ import annotations
 
 from authz.config import Server
 from authz.errors import InvalidToken, MissingToken
+from authz.identity import proxy
 from authz.identity.rfc9068 import Verifier
 from authz.model import ANONYMOUS, Caller, HttpRequest
 
 
 async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Caller:
     """The caller, ANONYMOUS where the mode allows, else MissingToken / InvalidToken."""
+    for source in server.identity:
+        if source == "proxy" and server.proxy is not None:
+            caller = proxy.identify(req, server.proxy)
+        else:
+            caller = await _bearer(req, server, verifier)
+        if caller is not None:
+            return caller
+    if server.mode == "strict":
+        raise MissingToken()
+    return ANONYMOUS
+
+
+async def _bearer(req: HttpRequest, server: Server, verifier: Verifier) -> Caller | None:
+    """The token's caller; None without an Authorization header."""
     values = req.values("authorization")
     if not values:
-        if server.mode == "strict":
-            raise MissingToken()
-        return ANONYMOUS
+        return None
     try:
         if len(values) > 1:
             raise InvalidToken("token_malformed", "several Authorization headers")
