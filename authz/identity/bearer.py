@@ -13,10 +13,10 @@ from authz.model import ANONYMOUS, Caller, HttpRequest
 async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Caller:
     """The caller, ANONYMOUS where the mode allows, else MissingToken / InvalidToken."""
     for source in server.identity:
-        if source == "proxy" and server.proxy is not None:
-            caller = proxy.identify(req, server.proxy)
-        else:
+        if source == "jwt":
             caller = await _bearer(req, server, verifier)
+        else:  # "proxy"; config requires proxy settings with it
+            caller = proxy.identify(req, server.proxy) if server.proxy is not None else None
         if caller is not None:
             return caller
     if server.mode == "strict":
@@ -25,7 +25,7 @@ async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Call
 
 
 async def _bearer(req: HttpRequest, server: Server, verifier: Verifier) -> Caller | None:
-    """The token's caller; None without an Authorization header."""
+    """The token's caller; None without an Authorization header (or with a bad one, in permissive mode)."""
     values = req.values("authorization")
     if not values:
         return None
@@ -41,5 +41,5 @@ async def _bearer(req: HttpRequest, server: Server, verifier: Verifier) -> Calle
         return await verifier.verify(token, server)
     except InvalidToken:
         if server.mode == "permissive":
-            return ANONYMOUS
+            return None  # the next identity source may still name the caller; else anonymous
         raise

@@ -188,6 +188,15 @@ async def test_jwt_then_proxy_prefers_the_token(tmp_path: Path) -> None:
     assert (bad_token.allowed, bad_token.status) == (False, 401)
 
 
+async def test_permissive_bad_token_falls_through_to_the_proxy(tmp_path: Path) -> None:
+    stack = dev_stack(tmp_path, [{**proxy_server(["jwt", "proxy"]), "mode": "permissive"}])
+    decision = await check(stack, request(OAUTH2, token="not.a.jwt"))
+    assert decision.allowed and decision.caller is not None
+    assert (decision.caller.mode, decision.caller.subject) == ("proxy", "bob")
+    anonymous = await check(stack, request(token="not.a.jwt"))
+    assert anonymous.allowed and anonymous.caller is not None and anonymous.caller.anonymous
+
+
 async def test_jwt_only_server_does_not_believe_proxy_headers(tmp_path: Path) -> None:
     stack = dev_stack(tmp_path, [server_spec()])
     decision = await check(stack, request(OAUTH2))
