@@ -179,6 +179,11 @@ class ProxySpec(_Spec):
     trusted_cidrs: list[str] = Field(
         [], description="Source addresses of the proxy (CIDRs). At least one trust rule kind is required."
     )
+    passthrough_headers: list[str] = Field(
+        [],
+        description="Other headers the proxy sets (e.g. X-Tenant-Id) that reach the MCP server only when the "
+        "caller was identified by the proxy; removed upstream on every other request.",
+    )
     on_untrusted: Literal["deny", "strip"] = Field(
         "deny",
         description="An untrusted request carrying any identity header: deny → 401 (`proxy_untrusted`); "
@@ -389,6 +394,7 @@ class ProxyTrust:
     principals: re.Pattern[str] | None  # None: not checked
     cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None  # None: not checked
     strip: bool
+    passthrough: tuple[str, ...] = ()  # lower-case; kept upstream only for a proxy-identified caller
 
     @property
     def headers(self) -> tuple[str, ...]:
@@ -407,6 +413,7 @@ def _compile_proxy(spec: ProxySpec | None) -> ProxyTrust | None:
         principals=_globs(spec.trusted_principals) if spec.trusted_principals else None,
         cidrs=tuple(ipaddress.ip_network(c, strict=False) for c in spec.trusted_cidrs) or None,
         strip=spec.on_untrusted == "strip",
+        passthrough=tuple(h.lower() for h in spec.passthrough_headers),
     )
 
 

@@ -101,6 +101,8 @@ def allow(server: Server, caller: Caller, mcp: McpRequest, rule: str | None) -> 
     remove = ("authorization", *(k for k, v in values.items() if not v))
     if server.proxy is not None:  # the proxy's own identity headers never reach the MCP server
         remove += tuple(h for h in server.proxy.headers if h not in values)
+        if caller.mode != "proxy":  # the proxy's other headers are believed only with its identity
+            remove += tuple(h for h in server.proxy.passthrough if h not in values and h not in remove)
     return Decision(
         allowed=True,
         status=200,

@@ -272,3 +272,19 @@ def test_bad_proxy_settings_are_config_errors(tmp_path: Path, server: dict[str, 
     with pytest.raises(ConfigError) as bad:
         dev_stack(tmp_path, [server])
     assert any(needle in e for e in bad.value.errors), bad.value.errors
+
+
+# ---------------------------------------------------------------- passthrough headers
+
+
+async def test_passthrough_headers_only_with_the_proxy_identity(tmp_path: Path) -> None:
+    server = proxy_server(["proxy", "jwt"], passthrough_headers=["X-Tenant-Id"], on_untrusted="strip")
+    stack = dev_stack(tmp_path, [server])
+    tenant = {"x-tenant-id": "acme"}
+    from_proxy = await check(stack, request({**OAUTH2, **tenant}))
+    assert from_proxy.allowed and "x-tenant-id" not in from_proxy.remove_headers
+    with_token = await check(stack, request(tenant, token=stack.token()))
+    assert with_token.allowed and "x-tenant-id" in with_token.remove_headers
+    stripped = await check(stack, request({**OAUTH2, **tenant}, principal="spiffe://evil", token=stack.token()))
+    assert stripped.allowed and stripped.caller is not None and stripped.caller.mode == "jwt"
+    assert {"x-tenant-id", "x-auth-request-user"} <= set(stripped.remove_headers)
