@@ -13,7 +13,7 @@ from authz.config import Config, Server
 from authz.errors import Forbidden, Refusal, Unavailable
 from authz.identity.bearer import identify
 from authz.identity.rfc9068 import Verifier
-from authz.model import Decision, HttpRequest, McpRequest
+from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.policy.rules import authorize
 
 log = logging.getLogger("mcp_authz.check")
@@ -42,6 +42,7 @@ class Checker:
     async def check(self, req: HttpRequest) -> Decision:
         server: Server | None = None
         mcp: McpRequest | None = None
+        caller: Caller | None = None
         try:
             server = self.select_server(req)
             origin = req.headers.get("origin")
@@ -55,8 +56,8 @@ class Checker:
             rule = authorize(server.policy, caller, mcp, req)
             return response.allow(server, caller, mcp, rule)
         except Refusal as refusal:
-            return response.deny(refusal, server, mcp)
+            return response.deny(refusal, server, mcp, caller=caller)
         except Exception as exc:  # fail closed: never allow, never crash
             log.exception("internal error in Check", extra={"reason": "internal_error"})
             failure = Unavailable("internal_error", f"{type(exc).__name__}: {exc}")
-            return response.deny(failure, server, mcp, status=self.config.spec.failure_status)
+            return response.deny(failure, server, mcp, status=self.config.spec.failure_status, caller=caller)

@@ -66,7 +66,14 @@ def _body(refusal: Refusal, mcp: McpRequest | None) -> bytes:
     return json.dumps({"jsonrpc": "2.0", "id": request_id, "error": rpc_error}).encode()
 
 
-def deny(refusal: Refusal, server: Server | None, mcp: McpRequest | None, status: int | None = None) -> Decision:
+def deny(
+    refusal: Refusal,
+    server: Server | None,
+    mcp: McpRequest | None,
+    status: int | None = None,
+    caller: Caller | None = None,
+) -> Decision:
+    """The refusal for the client; ``caller`` (when identified) is kept for the log and audit only."""
     headers = [JSON]
     www = challenge(refusal, server)
     if www is not None:
@@ -78,6 +85,7 @@ def deny(refusal: Refusal, server: Server | None, mcp: McpRequest | None, status
         status=status or refusal.status,
         reason=refusal.reason,
         server=server.name if server else None,
+        caller=caller,
         mcp=mcp,
         rule=refusal.rule,
         deny_headers=tuple(headers),

@@ -156,3 +156,26 @@ def test_write_errors_are_counted_not_raised() -> None:
     auditor = Auditor(out=Broken())
     auditor(http_request(), Decision(allowed=False, status=503, reason="internal_error"))
     assert auditor.errors == 1
+
+
+async def test_denied_event_names_the_identified_caller(tmp_path: Path) -> None:
+    """A caller refused by policy (403) is still named in the decision, for audit."""
+    from authz.check import Checker
+    from authz.config import parse_config
+    from authz.identity import devkey
+    from authz.identity.jwks import KeySet
+    from authz.identity.rfc9068 import Verifier
+    from authz.model import HttpRequest
+
+    key = devkey.ensure_key(tmp_path / "k.pem")
+    config = parse_config(
+        f"issuers: [{{name: d, issuer: 'https://d', local_key_file: '{key}', algorithms: [ES256]}}]\n"
+        "servers: [{name: s, resource: 'https://m/mcp', policy: {rules: [{name: r, tools: [x], scopes: [w]}]}}]\n"
+    )
+    keys = {"d": KeySet(config.issuers["d"], lambda: None)}  # type: ignore[arg-type,return-value]
+    token = devkey.mint(key, issuer="https://d", audience="https://m/mcp", subject="alice", scopes=["r"])
+    body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}'
+    headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
+    decision = await Checker(config, Verifier(config.issuers, keys)).check(HttpRequest("POST", "/mcp", headers, body))
+    assert (decision.allowed, decision.status) == (False, 403)
+    assert decision.caller is not None and decision.caller.subject == "alice"
