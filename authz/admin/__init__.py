@@ -1,0 +1,1 @@
+"""The admin API (proto/mcp_authz/admin/v1/admin.proto): servicer, server, and the CLI's client."""
