@@ -17,6 +17,7 @@ from typing import Any
 import aiohttp
 import jwt
 
+from authz import telemetry
 from authz.config import Issuer
 from authz.identity import devkey
 from authz.identity.metadata import MetadataError, fetch_issuer_metadata, fetch_json
@@ -142,9 +143,11 @@ class KeySet:
                 self.jwks_uri = uri
             self._keys = parse_jwks(await fetch_json(session, self.jwks_uri, timeout))
             self.last_error = ""
+            telemetry.count_jwks_fetch(self.issuer.name, True)
         except (MetadataError, JwksError, RecursionError) as exc:  # RecursionError: a deeply nested document
             self.failures += 1
             self.last_error = str(exc)
+            telemetry.count_jwks_fetch(self.issuer.name, False)
             log.warning(
                 "jwks fetch failed; keeping %d known keys",
                 len(self._keys),

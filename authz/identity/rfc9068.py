@@ -21,6 +21,7 @@ from typing import Any
 
 import jwt
 
+from authz import telemetry
 from authz.config import Issuer, Server
 from authz.errors import InvalidToken
 from authz.identity.jwks import KeySet
@@ -145,6 +146,7 @@ class Verifier:
             raise InvalidToken("token_too_large", f"{len(token)} bytes")
         now = int(time.time())
         entry = self.cache.get(token)
+        telemetry.count_token_cache(entry is not None)
         if entry is not None and entry.expires_at <= now - self._skew(entry):
             self.cache.drop(token)
             if entry.caller.expires_at is not None:
