@@ -11,17 +11,18 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from fnmatch import translate
 from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
 from authz.model import KNOWN_REVISIONS
 from authz.policy.cel import CelError, Expression
+from authz.upstream.secrets import Secret, SecretError, parse_key, read_key_file, reveal
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
@@ -97,6 +98,11 @@ class IssuerSpec(_Spec):
     )
     jwks_timeout: float = Field(3.0, gt=0, le=30, description="Seconds for one JWKS or metadata fetch.")
     require_jti: bool = Field(False, description="Refuse tokens without `jti` (needed for revocation by id).")
+    require_exp: bool = Field(
+        False,
+        description="Refuse tokens without `exp` (a revoked `jti` is kept only until its `exp`), even when "
+        "required_claims leaves `exp` out.",
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerSpec:
@@ -134,6 +140,9 @@ class RuleSpec(_Spec):
     any_scopes: list[str] = Field([], description="Scopes of which the token needs at least one.")
     when: str | None = Field(None, description="CEL over `jwt`, `mcp`, `request`; false → 403.")
     effect: Literal["allow", "deny"] = Field("allow", description="What a matching rule decides.")
+    approval: bool = Field(
+        False, description="A call this rule allows waits for a person's approval (see `approvals`)."
+    )
 
 
 class PolicySpec(_Spec):
@@ -201,6 +210,70 @@ class ProxySpec(_Spec):
         return value
 
 
+class CredentialsSpec(_Spec):
+    header: str = Field(
+        description="Header the MCP server receives the integration secret in (e.g. `Authorization`, "
+        "`X-Api-Key`); a copy sent by the client is replaced."
+    )
+    value_secret: str = Field(
+        description="The secret: plain, `${ENV}`, or `v2:<iv_hex>:<authTag_hex>:<ciphertext_hex>` "
+        "(AES-256-GCM, see `secrets`). Never logged or audited."
+    )
+    prefix: str = Field("", description="Written before the secret in the header, e.g. `Bearer `.")
+
+
+class TokenExchangeSpec(_Spec):
+    token_endpoint: str = Field(description="The issuer's token endpoint (RFC 8693 token exchange).")
+    audience: str | None = Field(None, description="`audience` of the downstream API (RFC 8693 §2.1).")
+    resource: str | None = Field(None, description="`resource` of the downstream API (RFC 8707).")
+    scopes: list[str] = Field([], description="`scope` asked for the downstream API.")
+    client_id: str = Field(description="The authorizer's client at the issuer (HTTP Basic authentication).")
+    client_secret: str = Field(description="Its secret: plain, `${ENV}` or `v2:` encrypted. Never logged.")
+    header: str = Field("authorization", description="Header the exchanged token is sent to the MCP server in.")
+    prefix: str = Field("Bearer ", description="Written before the exchanged token in the header.")
+    timeout: float = Field(3.0, gt=0, le=30, description="Seconds for one exchange; a failure denies the call.")
+    refresh_before: int = Field(
+        30, ge=0, le=3600, description="Seconds before its expiry an exchanged token is no longer reused."
+    )
+
+    @model_validator(mode="after")
+    def _target(self) -> TokenExchangeSpec:
+        if not self.audience and not self.resource:
+            raise ValueError("token_exchange: set audience and/or resource of the downstream API")
+        if urlsplit(self.token_endpoint).scheme not in ("https", "http"):
+            raise ValueError(f"token_endpoint: expected an http(s) URL, got {self.token_endpoint!r}")
+        return self
+
+
+class SessionsSpec(_Spec):
+    bind: bool = Field(
+        True,
+        description="Bind each `Mcp-Session-Id` to the subject that first uses it; another subject presenting "
+        "it is refused and logged (`session_hijack`). Anonymous and stateless (2026-07-28) requests have none.",
+    )
+    ttl: int = Field(
+        3600, ge=10, le=30 * 86400, description="Seconds a binding lives after its last use (refreshed on use)."
+    )
+    hijack_status: Literal[404, 403] = Field(
+        404,
+        description="Status for a session id presented by another subject. 404 (default): the same answer as "
+        "for an unknown session, so a guessed id is not confirmed to exist and MCP clients start a new "
+        "session; 403: an explicit refusal.",
+    )
+
+
+class RateLimitSpec(_Spec):
+    name: str = Field(description="Shown in logs and audit events (reason `rate_limited`).")
+    per: Literal["subject", "subject_tool"] = Field(
+        "subject", description="What is counted: each subject, or each subject and tool name (tools/call)."
+    )
+    tools: list[str] | None = Field(
+        None, description="Only tools/call of these tools (globs) count. Unset: every request (per: subject)."
+    )
+    limit: int = Field(ge=1, le=1_000_000, description="Calls allowed per window (also the largest burst).")
+    window: int = Field(ge=1, le=86400, description="Seconds; calls refill evenly (token bucket, GCRA).")
+
+
 class ServerSpec(_Spec):
     name: str = Field(description="Name Envoy sends in the `mcp_server` context extension.")
     resource: str = Field(description="Public URL of the MCP endpoint; the audience tokens must carry.")
@@ -233,6 +306,27 @@ class ServerSpec(_Spec):
         "upstreams that validate header/body agreement themselves (as the revision requires).",
     )
     policy: PolicySpec | None = Field(None, description="Per-operation rules. Unset: any valid caller.")
+    filter_lists: bool = Field(
+        False,
+        description="Remove from tools/list, prompts/list, resources/list and resources/templates/list "
+        "results the entries this caller's policy refuses (Envoy ext_proc, see `ext_proc`). The Check hands "
+        "the caller to the processor as dynamic metadata: needs `envoy.authorizer: grpc`.",
+    )
+    credentials: CredentialsSpec | None = Field(
+        None, description="An integration secret (API key, client secret) injected as a header on allow."
+    )
+    token_exchange: TokenExchangeSpec | None = Field(
+        None,
+        description="RFC 8693: exchange the caller's token for one of the downstream API and inject it on "
+        "allow; cached per subject, audience and scopes until shortly before it expires; a failure denies.",
+    )
+    sessions: SessionsSpec = Field(
+        default_factory=SessionsSpec,  # type: ignore[arg-type]
+        description="MCP session binding (kept in the store, shared by replicas).",
+    )
+    rate_limits: list[RateLimitSpec] = Field(
+        [], description="Limits per subject or subject and tool (kept in the store); over a limit → 429."
+    )
 
     @model_validator(mode="after")
     def _proxy_trust(self) -> ServerSpec:
@@ -249,6 +343,16 @@ class ServerSpec(_Spec):
                 raise ValueError(
                     "proxy.preset cloudflare is not yet supported: its Cf-Access-Jwt-Assertion is not verified"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _upstream_headers(self) -> ServerSpec:
+        names = [h.header.lower() for h in (self.credentials, self.token_exchange) if h is not None]
+        if len(set(names)) != len(names):
+            raise ValueError("credentials.header and token_exchange.header must differ")
+        taken = {v.lower() for _, v in self.identity_headers}
+        if taken & set(names):
+            raise ValueError(f"injected header {sorted(taken & set(names))} is also an identity header")
         return self
 
     @field_validator("resource")
@@ -283,6 +387,84 @@ class EnvoySpec(_Spec):
     admin_port: int = Field(0, ge=0, le=65535, description="Envoy admin port on 127.0.0.1 (0: ephemeral).")
 
 
+class ExtProcSpec(_Spec):
+    failure: Literal["closed", "open"] = Field(
+        "closed",
+        description="When the list filter cannot work (processor unreachable or too slow, a list response it "
+        "cannot parse): closed → the response is replaced by a JSON-RPC error carrying the request's id; "
+        "open → the response passes unfiltered (Envoy `failure_mode_allow`).",
+    )
+    message_timeout_ms: int = Field(
+        1000, ge=50, le=60000, description="Envoy's ext_proc `message_timeout`: the longest wait for one answer."
+    )
+    max_body_bytes: int = Field(
+        4_194_304,
+        ge=1024,
+        le=67_108_864,
+        description="Largest list response (JSON) or single SSE event the processor holds to rewrite; a larger "
+        "one is a failure (see `failure`). Other events stream through without being held.",
+    )
+
+
+class WebhookSpec(_Spec):
+    url: str = Field(description="Where batches of audit events are POSTed (a JSON array per request).")
+    secret: str = Field(
+        description="HMAC-SHA256 key signing each batch (`X-Mcp-Authz-Signature`); use `${ENV}`. Never logged."
+    )
+    batch_size: int = Field(100, ge=1, le=10000, description="Events per POST at most.")
+    flush_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds a partial batch waits for more events before it is sent."
+    )
+    queue_size: int = Field(
+        10000, ge=1, le=1_000_000, description="Events waiting to be sent at most; when full, new events are "
+        "dropped and counted (a Check never waits for the webhook)."
+    )
+    timeout: float = Field(5.0, gt=0, le=60, description="Seconds for one POST.")
+    max_retries: int = Field(
+        5, ge=0, le=20, description="Retries of a failed POST (exponential backoff from 0.5 s, at most 30 s); "
+        "then the batch is dropped and counted."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("https", "http") or not urlsplit(value).netloc:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret(cls, value: str) -> str:
+        if len(value.encode()) < 16:
+            raise ValueError("the webhook secret must have at least 16 bytes")
+        return value
+
+
+class TelemetrySpec(_Spec):
+    service_name: str = Field("mcp-authz", description="OpenTelemetry `service.name` of traces and metrics.")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP receiver: `http://collector:4318` for http/protobuf (`/v1/traces`, `/v1/metrics` "
+        "appended), `http://collector:4317` for grpc. Unset: nothing is exported by OTLP and no span is made.",
+    )
+    otlp_protocol: Literal["http/protobuf", "grpc"] = Field("http/protobuf", description="OTLP transport.")
+    traces: bool = Field(True, description="A span per Check (needs otlp_endpoint), parented on `traceparent`.")
+    metrics: bool = Field(
+        True, description="Metrics at `/metrics` on the discovery port, and by OTLP when otlp_endpoint is set."
+    )
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces recorded; a sampled `traceparent` parent is followed."
+    )
+    export_interval: float = Field(60.0, ge=1, le=3600, description="Seconds between OTLP metric exports.")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("https", "http") or not urlsplit(value).netloc):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+
 class AuditSpec(_Spec):
     enabled: bool = Field(
         True, description="Write one JSON audit event per decision to stdout (`\"stream\": \"mcp-authz-audit\"`)."
@@ -292,6 +474,120 @@ class AuditSpec(_Spec):
         description="Tool argument keys copied into audit events; every other argument is left out. "
         "Default: none.",
     )
+    webhook: WebhookSpec | None = Field(
+        None, description="Also POST audit events in signed batches to a URL (see README, Telemetry and audit)."
+    )
+
+
+class AdminSpec(_Spec):
+    listen: str = Field(
+        "",
+        description="host:port of the admin gRPC API (proto/mcp_authz/admin/v1: revoke, sessions, explain). "
+        "Empty string (the default) disables it.",
+    )
+    token: SecretStr | None = Field(
+        None,
+        description="Admin token: callers send `authorization: Bearer <token>` metadata (compared in constant "
+        "time). Write it as `${ENV_VAR}`; at least 16 characters. Never logged.",
+    )
+    tls_cert: str | None = Field(None, description="PEM server certificate of the admin port (TLS).")
+    tls_key: str | None = Field(None, description="PEM private key of `tls_cert`.")
+    client_ca: str | None = Field(
+        None,
+        description="PEM CA bundle: callers must present a client certificate it signed (mTLS). Needs tls_cert.",
+    )
+
+    @model_validator(mode="after")
+    def _guarded(self) -> AdminSpec:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("set tls_cert and tls_key together")
+        if self.client_ca and not self.tls_cert:
+            raise ValueError("client_ca (mTLS) needs tls_cert and tls_key")
+        if self.token is not None and len(self.token.get_secret_value()) < 16:
+            raise ValueError("token: at least 16 characters")
+        if self.listen and self.token is None and not self.client_ca:
+            raise ValueError(
+                "listen is set but neither token nor client_ca (mTLS) is: the admin API would be open to anyone"
+            )
+        return self
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str) -> str:
+        return ListenSpec._host_port(value)
+
+
+class SecretsSpec(_Spec):
+    keys: list[str] = Field(
+        [],
+        description="Keys for `v2:` values, each exactly 32 characters used as raw bytes (AES-256-GCM), "
+        "usually `${ENV}`. Several for rotation: the first that authenticates a value wins.",
+    )
+    key_files: list[str] = Field([], description="Files holding one key each (mounted secrets); tried after keys.")
+
+
+class ApprovalsSpec(_Spec):
+    webhook_url: str = Field(description="Where approval requests are POSTed (JSON, HMAC-SHA256 signed).")
+    webhook_secret: str = Field(description="HMAC key signing approval requests; `${ENV}` or `v2:`.")
+    callback_secret: str = Field(
+        description="HMAC key a late answer to POST /approvals/<id> (discovery service) must be signed with."
+    )
+    wait_ms: int = Field(
+        800, ge=50, description="How long a Check waits for the answer; must be below envoy.timeout_ms."
+    )
+    keep_seconds: int = Field(
+        900, ge=1, le=86400, description="How long a late approval (or a pending request) is kept for the retry."
+    )
+    include_arguments: bool = Field(False, description="Send the tool arguments in the approval request.")
+    max_clock_skew: int = Field(
+        300, ge=1, le=3600, description="Seconds a signed callback's timestamp may differ from now (replays)."
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("https", "http"):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+
+class StoreFailureSpec(_Spec):
+    revocation: Literal["closed", "open"] = Field(
+        "closed", description="Store unusable: closed → 503 `store_unavailable`; open → not revoked."
+    )
+    sessions: Literal["closed", "open"] = Field(
+        "closed", description="Store unusable: closed → 503 `store_unavailable`; open → binding not checked."
+    )
+    rate_limits: Literal["closed", "open"] = Field(
+        "closed", description="Store unusable: closed → 503 `store_unavailable`; open → not limited."
+    )
+
+
+class StoreSpec(_Spec):
+    url: str | None = Field(
+        None,
+        description="Redis URL shared by replicas: `redis://[:password@]host:port/db`, `rediss://` (TLS) or "
+        "`unix://path?db=N`; usually `${ENV}`. Unset: the in-memory store of this process.",
+    )
+    key_prefix: str = Field("mcp-authz:", description="Prefix of every Redis key and the pub/sub channel.")
+    timeout_ms: int = Field(
+        50, ge=1, le=10000, description="Deadline of one store call; past it the call fails (see `failure`)."
+    )
+    pool_size: int = Field(32, ge=1, le=1024, description="Most Redis connections held open.")
+    resync_seconds: int = Field(
+        30, ge=1, le=3600, description="Seconds between full reloads of the local revocation copy."
+    )
+    failure: StoreFailureSpec = Field(
+        default_factory=StoreFailureSpec,  # type: ignore[arg-type]
+        description="What a Check does, per feature, while the store is unusable.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("expected a redis://, rediss:// or unix:// URL")  # never echo: it may hold a password
+        return value
 
 
 class ConfigSpec(_Spec):
@@ -310,6 +606,29 @@ class ConfigSpec(_Spec):
         default_factory=AuditSpec,  # type: ignore[arg-type]
         description="Audit events: one JSON line per decision on stdout, never the token.",
     )
+    ext_proc: ExtProcSpec = Field(
+        default_factory=ExtProcSpec,  # type: ignore[arg-type]
+        description="The list filter (Envoy ext_proc, served on listen.grpc) for servers with `filter_lists`.",
+    )
+    telemetry: TelemetrySpec = Field(
+        default_factory=TelemetrySpec,  # type: ignore[arg-type]
+        description="OpenTelemetry traces and metrics (Prometheus `/metrics` on the discovery port).",
+    )
+    admin: AdminSpec = Field(
+        default_factory=AdminSpec,  # type: ignore[arg-type]
+        description="The admin API (revocation, sessions, explain) on its own port; off unless `admin.listen`.",
+    )
+    secrets: SecretsSpec = Field(
+        default_factory=SecretsSpec,  # type: ignore[arg-type]
+        description="Keys decrypting `v2:` secrets (credentials, token_exchange, approvals).",
+    )
+    approvals: ApprovalsSpec | None = Field(
+        None, description="Human approval of tool calls whose rule says `approval: true`."
+    )
+    store: StoreSpec = Field(
+        default_factory=StoreSpec,  # type: ignore[arg-type]
+        description="Shared state (revocation, session binding, rate limits): in memory, or Redis for replicas.",
+    )
 
     @model_validator(mode="after")
     def _references(self) -> ConfigSpec:
@@ -325,7 +644,23 @@ class ConfigSpec(_Spec):
             raise ValueError("servers: at least one MCP server is required")
         if self.envoy.authorizer == "http" and not self.listen.http:
             raise ValueError("envoy.authorizer: http needs listen.http")
+        if self.envoy.authorizer == "http" and any(s.filter_lists for s in self.servers):
+            raise ValueError(
+                "servers[].filter_lists needs envoy.authorizer: grpc (the HTTP ext_authz front cannot hand "
+                "the caller to ext_proc as dynamic metadata)"
+            )
+        self._approvals_fit()
         return self
+
+    def _approvals_fit(self) -> None:
+        wanted = [s.name for s in self.servers if s.policy and any(r.approval for r in s.policy.rules)]
+        if wanted and self.approvals is None:
+            raise ValueError(f"servers {wanted}: rules with approval: true need an approvals section")
+        if self.approvals is not None and self.approvals.wait_ms >= self.envoy.timeout_ms:
+            raise ValueError(
+                f"approvals.wait_ms ({self.approvals.wait_ms}) must be below envoy.timeout_ms "
+                f"({self.envoy.timeout_ms}), or Envoy gives up before the answer"
+            )
 
 
 def _unique(key: str, names: list[str]) -> None:
@@ -356,6 +691,7 @@ class Rule:
     any_scopes: tuple[str, ...]
     when: Expression | None
     allow: bool
+    approval: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -418,6 +754,41 @@ def _compile_proxy(spec: ProxySpec | None) -> ProxyTrust | None:
 
 
 @dataclass(frozen=True, slots=True)
+class Credential:
+    """An integration secret as injected: header name (lower-case) and the whole header value."""
+
+    header: str
+    value: Secret
+
+
+@dataclass(frozen=True, slots=True)
+class Exchange:
+    """RFC 8693 token exchange for one MCP server's downstream API."""
+
+    token_endpoint: str
+    audience: str | None
+    resource: str | None
+    scopes: tuple[str, ...]
+    client_id: str
+    client_secret: Secret
+    header: str  # lower-case
+    prefix: str
+    timeout: float
+    refresh_before: int
+
+
+@dataclass(frozen=True, slots=True)
+class Approvals:
+    webhook_url: str
+    webhook_secret: Secret
+    callback_secret: Secret
+    wait: float  # seconds
+    keep_seconds: int
+    include_arguments: bool
+    max_clock_skew: int
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     name: str
     resource: str
@@ -435,6 +806,14 @@ class Server:
     header_only: bool
     policy: Policy | None
     metadata_url: str  # RFC 9728 path-suffixed metadata URL, sent in every challenge
+    filter_lists: bool = False  # list results filtered by ext_proc: the Check emits dynamic metadata
+    credentials: Credential | None = None
+    exchange: Exchange | None = None
+
+    @property
+    def injected_headers(self) -> tuple[str, ...]:
+        """Headers the authorizer sets for the MCP server from secrets (client copies are replaced)."""
+        return tuple(h.header for h in (self.credentials, self.exchange) if h is not None)
 
 
 @dataclass(frozen=True, slots=True)
@@ -444,6 +823,8 @@ class Config:
     servers: Mapping[str, Server]
     source: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    approvals: Approvals | None = None
+    secret_keys: tuple[bytes, ...] = ()  # first one encrypts cached exchanged tokens
 
     @property
     def listen(self) -> ListenSpec:
@@ -481,6 +862,7 @@ def _compile_rule(rule: RuleSpec) -> Rule:
         any_scopes=tuple(rule.any_scopes),
         when=when,
         allow=rule.effect == "allow",
+        approval=rule.approval,
     )
 
 
@@ -511,11 +893,75 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
         header_only=spec.header_only,
         policy=policy,
         metadata_url=metadata_url(spec.resource),
+        filter_lists=spec.filter_lists,
+    )
+
+
+def _compile_keys(spec: SecretsSpec, errors: list[str]) -> tuple[bytes, ...]:
+    keys: list[bytes] = []
+    for where, raw, read in [
+        *((f"secrets.keys.{j}", k, parse_key) for j, k in enumerate(spec.keys)),
+        *((f"secrets.key_files.{j}", k, read_key_file) for j, k in enumerate(spec.key_files)),
+    ]:
+        try:
+            keys.append(read(raw))
+        except SecretError as exc:
+            errors.append(f"{where}: {exc}")
+    return tuple(keys)
+
+
+def _secret(value: str, where: str, keys: tuple[bytes, ...], errors: list[str]) -> Secret:
+    """A configured secret, decrypted; a bad one is reported by its config path (never its value)."""
+    try:
+        return reveal(value, keys)
+    except SecretError as exc:
+        errors.append(f"{where}: {exc}")
+        return Secret("")
+
+
+def _compile_upstream(server: Server, spec: ServerSpec, keys: tuple[bytes, ...], errors: list[str], k: int) -> Server:
+    """The server with its integration secret and token exchange compiled (secrets decrypted)."""
+    credential = exchange = None
+    if spec.credentials is not None:
+        c = spec.credentials
+        value = _secret(c.value_secret, f"servers.{k}.credentials.value_secret", keys, errors)
+        credential = Credential(c.header.lower(), Secret(c.prefix + value.reveal()))
+    if spec.token_exchange is not None:
+        t = spec.token_exchange
+        exchange = Exchange(
+            token_endpoint=t.token_endpoint,
+            audience=t.audience,
+            resource=t.resource,
+            scopes=tuple(t.scopes),
+            client_id=t.client_id,
+            client_secret=_secret(t.client_secret, f"servers.{k}.token_exchange.client_secret", keys, errors),
+            header=t.header.lower(),
+            prefix=t.prefix,
+            timeout=t.timeout,
+            refresh_before=t.refresh_before,
+        )
+    if credential is None and exchange is None:
+        return server
+    return replace(server, credentials=credential, exchange=exchange)
+
+
+def _compile_approvals(spec: ApprovalsSpec | None, keys: tuple[bytes, ...], errors: list[str]) -> Approvals | None:
+    if spec is None:
+        return None
+    return Approvals(
+        webhook_url=spec.webhook_url,
+        webhook_secret=_secret(spec.webhook_secret, "approvals.webhook_secret", keys, errors),
+        callback_secret=_secret(spec.callback_secret, "approvals.callback_secret", keys, errors),
+        wait=spec.wait_ms / 1000,
+        keep_seconds=spec.keep_seconds,
+        include_arguments=spec.include_arguments,
+        max_clock_skew=spec.max_clock_skew,
     )
 
 
 def compile_config(spec: ConfigSpec, source: str = "") -> Config:
     errors: list[str] = []
+    secret_keys = _compile_keys(spec.secrets, errors)
     issuers = {
         i.name: Issuer(
             name=i.name,
@@ -543,10 +989,13 @@ def compile_config(spec: ConfigSpec, source: str = "") -> Config:
     for k, s in enumerate(spec.servers):
         compiled = _compile_server(s, list(issuers), errors, k)
         if compiled is not None:
-            servers[s.name] = compiled
+            servers[s.name] = _compile_upstream(compiled, s, secret_keys, errors, k)
+    approvals = _compile_approvals(spec.approvals, secret_keys, errors)
     if errors:
         raise ConfigError(errors)
-    return Config(spec=spec, issuers=issuers, servers=servers, source=source)
+    return Config(
+        spec=spec, issuers=issuers, servers=servers, source=source, approvals=approvals, secret_keys=secret_keys
+    )
 
 
 def _substitute_env(node: Any, path: str, errors: list[str]) -> Any:
