@@ -2,16 +2,19 @@
 
 PyJWT parses the keys; fetching is ours (aiohttp), so no blocking I/O runs under the event loop.
 An unknown ``kid`` triggers a refetch at most once per ``jwks_min_refetch`` seconds (single flight).
-A fetch that fails or returns garbage leaves the last good keys in use.
+A fetch that fails or returns garbage leaves the last good keys in use. A good fetch replaces the set
+(a key withdrawn by the issuer is gone); keys it still holds unchanged keep their identity, so
+``holds`` tells a token cache whether the key that verified an entry is still published.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
@@ -44,6 +47,7 @@ class Key:
     crv: str | None
     alg: str | None  # the JWK's own `alg`, if it names one
     key: Any  # a cryptography public key
+    jwk: str = field(default="", compare=False, repr=False)  # the JWK as published (canonical JSON)
 
     def fits(self, alg: str) -> bool:
         """May this key verify a signature made with ``alg``? (RFC 8725 §3.1: no algorithm confusion)."""
@@ -73,10 +77,16 @@ def parse_jwks(doc: Any) -> dict[str, Key]:
         except (jwt.PyJWKError, jwt.InvalidKeyError, ValueError, TypeError, KeyError):
             continue
         alg = entry.get("alg") if isinstance(entry.get("alg"), str) else None
-        keys[kid] = Key(kid, str(entry.get("kty")), entry.get("crv"), alg, loaded.key)
+        published = json.dumps(entry, sort_keys=True, separators=(",", ":"))
+        keys[kid] = Key(kid, str(entry.get("kty")), entry.get("crv"), alg, loaded.key, published)
     if not keys:
         raise JwksError("JWKS has no usable signature key")
     return keys
+
+
+def _same_or(old: Key | None, new: Key) -> Key:
+    """The key already held when the issuer still publishes it unchanged, else the new one."""
+    return old if old is not None and old.jwk == new.jwk and old.jwk else new
 
 
 class KeySet:
@@ -98,6 +108,18 @@ class KeySet:
     @property
     def ready(self) -> bool:
         return bool(self._keys)
+
+    @property
+    def failing(self) -> bool:
+        """Did the last fetch fail (the keys in use may be out of date)?"""
+        return bool(self.last_error)
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def holds(self, key: Key) -> bool:
+        """Is ``key`` still in the set (not withdrawn or replaced by a later fetch)?"""
+        return self._keys.get(key.kid) is key
 
     def get(self, kid: str | None) -> Key | None:
         """A key by kid; a token without kid may use the only key there is."""
@@ -141,7 +163,9 @@ class KeySet:
                 if not isinstance(uri, str):
                     raise JwksError("issuer metadata has no jwks_uri")
                 self.jwks_uri = uri
-            self._keys = parse_jwks(await fetch_json(session, self.jwks_uri, timeout))
+            fresh = parse_jwks(await fetch_json(session, self.jwks_uri, timeout))
+            old = self._keys
+            self._keys = {kid: _same_or(old.get(kid), key) for kid, key in fresh.items()}
             self.last_error = ""
             telemetry.count_jwks_fetch(self.issuer.name, True)
         except (MetadataError, JwksError, RecursionError) as exc:  # RecursionError: a deeply nested document

@@ -4,7 +4,9 @@ Checks run in a straight line, each failure with its own reason code:
 size → shape → header (alg allow-list, no `none`/HMAC, typ, crit, key references) →
 issuer → key → signature → claim types → exp/nbf/iat → lifetime. The audience is checked
 per MCP server on every Check, because one verified token may be presented to several servers.
-Verified tokens are cached (bounded) until they expire.
+Verified tokens are cached (bounded) until they expire, or until the key that verified them is
+withdrawn from the issuer's JWKS. An unknown ``kid`` while the issuer's JWKS cannot be fetched is
+the dependency's failure, not the token's: 503 (fail closed), not 401.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ import jwt
 
 from authz import telemetry
 from authz.config import Issuer, Server
-from authz.errors import InvalidToken
-from authz.identity.jwks import KeySet
+from authz.errors import InvalidToken, Unavailable
+from authz.identity.jwks import Key, KeySet
 from authz.model import Caller
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
@@ -39,6 +41,7 @@ class Verified:
     caller: Caller
     audiences: frozenset[str]
     expires_at: int
+    key: Key | None = None  # the key that verified the signature
 
 
 class TokenCache:
@@ -152,6 +155,9 @@ class Verifier:
             if entry.caller.expires_at is not None:
                 raise InvalidToken("token_expired", "expired while cached")
             entry = None  # no exp: the entry only aged out of the cache; verify the token again
+        if entry is not None and entry.key is not None and not self._keys[entry.issuer].holds(entry.key):
+            self.cache.drop(token)  # the issuer withdrew (or replaced) the key: verify the token again
+            entry = None
         if entry is None:
             entry = await self._verify(token, now)
             self.cache.put(token, entry)
@@ -204,7 +210,10 @@ class Verifier:
         if kid is not None and (not isinstance(kid, str) or len(kid) > _MAX_KID):
             raise InvalidToken("token_malformed", "kid must be a short string")
 
-        key = await self._keys[issuer.name].lookup(kid)
+        keyset = self._keys[issuer.name]
+        key = await keyset.lookup(kid)
+        if key is None and keyset.failing:
+            raise Unavailable("jwks_unavailable", f"no key {kid!r} at {issuer.name}: {keyset.last_error}")
         if key is None:
             raise InvalidToken("token_kid_unknown", f"no key {kid!r} at {issuer.name}")
         if not key.fits(alg):
@@ -216,9 +225,9 @@ class Verifier:
             valid = False
         if not valid:
             raise InvalidToken("token_signature_invalid", f"signature does not verify with {kid!r}")
-        return self._claims(token, issuer, claims, now)
+        return self._claims(token, issuer, claims, now, key)
 
-    def _claims(self, token: str, issuer: Issuer, claims: dict[str, Any], now: int) -> Verified:
+    def _claims(self, token: str, issuer: Issuer, claims: dict[str, Any], now: int, key: Key) -> Verified:
         for name in issuer.required_claims:
             if claims.get(name) is None:
                 raise InvalidToken("token_claim_missing", f"no {name} claim")
@@ -251,4 +260,4 @@ class Verifier:
             token_id=jti if isinstance(jti, str) else None,
             expires_at=exp,
         )
-        return Verified(issuer.name, caller, _audiences(claims), exp if exp is not None else now + 300)
+        return Verified(issuer.name, caller, _audiences(claims), exp if exp is not None else now + 300, key)

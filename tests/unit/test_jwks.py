@@ -313,3 +313,38 @@ def test_parse_jwks_takes_any_json(entry: Any) -> None:
         except JwksError:
             continue
         assert all(isinstance(kid, str) and isinstance(key, Key) for kid, key in parsed.items())
+
+
+async def test_a_refresh_keeps_unchanged_keys_and_drops_withdrawn_ones(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    k = keys()
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa, k.ec256)
+    ks = keyset(jwks_server, http_session, jwks_min_refetch=0)
+    await ks.refresh()
+    rsa, ec = ks.get("rsa-1"), ks.get("ec-256")
+    assert rsa is not None and ec is not None and len(ks) == 2
+    await ks.refresh()  # the same document again: the very same keys are held
+    assert ks.holds(rsa) and ks.holds(ec)
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa_twin, k.ed25519)  # rsa-1 replaced by another key, ec-256 withdrawn
+    await ks.refresh()
+    assert not ks.holds(rsa) and not ks.holds(ec)
+    twin = ks.get("rsa-1")
+    assert twin is not None and twin.key.public_numbers() == k.rsa_twin.private.public_key().public_numbers()
+    assert ks.get("ec-256") is None and len(ks) == 2
+
+
+async def test_a_failed_refresh_is_failing_until_a_good_one(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    jwks_server.docs["/jwks.json"] = jwks(keys().ec256)
+    ks = keyset(jwks_server, http_session, jwks_min_refetch=0)
+    await ks.refresh()
+    held = ks.get("ec-256")
+    assert held is not None and not ks.failing
+    jwks_server.docs["/jwks.json"] = b"<html>not a key set</html>"
+    await ks.refresh()
+    assert ks.failing and ks.holds(held)  # garbage changes nothing
+    jwks_server.docs["/jwks.json"] = jwks(keys().ec256)
+    await ks.refresh()
+    assert not ks.failing and ks.holds(held)

@@ -28,7 +28,7 @@ from conftest import (
 )
 
 from authz.config import Config
-from authz.errors import InvalidToken
+from authz.errors import InvalidToken, Unavailable
 from authz.identity import jwks as jwks_module
 from authz.identity import rfc9068
 from authz.identity.rfc9068 import TokenCache, Verified, Verifier
@@ -381,3 +381,50 @@ async def test_token_without_exp_is_reverified_not_expired(
     assert (await s.verify(token)).subject == "alice"
     entry = s.verifier.cache.get(token)  # verified afresh: the entry now runs from `later`
     assert entry is not None and entry.expires_at == later + 300
+
+
+async def test_cached_token_is_refused_once_its_key_is_withdrawn(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    k = keys()
+    s = make_setup(jwks_server, http_session, k.rsa, k.ec256, jwks_min_refetch=0)
+    old, other = k.rsa.token(), k.ec256.token()
+    assert (await s.verify(old)).subject == (await s.verify(other)).subject == "alice"
+    assert len(s.verifier.cache) == 2
+
+    # the issuer rotates: rsa-1 is withdrawn, ec-256 stays; the new kid makes the authorizer refetch
+    jwks_server.docs["/main.json"] = jwks(k.rsa_new, k.ec256)
+    assert (await s.verify(k.rsa_new.token())).subject == "alice"
+    hits = s.verifier.cache.hits
+    assert (await s.verify(other)).subject == "alice"  # its key is still published: a cache hit
+    assert s.verifier.cache.hits == hits + 1
+    assert await s.refuse(old) == "token_kid_unknown"  # cached, but its key is gone: verified again, refused
+    assert s.verifier.cache.get(old) is None
+
+
+async def test_cached_token_is_refused_once_its_kid_names_another_key(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    k = keys()
+    s = make_setup(jwks_server, http_session, k.rsa, jwks_min_refetch=0)
+    token = k.rsa.token()
+    assert (await s.verify(token)).subject == "alice"
+    jwks_server.docs["/main.json"] = jwks(k.rsa_twin)  # same kid, another key
+    await s.verifier._keys["main"].refresh()
+    assert await s.refuse(token) == "token_signature_invalid"
+
+
+async def test_unknown_kid_while_the_jwks_cannot_be_fetched_is_unavailable(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    k = keys()
+    s = make_setup(jwks_server, http_session, k.rsa, jwks_min_refetch=0)
+    known = k.rsa.token()
+    assert (await s.verify(known)).subject == "alice"
+    jwks_server.docs["/main.json"] = b"garbage"
+    with pytest.raises(Unavailable) as info:
+        await s.verify(k.rsa_new.token())
+    assert (info.value.status, info.value.reason) == (503, "jwks_unavailable")
+    assert (await s.verify(k.rsa.token())).subject == "alice"  # the last good keys still verify
+    jwks_server.docs["/main.json"] = jwks(k.rsa)  # back, without rsa-2: now the kid is truly unknown
+    assert await s.refuse(k.rsa_new.token()) == "token_kid_unknown"
