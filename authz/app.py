@@ -18,14 +18,17 @@ from typing import Any
 import aiohttp
 import grpc
 
+from authz import telemetry
 from authz.audit import Auditor
 from authz.check import Checker
 from authz.config import Config, ConfigError, load_config
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
+from authz.logs import masked
 from authz.model import Decision, HttpRequest
 from authz.server import AuthorizationService, start_grpc
+from authz.webhook import WebhookSink
 from discovery import build_app
 from discovery import start as start_discovery
 
@@ -42,8 +45,10 @@ class Authorizer:
         self._grpc: grpc.aio.Server | None = None
         self._discovery: Any = None
         self._http_front: asyncio.Server | None = None
+        self._jobs: set[asyncio.Future[Any]] = set()
         self._mtime = self._stat()
         self.audit = Auditor()
+        self.webhook: WebhookSink | None = None
         self.checker = self._build(config)
 
     # ------------------------------------------------------------------ building a config's runtime
@@ -60,7 +65,7 @@ class Authorizer:
             keys[name] = old if old is not None and old.issuer == issuer else KeySet(issuer, self._session)
         self._keys = keys
         self.audit.configure(config.spec.audit.enabled, config.spec.audit.argument_keys)
-        return Checker(config, Verifier(config.issuers, keys))
+        return Checker(config, Verifier(config.issuers, keys, config.spec.token_cache_size))
 
     @property
     def config(self) -> Config:
@@ -71,6 +76,17 @@ class Authorizer:
         checks.update({f"jwks:{name}": ks.ready for name, ks in self._keys.items()})
         return checks
 
+    def stats(self) -> dict[str, Any]:
+        """What must stay bounded under load: asyncio tasks, cached tokens, keys per issuer (logged on SIGUSR1)."""
+        cache = self.checker.verifier.cache
+        return {
+            "tasks": len(asyncio.all_tasks()),
+            "token_cache": len(cache),
+            "token_cache_size": cache.size,
+            "jwks_keys": {name: len(ks) for name, ks in self._keys.items()},
+            "jwks_fetches": {name: ks.fetches for name, ks in self._keys.items()},
+        }
+
     def jwks_documents(self) -> dict[str, dict[str, Any]]:
         return {
             name: devkey.public_jwks(issuer.local_key_file)
@@ -80,9 +96,13 @@ class Authorizer:
 
     # ------------------------------------------------------------------ serving
 
-    def observe(self, req: HttpRequest, decision: Decision) -> None:
-        """Write the decision's audit event; log it with its reason code (denials at info, allows at debug)."""
-        self.audit(req, decision)
+    def observe(self, req: HttpRequest, decision: Decision, started_ns: int | None = None) -> None:
+        """Count, time and trace the decision; write its audit event; log it with its reason code.
+
+        Denials are logged at info, allows at debug. ``started_ns``: ``time.perf_counter_ns()`` at the
+        Check's start. The trace id of the Check's span (if one was made) goes into the audit event.
+        """
+        self.audit(req, decision, telemetry.record_check(req, decision, started_ns))
         level = logging.DEBUG if decision.allowed else logging.INFO
         if not decisions.isEnabledFor(level):
             return
@@ -106,6 +126,8 @@ class Authorizer:
         )
 
     async def start(self) -> None:
+        self._start_telemetry()
+        self._configure_webhook()
         self._start_refreshers()
         service = AuthorizationService(lambda: self.checker, self.observe)
         self._grpc, _ = await start_grpc(self.config.listen.grpc, service)
@@ -125,6 +147,56 @@ class Authorizer:
                 "config": self.path,
             },
         )
+        log.info("configuration in force", extra={"settings": self.settings_summary()})
+
+    # ------------------------------------------------------------------ telemetry and audit sinks
+
+    def _start_telemetry(self) -> None:
+        t = self.config.spec.telemetry
+        settings = telemetry.Settings(
+            service_name=t.service_name,
+            otlp_endpoint=t.otlp_endpoint,
+            otlp_protocol=t.otlp_protocol,
+            traces=t.traces,
+            metrics=t.metrics,
+            sample_ratio=t.sample_ratio,
+            export_interval=t.export_interval,
+        )
+        try:
+            telemetry.setup(settings, version=_version())
+        except Exception:  # no telemetry is better than no authorizer
+            log.exception("telemetry setup failed; serving without metrics and traces")
+
+    def _configure_webhook(self) -> None:
+        """Start, replace or stop the audit webhook sink to match the config (the old one flushes meanwhile)."""
+        spec = self.config.spec.audit.webhook
+        old = self.webhook
+        if old is not None and old.spec == spec:
+            return
+        self.webhook = WebhookSink(spec) if spec is not None else None
+        self.audit.sink = self.webhook.submit if self.webhook is not None else None
+        if self.webhook is not None:
+            self.webhook.start()
+        if old is not None:
+            self._background(old.stop())
+
+    def _background(self, job: Any) -> None:
+        task = asyncio.ensure_future(job)
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+
+    def settings_summary(self) -> dict[str, Any]:
+        """The configuration in force for the startup log line: secrets and ``${ENV}`` values masked."""
+        raw: Any = None
+        if self.path:
+            try:
+                import yaml
+
+                raw = yaml.safe_load(Path(self.path).read_text(encoding="utf-8"))
+            except (OSError, ValueError):
+                raw = None
+        result: dict[str, Any] = masked(self.config.spec.model_dump(mode="json"), raw)
+        return result
 
     def _start_refreshers(self) -> None:
         for task in self._refreshers:
@@ -136,7 +208,12 @@ class Authorizer:
         if not address:
             return
         host, _, port = address.rpartition(":")
-        app = build_app(self.config, readiness=self.readiness, jwks_documents=self.jwks_documents())
+        app = build_app(
+            self.config,
+            readiness=self.readiness,
+            jwks_documents=self.jwks_documents(),
+            metrics=telemetry.prometheus_text,
+        )
         self._discovery = await start_discovery(app, host, int(port))
 
     async def stop(self) -> None:
@@ -150,6 +227,9 @@ class Authorizer:
             await self._discovery.cleanup()
         if self._http is not None:
             await self._http.close()
+        if self.webhook is not None:
+            await self.webhook.stop()
+        telemetry.shutdown()
 
     # ------------------------------------------------------------------ reload
 
@@ -173,6 +253,11 @@ class Authorizer:
             log.warning("listen addresses change only on restart")
         self.checker = self._build(config)
         self._start_refreshers()
+        self._configure_webhook()
+        if config.spec.telemetry != old.spec.telemetry:
+            log.warning("telemetry settings change only on restart")
+        if config.spec.log_level != old.spec.log_level:
+            logging.getLogger().setLevel(config.spec.log_level.upper())
         if self._discovery is not None:
             await self._discovery.cleanup()
             await self._start_discovery()
@@ -188,6 +273,15 @@ class Authorizer:
                 await self.reload()
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mcp-authz")
+    except PackageNotFoundError:
+        return ""
+
+
 async def serve(path: str) -> None:
     """Run until SIGTERM/SIGINT; SIGHUP reloads."""
     authorizer = Authorizer(load_config(path), path)
@@ -197,6 +291,7 @@ async def serve(path: str) -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(authorizer.reload()))
+    loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", extra=authorizer.stats()))
     watcher = asyncio.create_task(authorizer.watch())
     await stop.wait()
     watcher.cancel()

@@ -597,6 +597,12 @@ class ConfigSpec(_Spec):
     failure_status: int = Field(
         503, ge=400, le=599, description="Status of a deny caused by an internal error (fail closed)."
     )
+    token_cache_size: int = Field(
+        10_000,
+        ge=1,
+        le=1_000_000,
+        description="Verified tokens kept in memory (the oldest goes first when full); bounds the authorizer's memory.",
+    )
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="JSON logs on stderr.")
     envoy: EnvoySpec = Field(
         default_factory=EnvoySpec,  # type: ignore[arg-type]
