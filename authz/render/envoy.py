@@ -262,6 +262,17 @@ def _exact(names: list[str]) -> dict[str, Any]:
     return {"patterns": [{"exact": name} for name in names]}
 
 
+def proxy_headers(config: Config) -> list[str]:
+    """The trusted proxies' identity headers (and Cloudflare's assertion), which the authorizer must read.
+
+    The source address and mTLS peer come from the Envoy-set ``x-mcp-authz-*`` headers, never from a
+    client-settable ``x-forwarded-for``; passthrough headers need no Check (they are removed upstream
+    through ``x-envoy-auth-headers-to-remove`` unless the caller is proxy-identified).
+    """
+    names = {h for s in config.servers.values() if s.proxy is not None for h in s.proxy.headers}
+    return sorted(names - set(HTTP_ALLOWED_HEADERS))
+
+
 def http_ext_authz_filter(config: Config, authorizer: str) -> dict[str, Any]:
     """ext_authz over HTTP/1.1 (``http_service``) to ``authz.httpfront`` at ``authorizer`` (host:port).
 
@@ -293,7 +304,7 @@ def http_ext_authz_filter(config: Config, authorizer: str) -> dict[str, Any]:
                     "allowed_client_headers": _exact(list(HTTP_CLIENT_HEADERS)),
                 },
             },
-            "allowed_headers": _exact(list(HTTP_ALLOWED_HEADERS)),
+            "allowed_headers": _exact(list(HTTP_ALLOWED_HEADERS) + proxy_headers(config)),
             "transport_api_version": "V3",
             "failure_mode_allow": False,
             "status_on_error": {"code": "ServiceUnavailable"},  # unreachable or 5xx: deny with 503

@@ -200,6 +200,40 @@ def test_addresses_and_overrides(key: Path) -> None:
     assert "10.0.0.1" in str(overridden["static_resources"]["clusters"][0])
 
 
+def test_http_authorizer_sees_the_proxy_headers(tmp_path: Path, key: Path) -> None:
+    """HTTP ext_authz: the proxy's identity headers reach the authorizer; passthrough headers and the
+    client-settable x-forwarded-for do not (source and peer come from Envoy's x-mcp-authz-* headers)."""
+    server = {"name": "root", "resource": "http://127.0.0.1:8080/", "upstream": "127.0.0.1:8001"}
+    spec: dict[str, Any] = {
+        "listen": {"grpc": "127.0.0.1:9191", "http": "127.0.0.1:9193"},
+        "issuers": [{"name": "dev", "issuer": "http://127.0.0.1:8080/dev", "local_key_file": str(key)}],
+        "servers": [server],
+        "envoy": {"listen": "127.0.0.1:8080", "authorizer": "http"},
+    }
+    without = http_filters(render_envoy(parse_config(yaml.safe_dump(spec), "plain.yaml")))[0]["typed_config"]
+    server["identity"] = ["proxy", "jwt"]
+    server["proxy"] = {
+        "preset": "oauth2-proxy",
+        "trusted_principals": ["spiffe://cluster.local/ns/auth/sa/oauth2-proxy"],
+        "passthrough_headers": ["X-Tenant-Id"],
+    }
+    config = parse_config(yaml.safe_dump(spec), "proxy.yaml")
+    authz = http_filters(render_envoy(config))[0]["typed_config"]
+    allowed = [p["exact"] for p in authz["allowed_headers"]["patterns"]]
+    assert {"x-auth-request-user", "x-auth-request-email", "x-auth-request-groups"} <= set(allowed)
+    assert "x-tenant-id" not in allowed and "x-forwarded-for" not in allowed
+    assert not [name for name in allowed if name.startswith("x-mcp-authz-")]
+    assert len(allowed) == len(set(allowed))
+    added = {h["key"] for h in authz["http_service"]["authorization_request"]["headers_to_add"]}
+    assert {"x-mcp-authz-source", "x-mcp-authz-peer-uri-san"} <= added
+    response = authz["http_service"]["authorization_response"]
+    upstream = [p["exact"] for p in response["allowed_upstream_headers"]["patterns"]]
+    assert "x-auth-request-user" not in upstream  # the authorizer only removes the proxy's headers
+    assert "x-auth-request-user" not in str(without["allowed_headers"])
+    if Path(ENVOY).is_file():
+        validate(tmp_path, render_envoy_yaml(config))
+
+
 def test_no_discovery_address_means_no_discovery_routes(key: Path) -> None:
     bootstrap = render_envoy(two_servers(key), discovery="")
     assert "mcp_discovery" not in str(bootstrap)
