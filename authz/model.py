@@ -87,6 +87,8 @@ class Caller:
     mode: str = "jwt"  # jwt | proxy | anonymous
     token_id: str | None = None
     expires_at: int | None = None
+    # The verified bearer token itself, for RFC 8693 token exchange only: never logged or audited.
+    token: str | None = field(default=None, repr=False, compare=False)
 
     @property
     def anonymous(self) -> bool:
@@ -116,3 +118,5 @@ class Decision:
     deny_headers: tuple[tuple[str, str], ...] = ()
     body: bytes = b""
     detail: str = ""  # for the log only, never sent to the client
+    # On allow, for later Envoy filters (ext_proc list filtering): JSON-like values only.
+    metadata: Mapping[str, Any] | None = None

@@ -9,6 +9,7 @@ from typing import Any
 from authz.config import Server
 from authz.errors import (
     FORBIDDEN_CODE,
+    ApprovalRefused,
     BadRequest,
     Forbidden,
     InsufficientScope,
@@ -17,6 +18,7 @@ from authz.errors import (
     RateLimited,
     Refusal,
 )
+from authz.extproc import metadata as handover
 from authz.model import Caller, Decision, McpRequest
 
 JSON = ("content-type", "application/json")
@@ -55,11 +57,19 @@ def _body(refusal: Refusal, mcp: McpRequest | None) -> bytes:
     )
     if isinstance(refusal, InsufficientScope):
         message = f"insufficient_scope: requires {' '.join(refusal.scopes)}".strip()
+    elif isinstance(refusal, ApprovalRefused):
+        message = (
+            f"Refused: approval {refusal.approval_id} was denied"
+            if refusal.state == "denied"
+            else f"Approval {refusal.approval_id} is pending: retry the same call once it is approved"
+        )
     elif isinstance(refusal, BadRequest):
         message = f"{message}: {refusal.reason}"
     rpc_error: dict[str, Any] = {"code": code, "message": message}
     if isinstance(refusal, BadRequest) and refusal.data is not None:
         rpc_error["data"] = refusal.data
+    elif isinstance(refusal, ApprovalRefused):
+        rpc_error["data"] = {"approval_id": refusal.approval_id, "approval": refusal.state}
     # Refused while parsing (no McpRequest yet): the parser kept the id when it could read one.
     bad_id = refusal.request_id if isinstance(refusal, BadRequest) else None
     request_id = mcp.first_id if mcp is not None else bad_id
@@ -94,8 +104,22 @@ def deny(
     )
 
 
-def allow(server: Server, caller: Caller, mcp: McpRequest, rule: str | None) -> Decision:
-    """Identity headers set (overwriting whatever the client sent), the token and unset ones removed."""
+def allow(
+    server: Server,
+    caller: Caller,
+    mcp: McpRequest,
+    rule: str | None,
+    extra_headers: tuple[tuple[str, str], ...] = (),
+    *,
+    source: tuple[str, str] = ("", ""),
+) -> Decision:
+    """Identity headers set (overwriting whatever the client sent), the token and unset ones removed.
+
+    ``extra_headers`` are upstream credentials (integration secret, exchanged token): set, replacing
+    any client copy, and never in the remove list (Envoy removes after it sets).
+    For a ``filter_lists`` server, ``metadata`` hands the caller to the list filter (``source``:
+    the request's address and mTLS principal, kept only when CEL conditions may read them).
+    """
     names = server.identity_headers
     values = {
         names.subject: caller.subject,
@@ -107,6 +131,10 @@ def allow(server: Server, caller: Caller, mcp: McpRequest, rule: str | None) -> 
     if any(not _UNSAFE.isdisjoint(v) for _, v in set_headers):
         raise Forbidden("identity_unrepresentable", "a claim for an identity header has control characters")
     remove = ("authorization", *(k for k, v in values.items() if not v))
+    if extra_headers:
+        injected = {k for k, _ in extra_headers}
+        set_headers += extra_headers
+        remove = tuple(h for h in remove if h not in injected)
     if server.proxy is not None:  # the proxy's own identity headers never reach the MCP server
         remove += tuple(h for h in server.proxy.headers if h not in values)
         if caller.mode != "proxy":  # the proxy's other headers are believed only with its identity
@@ -121,4 +149,5 @@ def allow(server: Server, caller: Caller, mcp: McpRequest, rule: str | None) -> 
         rule=rule,
         set_headers=set_headers,
         remove_headers=remove,
+        metadata=handover.encode(server, caller, mcp, source) if server.filter_lists else None,
     )
