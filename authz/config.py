@@ -465,6 +465,65 @@ class TelemetrySpec(_Spec):
         return value
 
 
+class WebhookSpec(_Spec):
+    url: str = Field(description="Where batches of audit events are POSTed (a JSON array per request).")
+    secret: str = Field(
+        description="HMAC-SHA256 key signing each batch (`X-Mcp-Authz-Signature`); use `${ENV}`. Never logged."
+    )
+    batch_size: int = Field(100, ge=1, le=10000, description="Events per POST at most.")
+    flush_interval: float = Field(
+        1.0, gt=0, le=60, description="Seconds a partial batch waits for more events before it is sent."
+    )
+    queue_size: int = Field(
+        10000, ge=1, le=1_000_000, description="Events waiting to be sent at most; when full, new events are "
+        "dropped and counted (a Check never waits for the webhook)."
+    )
+    timeout: float = Field(5.0, gt=0, le=60, description="Seconds for one POST.")
+    max_retries: int = Field(
+        5, ge=0, le=20, description="Retries of a failed POST (exponential backoff from 0.5 s, at most 30 s); "
+        "then the batch is dropped and counted."
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if urlsplit(value).scheme not in ("https", "http") or not urlsplit(value).netloc:
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+    @field_validator("secret")
+    @classmethod
+    def _secret_length(cls, value: str) -> str:
+        if len(value.encode()) < 16:
+            raise ValueError("the webhook secret must have at least 16 bytes")
+        return value
+
+
+class TelemetrySpec(_Spec):
+    service_name: str = Field("mcp-authz", description="OpenTelemetry `service.name` of traces and metrics.")
+    otlp_endpoint: str | None = Field(
+        None,
+        description="OTLP receiver: `http://collector:4318` for http/protobuf (`/v1/traces`, `/v1/metrics` "
+        "appended), `http://collector:4317` for grpc. Unset: nothing is exported by OTLP and no span is made.",
+    )
+    otlp_protocol: Literal["http/protobuf", "grpc"] = Field("http/protobuf", description="OTLP transport.")
+    traces: bool = Field(True, description="A span per Check (needs otlp_endpoint), parented on `traceparent`.")
+    metrics: bool = Field(
+        True, description="Metrics at `/metrics` on the discovery port, and by OTLP when otlp_endpoint is set."
+    )
+    sample_ratio: float = Field(
+        1.0, ge=0, le=1, description="Share of new traces recorded; a sampled `traceparent` parent is followed."
+    )
+    export_interval: float = Field(60.0, ge=1, le=3600, description="Seconds between OTLP metric exports.")
+
+    @field_validator("otlp_endpoint")
+    @classmethod
+    def _endpoint(cls, value: str | None) -> str | None:
+        if value is not None and (urlsplit(value).scheme not in ("https", "http") or not urlsplit(value).netloc):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+
 class AuditSpec(_Spec):
     enabled: bool = Field(
         True, description="Write one JSON audit event per decision to stdout (`\"stream\": \"mcp-authz-audit\"`)."
@@ -473,6 +532,9 @@ class AuditSpec(_Spec):
         [],
         description="Tool argument keys copied into audit events; every other argument is left out. "
         "Default: none.",
+    )
+    webhook: WebhookSpec | None = Field(
+        None, description="Also POST audit events in signed batches to a URL (see README, Telemetry and audit)."
     )
     webhook: WebhookSpec | None = Field(
         None, description="Also POST audit events in signed batches to a URL (see README, Telemetry and audit)."
@@ -612,6 +674,10 @@ class ConfigSpec(_Spec):
         default_factory=AuditSpec,  # type: ignore[arg-type]
         description="Audit events: one JSON line per decision on stdout, never the token.",
     )
+    telemetry: TelemetrySpec = Field(
+        default_factory=TelemetrySpec,  # type: ignore[arg-type]
+        description="OpenTelemetry traces and metrics (Prometheus `/metrics` on the discovery port).",
+    )
     ext_proc: ExtProcSpec = Field(
         default_factory=ExtProcSpec,  # type: ignore[arg-type]
         description="The list filter (Envoy ext_proc, served on listen.grpc) for servers with `filter_lists`.",
@@ -641,6 +707,8 @@ class ConfigSpec(_Spec):
         _unique("issuers", [i.name for i in self.issuers])
         _unique("servers", [s.name for s in self.servers])
         _unique("servers[].resource", [s.resource for s in self.servers])
+        for s in self.servers:
+            _unique(f"server {s.name!r}: rate_limits", [r.name for r in s.rate_limits])
         known = {i.name for i in self.issuers}
         for s in self.servers:
             missing = [n for n in s.issuers or [] if n not in known]
@@ -795,6 +863,22 @@ class Approvals:
 
 
 @dataclass(frozen=True, slots=True)
+class Sessions:
+    bind: bool = True
+    ttl: int = 3600
+    hijack_status: int = 404
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimit:
+    name: str
+    per_tool: bool  # key per subject and tool name (only tools/call counts)
+    tools: re.Pattern[str] | None  # None: every request counts (per subject) / every tools/call (per tool)
+    limit: int
+    window: int
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     name: str
     resource: str
@@ -815,6 +899,8 @@ class Server:
     filter_lists: bool = False  # list results filtered by ext_proc: the Check emits dynamic metadata
     credentials: Credential | None = None
     exchange: Exchange | None = None
+    sessions: Sessions = Sessions()
+    rate_limits: tuple[RateLimit, ...] = ()
 
     @property
     def injected_headers(self) -> tuple[str, ...]:
@@ -899,6 +985,10 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
         header_only=spec.header_only,
         policy=policy,
         metadata_url=metadata_url(spec.resource),
+        sessions=Sessions(spec.sessions.bind, spec.sessions.ttl, spec.sessions.hijack_status),
+        rate_limits=tuple(
+            RateLimit(r.name, r.per == "subject_tool", _globs(r.tools), r.limit, r.window) for r in spec.rate_limits
+        ),
         filter_lists=spec.filter_lists,
     )
 
@@ -977,7 +1067,7 @@ def compile_config(spec: ConfigSpec, source: str = "") -> Config:
             algorithms=tuple(i.algorithms),
             audiences=frozenset(i.audiences),
             clock_skew=i.clock_skew,
-            required_claims=tuple(i.required_claims),
+            required_claims=tuple(dict.fromkeys([*i.required_claims, *(["exp"] if i.require_exp else [])])),
             token_type=i.token_type.lower() if i.token_type else None,
             max_token_bytes=i.max_token_bytes,
             max_lifetime=i.max_lifetime,

@@ -61,6 +61,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
+import time
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
@@ -159,7 +160,7 @@ class HttpFront:
 
     __slots__ = ("checker", "observe")
 
-    def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision], None]) -> None:
+    def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision, int], None]) -> None:
         self.checker = checker
         self.observe = observe
 
@@ -320,9 +321,10 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                     await self._waiter
                     continue
                 request, keep_alive = queue.popleft()
+                started = time.perf_counter_ns()
                 decision = await front.checker().check(request)
                 try:
-                    front.observe(request, decision)
+                    front.observe(request, decision, started)
                 except Exception:
                     log.exception("decision observer failed")
                 try:
@@ -379,7 +381,7 @@ def _split_address(address: str) -> tuple[str, int]:
 async def start_http(
     address: str,
     checker: Callable[[], Checker],
-    observe: Callable[[HttpRequest, Decision], None],
+    observe: Callable[[HttpRequest, Decision, int], None],
 ) -> asyncio.Server:
     """Listen on ``address`` (host:port) for Envoy's HTTP authorization requests."""
     host, port = _split_address(address)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable
 
 import grpc
@@ -79,16 +80,17 @@ def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """``Check`` → the current Checker. ``checker`` is read once per call, so a reload never tears a Check."""
 
-    def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision], None]) -> None:
+    def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision, int], None]) -> None:
         self._checker = checker
-        self._observe = observe
+        self._observe = observe  # (request, decision, time.perf_counter_ns() when the Check began)
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
+        started = time.perf_counter_ns()
         req = to_http_request(request)
         decision = await self._checker().check(req)
-        self._observe(req, decision)
+        self._observe(req, decision, started)
         return to_check_response(decision)
 
 

@@ -1,0 +1,24 @@
+"""Shared state: ``open_store(spec)`` picks the implementation the ``store`` config section names."""
+
+from __future__ import annotations
+
+from authz.config import StoreSpec
+from authz.store.base import SessionBinding, Store, StoreError
+from authz.store.memory import MemoryStore
+
+__all__ = ["MemoryStore", "SessionBinding", "Store", "StoreError", "open_store"]
+
+
+def open_store(spec: StoreSpec) -> Store:
+    """The store for ``spec`` (not started yet): Redis when ``url`` is set, else in memory."""
+    if spec.url is None:
+        return MemoryStore()
+    from authz.store.redis import RedisStore  # redis-py is imported only when Redis is configured
+
+    return RedisStore(
+        spec.url,
+        key_prefix=spec.key_prefix,
+        timeout=spec.timeout_ms / 1000,
+        pool_size=spec.pool_size,
+        resync=float(spec.resync_seconds),
+    )

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
+from authz import telemetry
 from authz.store.base import SessionBinding
 
 DEFAULT_MAX_ENTRIES = 100_000  # per table: revoked jtis, subjects, sessions, rate-limit keys, values
@@ -79,7 +80,7 @@ class MemoryStore:
         return True
 
     async def start(self) -> None:
-        return None
+        telemetry.set_store_state(self.kind, True)
 
     async def close(self) -> None:
         return None

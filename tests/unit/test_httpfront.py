@@ -129,7 +129,7 @@ def request(
 async def front() -> AsyncIterator[Front]:
     stub = Stub()
     observed: list[tuple[HttpRequest, Decision]] = []
-    server = await start_http("127.0.0.1:0", lambda: cast(Checker, stub), lambda req, dec: observed.append((req, dec)))
+    server = await start_http("127.0.0.1:0", lambda: cast(Checker, stub), lambda r, d, _: observed.append((r, d)))
     port = server.sockets[0].getsockname()[1]
     yield Front(port, stub, observed)
     server.close()
@@ -357,7 +357,7 @@ async def test_real_checker_selects_the_server_from_the_envoy_header(tmp_path: P
             server_spec("two", other, policy=policy({"name": "none", "tools": ["nothing"]})),
         ],
     )
-    server = await start_http("127.0.0.1:0", lambda: stack.checker, lambda req, dec: None)
+    server = await start_http("127.0.0.1:0", lambda: stack.checker, lambda req, dec, _started: None)
     port = server.sockets[0].getsockname()[1]
     front = Front(port, Stub(), [])
     body = json.dumps(tool_call("search")).encode()
@@ -463,7 +463,7 @@ def test_under_uvloop() -> None:
 
     async def scenario() -> list[Response]:
         stub = Stub()
-        server = await start_http("127.0.0.1:0", lambda: cast(Checker, stub), lambda req, dec: None)
+        server = await start_http("127.0.0.1:0", lambda: cast(Checker, stub), lambda req, dec, _started: None)
         port = server.sockets[0].getsockname()[1]
         try:
             front = Front(port, stub, [])

@@ -1,0 +1,230 @@
+"""RedisStore against a real redis-server on loopback: the contract, pub/sub propagation between two
+stores, the deadline on a paused Redis, and reconnection after a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+
+import pytest
+from redis.asyncio import Redis as RedisClient
+
+from authz import telemetry
+from authz.config import StoreSpec
+from authz.store import MemoryStore, open_store
+from authz.store.base import StoreError
+from authz.store.redis import RedisStore
+from tests.e2e.harness import Redis, start_redis
+
+WAIT = 10.0  # seconds a test waits for something asynchronous before it fails (never a speed assertion)
+
+
+async def eventually(condition: Callable[[], bool | Awaitable[bool]], what: str) -> None:
+    deadline = time.monotonic() + WAIT
+    while time.monotonic() < deadline:
+        result = condition()
+        if result if isinstance(result, bool) else await result:
+            return
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"never happened: {what}")
+
+
+@pytest.fixture(scope="module")
+def shared_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Redis]:
+    server = start_redis(tmp_path_factory.mktemp("redis"))
+    yield server
+    server.proc.stop()
+
+
+@pytest.fixture
+def own_redis(tmp_path: Path) -> Iterator[Redis]:
+    """A redis-server of this test alone (it gets paused or restarted)."""
+    server = start_redis(tmp_path)
+    yield server
+    if server.proc.pid is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(server.proc.pid, signal.SIGCONT)
+    server.proc.stop()
+
+
+@contextlib.asynccontextmanager
+async def opened(url: str, prefix: str, **kwargs: float) -> AsyncIterator[RedisStore]:
+    store = RedisStore(url, key_prefix=prefix, **kwargs)  # type: ignore[arg-type]
+    await store.start()
+    try:
+        yield store
+    finally:
+        await store.close()
+
+
+_prefixes = iter(range(1_000_000))
+
+
+@pytest.fixture
+async def store(shared_redis: Redis) -> AsyncIterator[RedisStore]:
+    async with opened(shared_redis.url, f"t{next(_prefixes)}:", timeout=1.0) as s:
+        yield s
+
+
+async def test_open_store_picks_by_url(shared_redis: Redis) -> None:
+    assert isinstance(open_store(StoreSpec.model_validate({})), MemoryStore)
+    spec = {"url": shared_redis.url, "key_prefix": "o:", "timeout_ms": 200}
+    opened_store = open_store(StoreSpec.model_validate(spec))
+    assert isinstance(opened_store, RedisStore)
+    await opened_store.start()
+    try:
+        assert opened_store.healthy and telemetry.STORE_STATE["redis"] is True
+    finally:
+        await opened_store.close()
+
+
+async def test_revocation_is_local_and_keyed(store: RedisStore) -> None:
+    now = time.time()
+    assert store.healthy
+    await store.revoke_token("j1", now + 60)
+    await store.revoke_subject("alice", now)
+    assert store.is_revoked("bob", "j1", now)
+    assert store.is_revoked("alice", "j2", now - 1) and store.is_revoked("alice", None, None)
+    assert not store.is_revoked("alice", "j2", now + 1)
+    assert not store.is_revoked("bob", "j2", None)
+    await store.revoke_subject("alice", now - 100)  # an older cut-off never narrows a newer one
+    assert store.is_revoked("alice", "j2", now - 50)
+
+
+async def test_bind_session_is_atomic_and_listed(store: RedisStore) -> None:
+    owners = await asyncio.gather(*(store.bind_session("s", "sid", f"user{i}", 60) for i in range(20)))
+    assert len(set(owners)) == 1  # exactly one subject won the race
+    assert await store.bind_session("s", "sid", "someone", 60) == owners[0]
+    assert await store.bind_session("s2", "sid", "bob", 60) == "bob"
+    [binding] = await store.sessions("s")
+    assert (binding.server, binding.session_id, binding.subject) == ("s", "sid", owners[0])
+    assert binding.expires_at > time.time() + 50
+    assert [b.server for b in await store.sessions(subject="bob")] == ["s2"]
+    assert await store.end_session("s", "sid") and not await store.end_session("s", "sid")
+    assert await store.bind_session("s", "sid", "carol", 60) == "carol"
+
+
+async def test_session_ttl_expires(store: RedisStore) -> None:
+    await store.bind_session("s", "short", "alice", 0.3)
+    assert await store.bind_session("s", "short", "bob", 0.3) == "alice"
+    await eventually(lambda: _unbound(store, "short"), "binding expired")
+    assert await store.bind_session("s", "short", "bob", 60) == "bob"
+
+
+async def _unbound(store: RedisStore, sid: str) -> bool:
+    return all(b.session_id != sid for b in await store.sessions("s"))
+
+
+async def test_hit_limits_atomically(store: RedisStore) -> None:
+    waits = await asyncio.gather(*(store.hit("k", 5, 60) for _ in range(8)))
+    assert sorted(waits)[:5] == [0.0] * 5 and all(w > 0 for w in sorted(waits)[5:])
+    assert 0 < max(waits) <= 60
+    assert await store.hit("other", 5, 60) == 0.0
+
+
+async def test_hit_refills(store: RedisStore) -> None:
+    assert await store.hit("fast", 1, 0.2) == 0.0
+    assert await store.hit("fast", 1, 0.2) > 0
+    await eventually(lambda: _allowed(store, "fast"), "a token came back")
+
+
+async def _allowed(store: RedisStore, key: str) -> bool:
+    return await store.hit(key, 1, 0.2) == 0.0
+
+
+async def test_values(store: RedisStore) -> None:
+    await store.put("a", b"\x00bytes", 60)
+    assert await store.get("a") == b"\x00bytes"
+    results = await asyncio.gather(*(store.take("a") for _ in range(5)))
+    assert results.count(b"\x00bytes") == 1 and results.count(None) == 4  # taken once, for everyone
+    assert await store.get("missing") is None
+
+
+async def test_revocation_propagates_between_stores(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    async with opened(shared_redis.url, prefix, timeout=1.0) as a, opened(shared_redis.url, prefix, timeout=1.0) as b:
+        now = time.time()
+        await a.revoke_token("shared-jti", now + 60)
+        await eventually(lambda: b.is_revoked(None, "shared-jti", None), "jti revocation reached b")
+        await b.revoke_subject("alice", now)
+        await eventually(lambda: a.is_revoked("alice", None, now - 1), "subject revocation reached a")
+        assert not a.is_revoked("alice", None, now + 1)
+
+
+async def test_new_store_loads_existing_revocations_and_ignores_junk(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    now = time.time()
+    async with opened(shared_redis.url, prefix, timeout=1.0) as a:
+        await a.revoke_token("old", now + 60)
+        await a.revoke_token("gone", now - 1)  # already expired: not kept
+        await a.revoke_subject("alice", now)
+        client = RedisClient.from_url(shared_redis.url)
+        try:
+            await client.publish(f"{prefix}revocations", b"\xff not json")
+            await client.publish(f"{prefix}revocations", b'{"t": "jti", "jti": 5}')
+        finally:
+            await client.aclose()
+        async with opened(shared_redis.url, prefix, timeout=1.0) as b:
+            assert b.is_revoked(None, "old", None) and b.is_revoked("alice", None, now - 1)
+            assert not b.is_revoked(None, "gone", None)
+        await a.revoke_token("after", now + 60)  # a still follows the channel after the junk
+        assert a.healthy and a.is_revoked(None, "after", None)
+
+
+async def test_paused_redis_hits_the_deadline_then_recovers(own_redis: Redis) -> None:
+    pid = own_redis.proc.pid
+    assert pid is not None
+    async with opened(own_redis.url, "p:", timeout=0.05) as store:
+        assert store.healthy
+        errors_before = telemetry.STORE_ERRORS.get("sessions")
+        os.kill(pid, signal.SIGSTOP)
+        try:
+            async with asyncio.timeout(WAIT):  # a hang would fail here, not pass
+                with pytest.raises(StoreError):
+                    await store.bind_session("s", "sid", "alice", 60)
+                with pytest.raises(StoreError):
+                    await store.hit("k", 1, 60)
+            assert telemetry.STORE_ERRORS.get("sessions") == errors_before + 1
+            await eventually(lambda: not store.healthy, "paused Redis reported unhealthy")
+            assert telemetry.STORE_STATE["redis"] is False
+        finally:
+            os.kill(pid, signal.SIGCONT)
+        await eventually(lambda: store.healthy, "healthy again after SIGCONT")
+        assert await store.bind_session("s", "sid", "alice", 60) == "alice"
+
+
+async def test_reconnects_after_restart_and_reloads(own_redis: Redis, tmp_path: Path) -> None:
+    async with opened(own_redis.url, "r:", timeout=0.2) as store:
+        await store.bind_session("s", "sid", "alice", 60)
+        own_redis.proc.stop()
+        await eventually(lambda: not store.healthy, "stopped Redis reported unhealthy")
+        with pytest.raises(StoreError):
+            await store.bind_session("s", "sid", "alice", 60)
+        restarted = start_redis(tmp_path / "again", port=own_redis.port)
+        try:
+            client = RedisClient.from_url(restarted.url)
+            try:  # written while this store was away: only a reload can bring it
+                await client.zadd("r:rev:jti", {"while-away": time.time() + 60})
+            finally:
+                await client.aclose()
+            await eventually(lambda: store.healthy, "healthy after restart")
+            await eventually(lambda: store.is_revoked(None, "while-away", None), "copy reloaded on reconnect")
+            assert await store.bind_session("s", "sid", "bob", 60) == "bob"  # the restarted Redis was empty
+        finally:
+            restarted.proc.stop()
+
+
+async def test_unreachable_at_start_does_not_fail_start(tmp_path: Path) -> None:
+    from tests.e2e.harness import free_port
+
+    async with opened(f"redis://127.0.0.1:{free_port()}/0", "u:", timeout=0.05) as store:
+        assert not store.healthy
+        assert not store.is_revoked("alice", "j", None)
+        with pytest.raises(StoreError):
+            await store.get("x")
