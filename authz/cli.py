@@ -94,6 +94,23 @@ def cmd_render_envoy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_secret_encrypt(args: argparse.Namespace) -> int:
+    """Read a secret on stdin, print its ``v2:`` form under the key from the environment or a file."""
+    from authz.upstream import secrets
+
+    try:
+        key = secrets.read_key_file(args.key_file) if args.key_file else secrets.key_from_environment()
+    except secrets.SecretError as exc:
+        print(f"mcp-authz: secret encrypt: {exc}", file=sys.stderr)
+        return 2
+    value = sys.stdin.read().removesuffix("\n").removesuffix("\r")
+    if not value:
+        print("mcp-authz: secret encrypt: no value on stdin", file=sys.stderr)
+        return 2
+    print(secrets.encrypt(value, key))
+    return 0
+
+
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from authz.devstack import up
 
@@ -142,10 +159,23 @@ def parser() -> argparse.ArgumentParser:
     re_.add_argument("-o", "--output")
     re_.set_defaults(func=cmd_render_envoy)
 
+    sec = sub.add_parser("secret", help="integration secrets").add_subparsers(dest="action", required=True)
+    se = sec.add_parser(
+        "encrypt",
+        help="encrypt stdin to v2:<iv>:<tag>:<ciphertext> (AES-256-GCM) with the 32-character key in "
+        "$MCP_AUTHZ_SECRET_KEY or the file $MCP_AUTHZ_SECRET_KEY_FILE",
+    )
+    se.add_argument("--key-file", help="read the key from this file instead of the environment")
+    se.set_defaults(func=cmd_secret_encrypt)
+
     d = sub.add_parser("dev", help="local development stack").add_subparsers(dest="action", required=True)
     du = d.add_parser("up", help="run Envoy, the authorizer and a sample MCP server locally")
     du.add_argument("-c", "--config", default=DEFAULT_CONFIG)
     du.set_defaults(func=cmd_dev_up)
+
+    from authz.admin.commands import add_parser as add_admin_parser
+
+    add_admin_parser(sub)
     return p
 
 

@@ -11,7 +11,7 @@ from authz.check import SERVER_CONTEXT_KEY, Checker
 from authz.config import Config
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
-from authz.model import HttpRequest
+from authz.model import Decision, HttpRequest
 
 
 def request_from_spec(spec: Any, token: str) -> HttpRequest:
@@ -41,5 +41,14 @@ async def explain(config: Config, spec: Any, token: str) -> dict[str, Any]:
         "rule": decision.rule,
         "server": decision.server,
         "detail": decision.detail,
-        "headers": dict(decision.set_headers if decision.allowed else decision.deny_headers),
+        "headers": _shown(config, decision),
     }
+
+
+def _shown(config: Config, decision: Decision) -> dict[str, str]:
+    """The decision's headers; injected upstream credentials are masked."""
+    if not decision.allowed:
+        return dict(decision.deny_headers)
+    server = config.servers.get(decision.server or "")
+    secret = server.injected_headers if server is not None else ()
+    return {k: "***" if k in secret else v for k, v in decision.set_headers}

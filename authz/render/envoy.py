@@ -286,6 +286,7 @@ def http_ext_authz_filter(config: Config, authorizer: str) -> dict[str, Any]:
     envoy = config.spec.envoy
     host, port = _connect_address(authorizer)
     identity = sorted({name for server in config.servers.values() for _, name in server.identity_headers})
+    identity += sorted({h for s in config.servers.values() for h in s.injected_headers} - set(identity))
     return {
         "name": EXT_AUTHZ,
         "typed_config": {
