@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import sys
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
 
@@ -38,8 +38,12 @@ def trace_id(traceparent: str | None) -> str | None:
     return trace
 
 
-def event(req: HttpRequest, decision: Decision, argument_keys: Iterable[str] = ()) -> dict[str, Any]:
+def event(
+    req: HttpRequest, decision: Decision, argument_keys: Iterable[str] = (), trace: str | None = None
+) -> dict[str, Any]:
     """The audit event of one decision, as a dict ready for ``json.dumps``.
+
+    ``trace``: the trace id of the Check's span, when one was made; else the ``traceparent``'s.
 
     ``method`` is the JSON-RPC method; for a batch it is the list of the batch's methods.
     ``tool``/``resource``/``prompt``/``arguments`` describe the first message.
@@ -79,33 +83,60 @@ def event(req: HttpRequest, decision: Decision, argument_keys: Iterable[str] = (
         "source_address": req.source_address or None,
         "source_principal": req.source_principal or None,
         "request_id": headers.get("x-request-id"),
-        "trace_id": trace_id(headers.get("traceparent")),
+        "trace_id": trace or trace_id(headers.get("traceparent")),
         "rule": decision.rule,
     }
 
 
 class Auditor:
-    """Writes audit events to a text stream (stdout by default); counts what it could not write."""
+    """Writes audit events to a text stream (stdout by default); counts what it could not write.
 
-    __slots__ = ("_out", "argument_keys", "enabled", "errors")
+    ``sink``, when set, also receives each serialised event (the webhook queue); it must not block.
+    """
 
-    def __init__(self, enabled: bool = True, argument_keys: Iterable[str] = (), out: TextIO | None = None) -> None:
+    __slots__ = ("_out", "argument_keys", "enabled", "errors", "sink")
+
+    def __init__(
+        self,
+        enabled: bool = True,
+        argument_keys: Iterable[str] = (),
+        out: TextIO | None = None,
+        sink: Callable[[str], None] | None = None,
+    ) -> None:
         self.enabled = enabled
         self.argument_keys = tuple(argument_keys)
         self._out = out
+        self.sink = sink
         self.errors = 0
 
     def configure(self, enabled: bool, argument_keys: Iterable[str]) -> None:
         self.enabled = enabled
         self.argument_keys = tuple(argument_keys)
 
-    def __call__(self, req: HttpRequest, decision: Decision) -> None:
+    def __call__(self, req: HttpRequest, decision: Decision, trace: str | None = None) -> None:
         if not self.enabled:
             return
         try:
-            line = json.dumps(event(req, decision, self.argument_keys), separators=(",", ":"), default=str)
+            line = json.dumps(event(req, decision, self.argument_keys, trace), separators=(",", ":"), default=str)
             out = self._out if self._out is not None else sys.stdout
             out.write(line + "\n")
             out.flush()
+            if self.sink is not None:
+                self.sink(line)
+        except Exception:  # auditing must never fail a Check
+            self.errors += 1
+
+    def step(self, fields: Mapping[str, Any]) -> None:
+        """An event that is not a decision (e.g. ``{"event": "approval", "step": "requested", ...}``)."""
+        if not self.enabled:
+            return
+        try:
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            line = json.dumps({"stream": STREAM, "time": now, **fields}, separators=(",", ":"), default=str)
+            out = self._out if self._out is not None else sys.stdout
+            out.write(line + "\n")
+            out.flush()
+            if self.sink is not None:
+                self.sink(line)
         except Exception:  # auditing must never fail a Check
             self.errors += 1

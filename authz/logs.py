@@ -1,12 +1,21 @@
-"""Structured JSON logs on stderr: one object per line, extra fields included, never a token."""
+"""Structured JSON logs on stderr: one object per line, extra fields included, never a token.
+
+``masked`` prepares the configuration for the startup line: secrets and environment values hidden.
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+from collections.abc import Mapping
+from typing import Any
 
+MASK = "***"
+_SECRET_NAME = re.compile(r"secret|token|password|key", re.IGNORECASE)
+_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -31,3 +40,20 @@ def setup(level: str = "info") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+
+
+def masked(value: Any, raw: Any = None, name: str = "") -> Any:
+    """``value`` (a config dump) with secrets replaced by ``***``.
+
+    A string is masked when its field name contains secret, token, password or key, or when the
+    config file wrote it as a ``${ENV}`` reference (``raw``: the file's parsed YAML, walked in step).
+    Numbers, booleans and None stay: they are limits and switches, not secrets.
+    """
+    if isinstance(value, Mapping):
+        raw_map = raw if isinstance(raw, Mapping) else {}
+        return {k: masked(v, raw_map.get(k), str(k)) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        raw_list = raw if isinstance(raw, list) else []
+        return [masked(v, raw_list[i] if i < len(raw_list) else None, name) for i, v in enumerate(value)]
+    secret = _SECRET_NAME.search(name) or (isinstance(raw, str) and _ENV_REF.search(raw))
+    return MASK if secret and isinstance(value, str) and value else value

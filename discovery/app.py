@@ -25,6 +25,7 @@ from discovery import rfc8414, rfc9728
 log = logging.getLogger(__name__)
 
 Readiness = Callable[[], Mapping[str, bool]]
+Metrics = Callable[[], tuple[bytes, str] | None]  # Prometheus exposition and its content type; None: off
 _Handler = Callable[[web.Request], web.Response]
 
 DOCUMENT_MAX_AGE = 300
@@ -151,6 +152,7 @@ def build_app(
     http: aiohttp.ClientSession | None = None,
     refresh_interval: float = REFRESH_INTERVAL,
     retry_interval: float = RETRY_INTERVAL,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The discovery application for ``config``.
 
@@ -158,6 +160,7 @@ def build_app(
     ``jwks_documents`` maps an issuer name to the JWKS published at /jwks/<name>.json (looked up
     per request, so a mapping updated in place is served as it changes). ``http`` is used for the
     metadata fetches and left open; without it the application opens and closes its own session.
+    ``metrics`` serves /metrics (Prometheus text format) when given and not returning None.
     """
     mirror = MetadataMirror(rfc8414.mirrored_issuers(config), refresh=refresh_interval, retry=retry_interval)
     jwks = jwks_documents if jwks_documents is not None else {}
@@ -196,7 +199,14 @@ def build_app(
         ready = all(checks.values())
         return _json(200 if ready else 503, {"status": "ready" if ready else "not ready", "checks": checks})
 
-    table: dict[str, _Handler] = {"/healthz": healthz, "/readyz": readyz}
+    def prometheus(request: web.Request) -> web.Response:
+        exposition = metrics() if metrics is not None else None
+        if exposition is None:
+            return _error(404, "not_found", "metrics are off")
+        body, content_type = exposition
+        return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
+
+    table: dict[str, _Handler] = {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus}
     for path, name in rfc8414.routes(config).items():
         table[path] = authorization_server(name)
     for path, candidates in rfc9728.routes(config).items():

@@ -164,7 +164,7 @@ def free_port() -> int:
 async def test_grpc_round_trip(tmp_path: Path) -> None:
     stack: DevStack = dev_stack(tmp_path)
     seen: list[tuple[HttpRequest, Decision]] = []
-    service = AuthorizationService(lambda: stack.checker, lambda req, d: seen.append((req, d)))
+    service = AuthorizationService(lambda: stack.checker, lambda req, d, _started: seen.append((req, d)))
     address = f"127.0.0.1:{free_port()}"
     server, _ = await start_grpc(address, service)
     try:
