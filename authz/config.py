@@ -434,65 +434,6 @@ class WebhookSpec(_Spec):
 
     @field_validator("secret")
     @classmethod
-    def _secret(cls, value: str) -> str:
-        if len(value.encode()) < 16:
-            raise ValueError("the webhook secret must have at least 16 bytes")
-        return value
-
-
-class TelemetrySpec(_Spec):
-    service_name: str = Field("mcp-authz", description="OpenTelemetry `service.name` of traces and metrics.")
-    otlp_endpoint: str | None = Field(
-        None,
-        description="OTLP receiver: `http://collector:4318` for http/protobuf (`/v1/traces`, `/v1/metrics` "
-        "appended), `http://collector:4317` for grpc. Unset: nothing is exported by OTLP and no span is made.",
-    )
-    otlp_protocol: Literal["http/protobuf", "grpc"] = Field("http/protobuf", description="OTLP transport.")
-    traces: bool = Field(True, description="A span per Check (needs otlp_endpoint), parented on `traceparent`.")
-    metrics: bool = Field(
-        True, description="Metrics at `/metrics` on the discovery port, and by OTLP when otlp_endpoint is set."
-    )
-    sample_ratio: float = Field(
-        1.0, ge=0, le=1, description="Share of new traces recorded; a sampled `traceparent` parent is followed."
-    )
-    export_interval: float = Field(60.0, ge=1, le=3600, description="Seconds between OTLP metric exports.")
-
-    @field_validator("otlp_endpoint")
-    @classmethod
-    def _endpoint(cls, value: str | None) -> str | None:
-        if value is not None and (urlsplit(value).scheme not in ("https", "http") or not urlsplit(value).netloc):
-            raise ValueError(f"expected an http(s) URL, got {value!r}")
-        return value
-
-
-class WebhookSpec(_Spec):
-    url: str = Field(description="Where batches of audit events are POSTed (a JSON array per request).")
-    secret: str = Field(
-        description="HMAC-SHA256 key signing each batch (`X-Mcp-Authz-Signature`); use `${ENV}`. Never logged."
-    )
-    batch_size: int = Field(100, ge=1, le=10000, description="Events per POST at most.")
-    flush_interval: float = Field(
-        1.0, gt=0, le=60, description="Seconds a partial batch waits for more events before it is sent."
-    )
-    queue_size: int = Field(
-        10000, ge=1, le=1_000_000, description="Events waiting to be sent at most; when full, new events are "
-        "dropped and counted (a Check never waits for the webhook)."
-    )
-    timeout: float = Field(5.0, gt=0, le=60, description="Seconds for one POST.")
-    max_retries: int = Field(
-        5, ge=0, le=20, description="Retries of a failed POST (exponential backoff from 0.5 s, at most 30 s); "
-        "then the batch is dropped and counted."
-    )
-
-    @field_validator("url")
-    @classmethod
-    def _url(cls, value: str) -> str:
-        if urlsplit(value).scheme not in ("https", "http") or not urlsplit(value).netloc:
-            raise ValueError(f"expected an http(s) URL, got {value!r}")
-        return value
-
-    @field_validator("secret")
-    @classmethod
     def _secret_length(cls, value: str) -> str:
         if len(value.encode()) < 16:
             raise ValueError("the webhook secret must have at least 16 bytes")
@@ -532,9 +473,6 @@ class AuditSpec(_Spec):
         [],
         description="Tool argument keys copied into audit events; every other argument is left out. "
         "Default: none.",
-    )
-    webhook: WebhookSpec | None = Field(
-        None, description="Also POST audit events in signed batches to a URL (see README, Telemetry and audit)."
     )
     webhook: WebhookSpec | None = Field(
         None, description="Also POST audit events in signed batches to a URL (see README, Telemetry and audit)."
@@ -681,10 +619,6 @@ class ConfigSpec(_Spec):
     ext_proc: ExtProcSpec = Field(
         default_factory=ExtProcSpec,  # type: ignore[arg-type]
         description="The list filter (Envoy ext_proc, served on listen.grpc) for servers with `filter_lists`.",
-    )
-    telemetry: TelemetrySpec = Field(
-        default_factory=TelemetrySpec,  # type: ignore[arg-type]
-        description="OpenTelemetry traces and metrics (Prometheus `/metrics` on the discovery port).",
     )
     admin: AdminSpec = Field(
         default_factory=AdminSpec,  # type: ignore[arg-type]
