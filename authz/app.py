@@ -28,6 +28,8 @@ from authz.identity.rfc9068 import Verifier
 from authz.logs import masked
 from authz.model import Decision, HttpRequest
 from authz.server import AuthorizationService, start_grpc
+from authz.store import open_store
+from authz.store.base import Store
 from authz.webhook import WebhookSink
 from discovery import build_app
 from discovery import start as start_discovery
@@ -49,6 +51,7 @@ class Authorizer:
         self._mtime = self._stat()
         self.audit = Auditor()
         self.webhook: WebhookSink | None = None
+        self.store: Store = open_store(config.spec.store)  # started in start(); kept across reloads
         self.checker = self._build(config)
 
     # ------------------------------------------------------------------ building a config's runtime
@@ -65,14 +68,14 @@ class Authorizer:
             keys[name] = old if old is not None and old.issuer == issuer else KeySet(issuer, self._session)
         self._keys = keys
         self.audit.configure(config.spec.audit.enabled, config.spec.audit.argument_keys)
-        return Checker(config, Verifier(config.issuers, keys, config.spec.token_cache_size))
+        return Checker(config, Verifier(config.issuers, keys, config.spec.token_cache_size), store=self.store)
 
     @property
     def config(self) -> Config:
         return self.checker.config
 
     def readiness(self) -> Mapping[str, bool]:
-        checks = {"config": True}
+        checks = {"config": True, "store": self.store.healthy}
         checks.update({f"jwks:{name}": ks.ready for name, ks in self._keys.items()})
         return checks
 
@@ -127,6 +130,7 @@ class Authorizer:
 
     async def start(self) -> None:
         self._start_telemetry()
+        await self.store.start()
         self._configure_webhook()
         self._start_refreshers()
         service = AuthorizationService(lambda: self.checker, self.observe)
@@ -229,6 +233,7 @@ class Authorizer:
             await self._http.close()
         if self.webhook is not None:
             await self.webhook.stop()
+        await self.store.close()
         telemetry.shutdown()
 
     # ------------------------------------------------------------------ reload
@@ -251,6 +256,7 @@ class Authorizer:
         old = self.config
         if (config.listen, config.spec.listen) != (old.listen, old.spec.listen):
             log.warning("listen addresses change only on restart")
+        await self._swap_store(config)
         self.checker = self._build(config)
         self._start_refreshers()
         self._configure_webhook()
@@ -263,6 +269,15 @@ class Authorizer:
             await self._start_discovery()
         log.info("config reloaded", extra={"config": self.path})
         return True
+
+    async def _swap_store(self, config: Config) -> None:
+        """A changed ``store`` section opens (and starts) the new store, then closes the old one."""
+        if config.spec.store == self.config.spec.store:
+            return
+        old, self.store = self.store, open_store(config.spec.store)
+        await self.store.start()
+        self._background(old.close())
+        log.info("store replaced", extra={"store": self.store.kind})
 
     async def watch(self, interval: float = 2.0) -> None:
         while True:

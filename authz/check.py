@@ -1,7 +1,8 @@
-"""The Check pipeline: select server → origin → identify → parse → authorize → respond.
+"""The Check pipeline: select server → origin → identify → revocation → parse → authorize → session binding →
+rate limit → approval → upstream credentials → respond.
 
-No I/O of its own (the key set it is handed may fetch). An unexpected exception turns into a
-fail-closed deny here, and only here.
+No I/O of its own (the key set and the ``Store`` it is handed may do some). An unexpected exception
+turns into a fail-closed deny here, and only here.
 """
 
 from __future__ import annotations
@@ -15,6 +16,9 @@ from authz.identity.bearer import identify
 from authz.identity.rfc9068 import Verifier
 from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.policy.rules import authorize
+from authz.state.guards import Guards
+from authz.store.base import Store
+from authz.store.memory import MemoryStore
 
 log = logging.getLogger("mcp_authz.check")
 SERVER_CONTEXT_KEY = "mcp_server"  # the per-route context extension Envoy sends
@@ -23,9 +27,10 @@ SERVER_CONTEXT_KEY = "mcp_server"  # the per-route context extension Envoy sends
 class Checker:
     """One compiled config and its verifier; replaced as a whole on reload."""
 
-    def __init__(self, config: Config, verifier: Verifier) -> None:
+    def __init__(self, config: Config, verifier: Verifier, *, store: Store | None = None) -> None:
         self.config = config
         self.verifier = verifier
+        self.guards = Guards(store if store is not None else MemoryStore(), config.spec.store.failure)
         self._only = next(iter(config.servers.values())) if len(config.servers) == 1 else None
 
     def select_server(self, req: HttpRequest) -> Server:
@@ -49,11 +54,14 @@ class Checker:
             if origin is not None and server.origins is not None and origin not in server.origins:
                 raise Forbidden("origin_not_allowed", f"origin {origin!r}")
             caller = await identify(req, server, self.verifier)
+            self.guards.revocation(caller)
             parsed = request.parse(req, server)
             if isinstance(parsed, Refusal):
                 raise parsed
             mcp = parsed
             rule = authorize(server.policy, caller, mcp, req)
+            await self.guards.session(server, caller, mcp)
+            await self.guards.rate_limit(server, caller, mcp)
             return response.allow(server, caller, mcp, rule)
         except Refusal as refusal:
             return response.deny(refusal, server, mcp, caller=caller)

@@ -52,9 +52,13 @@ def _body(refusal: Refusal, mcp: McpRequest | None) -> bytes:
         error = "invalid_token" if isinstance(refusal, InvalidToken) else "unauthorized"
         return json.dumps({"error": error, "error_description": "authorization required"}).encode()
     code = refusal.code if isinstance(refusal, BadRequest) else FORBIDDEN_CODE
-    message = {400: "Bad Request", 413: "Request too large", 429: "Too many requests", 503: "Unavailable"}.get(
-        refusal.status, "Forbidden"
-    )
+    message = {
+        400: "Bad Request",
+        404: "Session not found",
+        413: "Request too large",
+        429: "Too many requests",
+        503: "Unavailable",
+    }.get(refusal.status, "Forbidden")
     if isinstance(refusal, InsufficientScope):
         message = f"insufficient_scope: requires {' '.join(refusal.scopes)}".strip()
     elif isinstance(refusal, ApprovalRefused):

@@ -1,0 +1,1 @@
+"""Check stages backed by the shared store: revocation, session binding, rate limits."""
