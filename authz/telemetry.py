@@ -6,6 +6,10 @@ observable instruments read them when metrics are collected. They count from imp
 may call them at any time; ``setup`` attaches them to a MeterProvider read by Prometheus (served at
 ``/metrics`` on the discovery port) and, when an endpoint is configured, by an OTLP exporter.
 
+Check latency goes into a histogram of our own (bucket counts, ~0.3 µs per Check), served to
+Prometheus by a collector; the OpenTelemetry SDK histogram (~6 µs per record) is fed only when
+a non-Prometheus reader (OTLP, or a test's) needs it.
+
 Traces: one span per Check, made after the decision with the Check's start time (nothing wraps the
 pipeline), parented on the request's W3C ``traceparent``; only when tracing is configured with an OTLP
 endpoint. Spans leave through a batch processor, so no exporter work runs on the Check path.
@@ -15,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
+from bisect import bisect_left
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -82,6 +87,38 @@ COUNTERS: tuple[_Counts, ...] = (
     DECISIONS, TOKEN_CACHE, JWKS_FETCHES, STORE_ERRORS, STORE_TRANSITIONS, EXCHANGES, APPROVALS, WEBHOOK,
 )
 STORE_STATE: dict[str, bool] = {}
+
+
+class _Latency:
+    """Check latency: bucket counts, sum and count per decision (allow, deny)."""
+
+    __slots__ = ("bounds", "series")
+
+    def __init__(self, bounds: tuple[float, ...]) -> None:
+        self.bounds = bounds
+        self.series: dict[str, list[float]] = {}  # decision -> [count per bucket..., +Inf bucket, sum]
+
+    def record(self, decision: str, seconds: float) -> None:
+        series = self.series.get(decision)
+        if series is None:
+            series = self.series[decision] = [0.0] * (len(self.bounds) + 2)
+        series[bisect_left(self.bounds, seconds)] += 1
+        series[-1] += seconds
+
+    def snapshot(self) -> dict[str, tuple[list[float], float]]:
+        """decision -> (cumulative counts per bound then +Inf, sum)."""
+        result = {}
+        for decision, series in self.series.copy().items():
+            values = list(series)
+            cumulative, total = [], 0.0
+            for n in values[:-1]:
+                total += n
+                cumulative.append(total)
+            result[decision] = (cumulative, values[-1])
+        return result
+
+
+LATENCY = _Latency(CHECK_BUCKETS)
 _KEY_OK = {True: "ok", False: "error"}
 _KEY_HIT = {True: ("hit",), False: ("miss",)}
 _KEY_STATE = {True: "healthy", False: "unhealthy"}
@@ -163,6 +200,7 @@ def record_check(req: HttpRequest, decision: Decision, started_ns: int | None) -
         if started_ns is None:
             return None
         elapsed = time.perf_counter_ns() - started_ns
+        LATENCY.record("allow" if decision.allowed else "deny", elapsed / 1e9)
         if rt.histogram is not None:
             rt.histogram.record(elapsed / 1e9, _ATTRS[decision.allowed])
         if rt.tracer is not None:
@@ -240,21 +278,44 @@ def setup(
 
 
 def _setup_metrics(settings: Settings, resource: Any, extra: Iterable[Any]) -> None:
+    """Two meter providers: one read by Prometheus (counts only; latency has its own collector) and,
+    when OTLP or another reader is asked for, one for those readers that also has the SDK histogram."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
-    from opentelemetry.metrics import CallbackOptions, Observation
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
     from prometheus_client import CollectorRegistry
 
     registry = CollectorRegistry(auto_describe=True)
-    readers: list[Any] = [PrometheusMetricReader(registry=registry), *extra]
+    reader = PrometheusMetricReader(registry=registry, scope_info_enabled=False)
+    prometheus = MeterProvider(metric_readers=[reader], resource=resource)
+    _observe_counts(prometheus)
+    registry.register(_LatencyCollector())
+    _rt.prometheus = registry
+    _rt.shutdown.append(prometheus.shutdown)
+    readers = list(extra)
     if settings.otlp_endpoint:
-        readers.append(
-            PeriodicExportingMetricReader(
-                _otlp_metric_exporter(settings), export_interval_millis=settings.export_interval * 1000
-            )
+        exporter = _otlp_metric_exporter(settings)
+        readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=settings.export_interval * 1000))
+    if readers:
+        provider = MeterProvider(metric_readers=readers, resource=resource)
+        meter = _observe_counts(provider)
+        _rt.histogram = meter.create_histogram(
+            LATENCY_NAME,
+            unit="s",
+            description=LATENCY_DESCRIPTION,
+            explicit_bucket_boundaries_advisory=list(CHECK_BUCKETS),
         )
-    provider = MeterProvider(metric_readers=readers, resource=resource)
+        _rt.shutdown.append(provider.shutdown)
+
+
+LATENCY_NAME = "mcp_authz.check.duration"
+LATENCY_DESCRIPTION = "Time from receiving a Check to its decision, by result"
+
+
+def _observe_counts(provider: Any) -> Any:
+    """Observable instruments over the counts, on ``provider``'s meter (returned)."""
+    from opentelemetry.metrics import CallbackOptions, Observation
+
     meter = provider.get_meter(METER)
 
     def observe(counts: _Counts) -> Callable[[CallbackOptions], Iterable[Observation]]:
@@ -270,14 +331,25 @@ def _setup_metrics(settings: Settings, resource: Any, extra: Iterable[Any]) -> N
         return [Observation(1 if ok else 0, {"kind": kind}) for kind, ok in STORE_STATE.copy().items()]
 
     meter.create_observable_gauge("mcp_authz.store.healthy", [store_state], description="1 if the store is healthy")
-    _rt.histogram = meter.create_histogram(
-        "mcp_authz.check.duration",
-        unit="s",
-        description="Time from receiving a Check to its decision, by result",
-        explicit_bucket_boundaries_advisory=list(CHECK_BUCKETS),
-    )
-    _rt.prometheus = registry
-    _rt.shutdown.append(provider.shutdown)
+    return meter
+
+
+class _LatencyCollector:
+    """prometheus_client collector of ``LATENCY`` as ``mcp_authz_check_duration_seconds``."""
+
+    def collect(self) -> Iterable[Any]:
+        from prometheus_client.core import HistogramMetricFamily
+
+        family = HistogramMetricFamily(
+            "mcp_authz_check_duration_seconds", LATENCY_DESCRIPTION, labels=["decision"], unit="seconds"
+        )
+        for decision, (cumulative, total) in sorted(LATENCY.snapshot().items()):
+            les = [repr(float(b)) for b in LATENCY.bounds] + ["+Inf"]
+            family.add_metric([decision], list(zip(les, cumulative, strict=True)), total)
+        yield family
+
+    def describe(self) -> Iterable[Any]:
+        return []
 
 
 def _setup_traces(settings: Settings, resource: Any, exporter: Any) -> None:
