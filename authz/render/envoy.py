@@ -19,15 +19,77 @@ Fail closed: ``failure_mode_allow: false`` and ``status_on_error: 503`` (an unre
 authorizer denies). Upstream responses may be long SSE streams: routes have no overall timeout,
 only an idle timeout.
 
-Plain dicts, one helper per piece; ``render_envoy_yaml`` gives byte-stable output.
+The config is built from the typed ``envoy-data-plane`` classes (pydantic dataclasses of Envoy's
+API: an unknown field, a wrong type or an out-of-range value fails at render time), one helper per
+piece and one function per HTTP filter (``http_filters`` lists them in order). ``render_envoy``
+gives its proto3 JSON form with proto field names, the fail-closed defaults spelled out;
+``render_envoy_yaml`` byte-stable YAML.
 """
 
 from __future__ import annotations
 
 import ipaddress
+import re
+from datetime import timedelta
 from typing import Any
 
+import betterproto2
 import yaml
+from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
+from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
+from envoy_data_plane.envoy.config.core.v3 import (
+    Address,
+    ApiVersion,
+    GrpcService,
+    GrpcServiceEnvoyGrpc,
+    HeaderValue,
+    Http1ProtocolOptions,
+    Http2ProtocolOptions,
+    HttpProtocolOptions,
+    HttpProtocolOptionsHeadersWithUnderscoresAction,
+    HttpUri,
+    Metadata,
+    SocketAddress,
+)
+from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
+from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
+from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
+from envoy_data_plane.envoy.config.route.v3 import (
+    DirectResponseAction,
+    HeaderMatcher,
+    Route,
+    RouteAction,
+    RouteConfiguration,
+    RouteMatch,
+    VirtualHost,
+)
+from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
+    AuthorizationRequest,
+    AuthorizationResponse,
+    BufferSettings,
+    CheckSettings,
+    ExtAuthz,
+    ExtAuthzPerRoute,
+    HttpService,
+)
+from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
+from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
+    HttpConnectionManager,
+    HttpConnectionManagerCodecType,
+    HttpConnectionManagerPathWithEscapedSlashesAction,
+    HttpFilter,
+)
+from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
+    DownstreamConnectionsConfig,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
+    HttpProtocolOptions as UpstreamHttpProtocolOptions,
+)
+from envoy_data_plane.envoy.extensions.upstreams.http.v3 import HttpProtocolOptionsExplicitHttpConfig
+from envoy_data_plane.envoy.type.matcher.v3 import ListStringMatcher, StringMatcher
+from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
+from envoy_data_plane.google.protobuf import Any as AnyMessage
+from envoy_data_plane.google.protobuf import Struct
 
 from authz.config import Config, Server
 
@@ -35,6 +97,7 @@ AUTHZ_CLUSTER = "mcp_authz"
 DISCOVERY_CLUSTER = "mcp_discovery"
 CONTEXT_EXTENSION = "mcp_server"  # the contract with the authorizer: names the MCP server of the request
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
+ROUTER = "envoy.filters.http.router"
 STATELESS_REVISION = "2026-07-28"  # requests of this revision mirror the JSON-RPC method in headers
 DISCOVERY_PREFIXES = ("/.well-known/", "/jwks/")
 
@@ -57,23 +120,17 @@ HTTP_CONTEXT_HEADERS = (  # set by Envoy on each authorization request, overwrit
     ("x-mcp-authz-peer-dns-san", "%DOWNSTREAM_PEER_DNS_SAN%"),
     ("x-mcp-authz-peer-subject", "%DOWNSTREAM_PEER_SUBJECT%"),
 )
+HTTP_SERVER_HEADER = HTTP_CONTEXT_HEADERS[0][0]  # names the MCP server (Istio: one HTTP provider per server)
 HTTP_CLIENT_HEADERS = ("content-type", "www-authenticate", "retry-after")  # on deny, with status and body
 
-_EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
-_EXT_AUTHZ_PER_ROUTE_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute"
-_HCM_TYPE = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
-_ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-_HTTP_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _CONNECTIONS_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
-_CONNECTIONS_MONITOR_TYPE = (
-    "type.googleapis.com/envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig"
-)
 
-STREAM_IDLE_TIMEOUT = "300s"  # HCM default for routes that set none (discovery, 404)
-MCP_IDLE_TIMEOUT = "3600s"  # an SSE stream may stay quiet this long before Envoy resets it
-CONNECTION_IDLE_TIMEOUT = "3600s"
-REQUEST_HEADERS_TIMEOUT = "10s"  # slow-header clients
+STREAM_IDLE_TIMEOUT = timedelta(seconds=300)  # HCM default for routes that set none (discovery, 404)
+MCP_IDLE_TIMEOUT = timedelta(seconds=3600)  # an SSE stream may stay quiet this long before Envoy resets it
+CONNECTION_IDLE_TIMEOUT = timedelta(seconds=3600)
+REQUEST_HEADERS_TIMEOUT = timedelta(seconds=10)  # slow-header clients
+NO_TIMEOUT = timedelta(0)  # Envoy: 0s disables the timeout
 MAX_DOWNSTREAM_CONNECTIONS = 50_000
 
 
@@ -96,14 +153,18 @@ def _is_ip(host: str) -> bool:
     return True
 
 
-def _listen_address(value: str) -> dict[str, Any]:
+def _socket(host: str, port: int) -> Address:
+    return Address(socket_address=SocketAddress(address=host, port_value=port))
+
+
+def _listen_address(value: str) -> Address:
     """A socket address Envoy binds (must be an IP; ``localhost`` is taken as 127.0.0.1)."""
     host, port = _split_host_port(value)
     if host == "localhost":
         host = "127.0.0.1"
     if not _is_ip(host):
         raise ValueError(f"envoy.listen must be an IP address and port, got {value!r}")
-    return {"socket_address": {"address": host, "port_value": port}}
+    return _socket(host, port)
 
 
 def _connect_address(value: str) -> tuple[str, int]:
@@ -113,38 +174,37 @@ def _connect_address(value: str) -> tuple[str, int]:
     return wildcard.get(host, host), port
 
 
-def _duration(milliseconds: int) -> str:
-    return f"{milliseconds / 1000:g}s"
+def _milliseconds(value: int) -> timedelta:
+    return timedelta(milliseconds=value)
 
 
 # ---------------------------------------------------------------- clusters
 
 
-def cluster(name: str, address: str, *, http2: bool = False) -> dict[str, Any]:
+def cluster(name: str, address: str, *, http2: bool = False) -> Cluster:
     """One upstream cluster: STATIC for an IP, STRICT_DNS for a host name; HTTP/2 for gRPC."""
     host, port = _connect_address(address)
     ip = _is_ip(host)
-    result: dict[str, Any] = {
-        "name": name,
-        "type": "STATIC" if ip else "STRICT_DNS",
-        "connect_timeout": "1s",
-    }
-    if not ip:
-        result["dns_lookup_family"] = "V4_PREFERRED"
-    options: dict[str, Any] = {"@type": _HTTP_OPTIONS_TYPE}
     if http2:
-        options["explicit_http_config"] = {"http2_protocol_options": {}}
+        options = UpstreamHttpProtocolOptions(
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http2_protocol_options=Http2ProtocolOptions())
+        )
     else:
-        options["common_http_protocol_options"] = {"idle_timeout": CONNECTION_IDLE_TIMEOUT}
-        options["explicit_http_config"] = {"http_protocol_options": {}}
-    result["typed_extension_protocol_options"] = {_HTTP_OPTIONS_KEY: options}
-    result["load_assignment"] = {
-        "cluster_name": name,
-        "endpoints": [
-            {"lb_endpoints": [{"endpoint": {"address": {"socket_address": {"address": host, "port_value": port}}}}]}
-        ],
-    }
-    return result
+        options = UpstreamHttpProtocolOptions(
+            common_http_protocol_options=HttpProtocolOptions(idle_timeout=CONNECTION_IDLE_TIMEOUT),
+            explicit_http_config=HttpProtocolOptionsExplicitHttpConfig(http_protocol_options=Http1ProtocolOptions()),
+        )
+    return Cluster(
+        name=name,
+        type=ClusterDiscoveryType.STATIC if ip else ClusterDiscoveryType.STRICT_DNS,
+        connect_timeout=timedelta(seconds=1),
+        dns_lookup_family=ClusterDnsLookupFamily.AUTO if ip else ClusterDnsLookupFamily.V4_PREFERRED,
+        typed_extension_protocol_options={_HTTP_OPTIONS_KEY: AnyMessage.pack(options)},
+        load_assignment=ClusterLoadAssignment(
+            cluster_name=name,
+            endpoints=[LocalityLbEndpoints(lb_endpoints=[LbEndpoint(endpoint=Endpoint(address=_socket(host, port)))])],
+        ),
+    )
 
 
 def upstream_cluster_name(server: Server) -> str:
@@ -154,94 +214,92 @@ def upstream_cluster_name(server: Server) -> str:
 # ---------------------------------------------------------------- routes
 
 
-def _ext_authz_per_route(settings: dict[str, Any] | None) -> dict[str, Any]:
+def _ext_authz_per_route(settings: CheckSettings | None) -> dict[str, AnyMessage]:
     """``typed_per_filter_config`` for ext_authz: ``None`` disables the Check on the route."""
-    per_route: dict[str, Any] = {"@type": _EXT_AUTHZ_PER_ROUTE_TYPE}
-    if settings is None:
-        per_route["disabled"] = True
-    else:
-        per_route["check_settings"] = settings
-    return {EXT_AUTHZ: per_route}
+    per_route = ExtAuthzPerRoute(disabled=True) if settings is None else ExtAuthzPerRoute(check_settings=settings)
+    return {EXT_AUTHZ: AnyMessage.pack(per_route)}
 
 
-def _path_matches(path: str) -> list[dict[str, str]]:
+def _path_matches(path: str, headers: list[HeaderMatcher] | None = None) -> list[RouteMatch]:
     """``<path>`` exactly and everything under ``<path>/`` (Envoy matches without the query string)."""
     base = path.rstrip("/")
     if not base:
-        return [{"prefix": "/"}]
-    return [{"path": base}, {"prefix": base + "/"}]
+        return [RouteMatch(prefix="/", headers=headers or [])]
+    return [RouteMatch(path=base, headers=headers or []), RouteMatch(prefix=base + "/", headers=headers or [])]
 
 
-def server_routes(server: Server, *, http_authorizer: bool = False) -> list[dict[str, Any]]:
+def server_routes(server: Server, *, http_authorizer: bool = False) -> list[Route]:
     """The routes of one MCP server: header-only ones first (if enabled), then the body-checked ones.
 
     With the HTTP authorizer, each route also carries ``metadata.filter_metadata.mcp_authz.server``:
     context extensions travel over gRPC only, so the filter copies this metadata into the
     ``x-mcp-authz-server`` header of the authorization request (see ``http_ext_authz_filter``).
     """
-    context = {"context_extensions": {CONTEXT_EXTENSION: server.name}}
-    metadata = {"metadata": {"filter_metadata": {ROUTE_METADATA_NAMESPACE: {"server": server.name}}}}
-    extra = metadata if http_authorizer else {}
-    action = {
-        "cluster": upstream_cluster_name(server),
-        "timeout": "0s",  # responses may be SSE streams: no overall limit
-        "idle_timeout": MCP_IDLE_TIMEOUT,
-    }
-    routes: list[dict[str, Any]] = []
+    context = {CONTEXT_EXTENSION: server.name}
+    metadata = (
+        Metadata(filter_metadata={ROUTE_METADATA_NAMESPACE: Struct.from_dict({"server": server.name})})
+        if http_authorizer
+        else None
+    )
+    action = RouteAction(
+        cluster=upstream_cluster_name(server),
+        timeout=NO_TIMEOUT,  # responses may be SSE streams: no overall limit
+        idle_timeout=MCP_IDLE_TIMEOUT,
+    )
+    routes: list[Route] = []
     if server.header_only:
         headers = [
-            {"name": "mcp-protocol-version", "string_match": {"exact": STATELESS_REVISION}},
-            {"name": "mcp-method", "present_match": True},
+            HeaderMatcher(name="mcp-protocol-version", string_match=StringMatcher(exact=STATELESS_REVISION)),
+            HeaderMatcher(name="mcp-method", present_match=True),
         ]
-        for match in _path_matches(server.path):
-            routes.append(
-                {
-                    "name": f"{server.name}/header-only",
-                    "match": {**match, "headers": headers},
-                    **extra,
-                    "route": action,
-                    "typed_per_filter_config": _ext_authz_per_route(
-                        {**context, "disable_request_body_buffering": True}
-                    ),
-                }
+        settings = CheckSettings(context_extensions=context, disable_request_body_buffering=True)
+        routes.extend(
+            Route(
+                name=f"{server.name}/header-only",
+                match=match,
+                metadata=metadata,
+                route=action,
+                typed_per_filter_config=_ext_authz_per_route(settings),
             )
-    for match in _path_matches(server.path):
-        routes.append(
-            {
-                "name": server.name,
-                "match": match,
-                **extra,
-                "route": action,
-                "typed_per_filter_config": _ext_authz_per_route(context),
-            }
+            for match in _path_matches(server.path, headers)
         )
+    routes.extend(
+        Route(
+            name=server.name,
+            match=match,
+            metadata=metadata,
+            route=action,
+            typed_per_filter_config=_ext_authz_per_route(CheckSettings(context_extensions=context)),
+        )
+        for match in _path_matches(server.path)
+    )
     return routes
 
 
-def discovery_routes() -> list[dict[str, Any]]:
+def discovery_routes() -> list[Route]:
     """Discovery documents and dev JWKS: public, never checked."""
     return [
-        {
-            "name": f"discovery{prefix.rstrip('/')}",
-            "match": {"prefix": prefix},
-            "route": {"cluster": DISCOVERY_CLUSTER, "timeout": "10s"},
-            "typed_per_filter_config": _ext_authz_per_route(None),
-        }
+        Route(
+            name=f"discovery{prefix.rstrip('/')}",
+            match=RouteMatch(prefix=prefix),
+            route=RouteAction(cluster=DISCOVERY_CLUSTER, timeout=timedelta(seconds=10)),
+            typed_per_filter_config=_ext_authz_per_route(None),
+        )
         for prefix in DISCOVERY_PREFIXES
     ]
 
 
-def not_found_route() -> dict[str, Any]:
+def not_found_route() -> Route:
     """Paths that are no MCP server: 404 from Envoy, without asking the authorizer."""
-    return {
-        "name": "not-found",
-        "match": {"prefix": "/"},
-        "direct_response": {"status": 404},
-        "typed_per_filter_config": _ext_authz_per_route(None),
-    }
+    return Route(
+        name="not-found",
+        match=RouteMatch(prefix="/"),
+        direct_response=DirectResponseAction(status=404),
+        typed_per_filter_config=_ext_authz_per_route(None),
+    )
 
 
-def route_config(config: Config, *, with_discovery: bool) -> dict[str, Any]:
+def route_config(config: Config, *, with_discovery: bool) -> RouteConfiguration:
     # Longest path first, so a server at "/" never shadows one at "/a".
     servers = sorted(config.servers.values(), key=lambda s: -len(s.path.rstrip("/")))
     routes = discovery_routes() if with_discovery else []
@@ -249,17 +307,14 @@ def route_config(config: Config, *, with_discovery: bool) -> dict[str, Any]:
     for server in servers:
         routes.extend(server_routes(server, http_authorizer=http_authorizer))
     routes.append(not_found_route())
-    return {
-        "name": "mcp",
-        "virtual_hosts": [{"name": "mcp", "domains": ["*"], "routes": routes}],
-    }
+    return RouteConfiguration(name="mcp", virtual_hosts=[VirtualHost(name="mcp", domains=["*"], routes=routes)])
 
 
-# ---------------------------------------------------------------- filters and listener
+# ---------------------------------------------------------------- HTTP filters, one function each
 
 
-def _exact(names: list[str]) -> dict[str, Any]:
-    return {"patterns": [{"exact": name} for name in names]}
+def _exact(names: list[str]) -> ListStringMatcher:
+    return ListStringMatcher(patterns=[StringMatcher(exact=name) for name in names])
 
 
 def proxy_headers(config: Config) -> list[str]:
@@ -273,7 +328,34 @@ def proxy_headers(config: Config) -> list[str]:
     return sorted(names - set(HTTP_ALLOWED_HEADERS))
 
 
-def http_ext_authz_filter(config: Config, authorizer: str) -> dict[str, Any]:
+def http_request_headers(config: Config) -> list[str]:
+    """HTTP ext_authz: the client request headers sent to the authorizer (Envoy ``allowed_headers``,
+    Istio ``includeRequestHeadersInCheck``)."""
+    return list(HTTP_ALLOWED_HEADERS) + proxy_headers(config)
+
+
+def http_upstream_headers(config: Config) -> list[str]:
+    """HTTP ext_authz: the authorizer's headers set on the upstream request on allow (Envoy
+    ``allowed_upstream_headers``, Istio ``headersToUpstreamOnAllow``): identity, then injected headers."""
+    identity = sorted({name for server in config.servers.values() for _, name in server.identity_headers})
+    identity += sorted({h for s in config.servers.values() for h in s.injected_headers} - set(identity))
+    return identity
+
+
+def _body(config: Config) -> BufferSettings:
+    """The JSON-RPC body goes to the Check up to the bound; a larger one gets 413 before any Check."""
+    return BufferSettings(
+        max_request_bytes=config.spec.envoy.max_request_bytes,
+        allow_partial_message=False,
+        pack_as_bytes=True,  # byte-exact JSON
+    )
+
+
+def _deny_on_error() -> HttpStatus:
+    return HttpStatus(code=StatusCode.ServiceUnavailable)  # authorizer unreachable, slow or 5xx: deny with 503
+
+
+def http_ext_authz_filter(config: Config, authorizer: str) -> HttpFilter:
     """ext_authz over HTTP/1.1 (``http_service``) to ``authz.httpfront`` at ``authorizer`` (host:port).
 
     The contract is the docstring of ``authz.httpfront``: which request headers go to the
@@ -283,121 +365,103 @@ def http_ext_authz_filter(config: Config, authorizer: str) -> dict[str, Any]:
     with ``x-envoy-auth-headers-to-remove``), the headers given to the client on deny.
     Body, timeout and failure settings are those of the gRPC filter.
     """
-    envoy = config.spec.envoy
     host, port = _connect_address(authorizer)
-    identity = sorted({name for server in config.servers.values() for _, name in server.identity_headers})
-    identity += sorted({h for s in config.servers.values() for h in s.injected_headers} - set(identity))
-    return {
-        "name": EXT_AUTHZ,
-        "typed_config": {
-            "@type": _EXT_AUTHZ_TYPE,
-            "http_service": {
-                "server_uri": {
-                    "uri": f"http://{f'[{host}]' if ':' in host else host}:{port}",
-                    "cluster": AUTHZ_CLUSTER,
-                    "timeout": _duration(envoy.timeout_ms),
-                },
-                "authorization_request": {
-                    "headers_to_add": [{"key": key, "value": value} for key, value in HTTP_CONTEXT_HEADERS]
-                },
-                "authorization_response": {
-                    "allowed_upstream_headers": _exact(identity),
-                    "allowed_client_headers": _exact(list(HTTP_CLIENT_HEADERS)),
-                },
-            },
-            "allowed_headers": _exact(list(HTTP_ALLOWED_HEADERS) + proxy_headers(config)),
-            "transport_api_version": "V3",
-            "failure_mode_allow": False,
-            "status_on_error": {"code": "ServiceUnavailable"},  # unreachable or 5xx: deny with 503
-            "with_request_body": {
-                "max_request_bytes": envoy.max_request_bytes,
-                "allow_partial_message": False,
-                "pack_as_bytes": True,
-            },
-        },
-    }
+    authz = ExtAuthz(
+        http_service=HttpService(
+            server_uri=HttpUri(
+                uri=f"http://{f'[{host}]' if ':' in host else host}:{port}",
+                cluster=AUTHZ_CLUSTER,
+                timeout=_milliseconds(config.spec.envoy.timeout_ms),
+            ),
+            authorization_request=AuthorizationRequest(
+                headers_to_add=[HeaderValue(key=key, value=value) for key, value in HTTP_CONTEXT_HEADERS]
+            ),
+            authorization_response=AuthorizationResponse(
+                allowed_upstream_headers=_exact(http_upstream_headers(config)),
+                allowed_client_headers=_exact(list(HTTP_CLIENT_HEADERS)),
+            ),
+        ),
+        allowed_headers=_exact(http_request_headers(config)),
+        transport_api_version=ApiVersion.V3,
+        failure_mode_allow=False,
+        status_on_error=_deny_on_error(),
+        with_request_body=_body(config),
+    )
+    return HttpFilter(name=EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
 
 
-def ext_authz_filter(config: Config) -> dict[str, Any]:
-    envoy = config.spec.envoy
-    return {
-        "name": EXT_AUTHZ,
-        "typed_config": {
-            "@type": _EXT_AUTHZ_TYPE,
-            "grpc_service": {"envoy_grpc": {"cluster_name": AUTHZ_CLUSTER}, "timeout": _duration(envoy.timeout_ms)},
-            "transport_api_version": "V3",
-            "failure_mode_allow": False,
-            "status_on_error": {"code": "ServiceUnavailable"},  # authorizer unreachable: deny with 503
-            "with_request_body": {
-                "max_request_bytes": envoy.max_request_bytes,
-                "allow_partial_message": False,  # larger bodies get 413 before any Check
-                "pack_as_bytes": True,
-            },
-            "include_peer_certificate": True,
-            # Headers as a list in attributes.request.http.header_map, one entry per header line:
-            # a header sent twice (two Mcp-Name) reaches the authorizer as two values, not joined.
-            "encode_raw_headers": True,
-        },
-    }
+def ext_authz_filter(config: Config) -> HttpFilter:
+    """ext_authz over gRPC (``envoy.service.auth.v3``) to the ``mcp_authz`` cluster."""
+    authz = ExtAuthz(
+        grpc_service=GrpcService(
+            envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
+            timeout=_milliseconds(config.spec.envoy.timeout_ms),
+        ),
+        transport_api_version=ApiVersion.V3,
+        failure_mode_allow=False,
+        status_on_error=_deny_on_error(),
+        with_request_body=_body(config),
+        include_peer_certificate=True,
+        # Headers as a list in attributes.request.http.header_map, one entry per header line:
+        # a header sent twice (two Mcp-Name) reaches the authorizer as two values, not joined.
+        encode_raw_headers=True,
+    )
+    return HttpFilter(name=EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
 
 
-def router_filter() -> dict[str, Any]:
-    return {"name": "envoy.filters.http.router", "typed_config": {"@type": _ROUTER_TYPE}}
+def router_filter() -> HttpFilter:
+    return HttpFilter(name=ROUTER, typed_config=AnyMessage.pack(Router()))
 
 
-def http_connection_manager(routes: dict[str, Any], filters: list[dict[str, Any]]) -> dict[str, Any]:
-    return {
-        "name": "envoy.filters.network.http_connection_manager",
-        "typed_config": {
-            "@type": _HCM_TYPE,
-            "stat_prefix": "mcp",
-            "codec_type": "AUTO",
-            "use_remote_address": True,
-            "normalize_path": True,
-            "merge_slashes": True,
-            "path_with_escaped_slashes_action": "UNESCAPE_AND_REDIRECT",
-            "stream_idle_timeout": STREAM_IDLE_TIMEOUT,
-            "request_timeout": "0s",  # long POSTs answered with SSE
-            "request_headers_timeout": REQUEST_HEADERS_TIMEOUT,
-            "common_http_protocol_options": {
-                "idle_timeout": CONNECTION_IDLE_TIMEOUT,
-                # x_mcp_subject would reach some frameworks as x-mcp-subject: drop such headers.
-                "headers_with_underscores_action": "DROP_HEADER",
-            },
-            "route_config": routes,
-            "http_filters": filters,
-        },
-    }
+def http_filters(config: Config, authorizer: str) -> list[HttpFilter]:
+    """The HTTP filter chain in order; the router is last. Add a filter here with a function of its own."""
+    http_authorizer = config.spec.envoy.authorizer == "http"
+    authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
+    return [authz, router_filter()]
 
 
-def listener(address: str, manager: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "name": "mcp",
-        "address": _listen_address(address),
-        "filter_chains": [{"filters": [manager]}],
-    }
+# ---------------------------------------------------------------- listener
+
+
+def http_connection_manager(routes: RouteConfiguration, filters: list[HttpFilter]) -> Filter:
+    manager = HttpConnectionManager(
+        stat_prefix="mcp",
+        codec_type=HttpConnectionManagerCodecType.AUTO,
+        use_remote_address=True,
+        normalize_path=True,
+        merge_slashes=True,
+        path_with_escaped_slashes_action=HttpConnectionManagerPathWithEscapedSlashesAction.UNESCAPE_AND_REDIRECT,
+        stream_idle_timeout=STREAM_IDLE_TIMEOUT,
+        request_timeout=NO_TIMEOUT,  # long POSTs answered with SSE
+        request_headers_timeout=REQUEST_HEADERS_TIMEOUT,
+        common_http_protocol_options=HttpProtocolOptions(
+            idle_timeout=CONNECTION_IDLE_TIMEOUT,
+            # x_mcp_subject would reach some frameworks as x-mcp-subject: drop such headers.
+            headers_with_underscores_action=HttpProtocolOptionsHeadersWithUnderscoresAction.DROP_HEADER,
+        ),
+        route_config=routes,
+        http_filters=filters,
+    )
+    return Filter(name="envoy.filters.network.http_connection_manager", typed_config=AnyMessage.pack(manager))
+
+
+def listener(address: str, manager: Filter) -> Listener:
+    return Listener(name="mcp", address=_listen_address(address), filter_chains=[FilterChain(filters=[manager])])
 
 
 # ---------------------------------------------------------------- bootstrap
 
 
-def overload_manager() -> dict[str, Any]:
+def overload_manager() -> OverloadManager:
     """A bound on open client connections (Envoy warns at start-up without one)."""
-    return {
-        "resource_monitors": [
-            {
-                "name": _CONNECTIONS_MONITOR,
-                "typed_config": {
-                    "@type": _CONNECTIONS_MONITOR_TYPE,
-                    "max_active_downstream_connections": MAX_DOWNSTREAM_CONNECTIONS,
-                },
-            }
-        ]
-    }
+    monitor = DownstreamConnectionsConfig(max_active_downstream_connections=MAX_DOWNSTREAM_CONNECTIONS)
+    return OverloadManager(
+        resource_monitors=[ResourceMonitor(name=_CONNECTIONS_MONITOR, typed_config=AnyMessage.pack(monitor))]
+    )
 
 
-def render_envoy(config: Config, *, authorizer: str | None = None, discovery: str | None = None) -> dict[str, Any]:
-    """The Envoy bootstrap for ``config``.
+def bootstrap(config: Config, *, authorizer: str | None = None, discovery: str | None = None) -> Bootstrap:
+    """The typed Envoy bootstrap for ``config``.
 
     ``authorizer`` and ``discovery`` (host:port) default to ``config.listen.grpc`` (``listen.http``
     with ``envoy.authorizer: http``) and ``config.listen.discovery``; with no discovery address,
@@ -407,18 +471,51 @@ def render_envoy(config: Config, *, authorizer: str | None = None, discovery: st
     authorizer = authorizer or (config.listen.http if http_authorizer else config.listen.grpc)
     discovery = discovery if discovery is not None else config.listen.discovery
     envoy = config.spec.envoy
-    routes = route_config(config, with_discovery=bool(discovery))
-    authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
-    manager = http_connection_manager(routes, [authz, router_filter()])
+    manager = http_connection_manager(
+        route_config(config, with_discovery=bool(discovery)), http_filters(config, authorizer)
+    )
     clusters = [cluster(AUTHZ_CLUSTER, authorizer, http2=not http_authorizer)]
     if discovery:
         clusters.append(cluster(DISCOVERY_CLUSTER, discovery))
     clusters.extend(cluster(upstream_cluster_name(s), s.upstream) for s in config.servers.values())
-    return {
-        "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": envoy.admin_port}}},
-        "static_resources": {"listeners": [listener(envoy.listen, manager)], "clusters": clusters},
-        "overload_manager": overload_manager(),
-    }
+    return Bootstrap(
+        admin=Admin(address=_socket("127.0.0.1", envoy.admin_port)),
+        static_resources=BootstrapStaticResources(listeners=[listener(envoy.listen, manager)], clusters=clusters),
+        overload_manager=overload_manager(),
+    )
+
+
+_EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+_FRACTIONAL_SECONDS = re.compile(r"(\d+)\.(\d*?)0+s")
+
+
+def _readable(node: Any) -> Any:
+    """Proto3 JSON as a person reviews it: the fail-closed settings spelled out although they are
+    Envoy's defaults (proto3 JSON leaves defaults out), durations without trailing zeros (0.25s)."""
+    if isinstance(node, list):
+        return [_readable(item) for item in node]
+    if isinstance(node, str):
+        match = _FRACTIONAL_SECONDS.fullmatch(node)
+        return f"{match[1]}{'.' + match[2] if match[2] else ''}s" if match else node
+    if not isinstance(node, dict):
+        return node
+    result = {key: _readable(value) for key, value in node.items()}
+    if result.get("@type") == _EXT_AUTHZ_TYPE:
+        result.setdefault("failure_mode_allow", False)
+        if "with_request_body" in result:
+            result["with_request_body"].setdefault("allow_partial_message", False)
+    return result
+
+
+def to_json(message: betterproto2.Message) -> dict[str, Any]:
+    """Proto3 JSON of a typed message with the proto field names (as Envoy's docs and YAML use them)."""
+    result: dict[str, Any] = _readable(message.to_dict(casing=betterproto2.Casing.SNAKE))
+    return result
+
+
+def render_envoy(config: Config, *, authorizer: str | None = None, discovery: str | None = None) -> dict[str, Any]:
+    """``bootstrap`` as the plain dict Envoy reads."""
+    return to_json(bootstrap(config, authorizer=authorizer, discovery=discovery))
 
 
 class _Dumper(yaml.SafeDumper):
