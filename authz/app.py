@@ -30,6 +30,9 @@ from authz.model import Decision, HttpRequest
 from authz.server import AuthorizationService, start_grpc
 from authz.store import open_store
 from authz.store.base import Store
+from authz.upstream.approval import ApprovalGate
+from authz.upstream.credentials import UpstreamCredentials
+from authz.upstream.exchange import TokenExchanger
 from authz.webhook import WebhookSink
 from discovery import build_app
 from discovery import start as start_discovery
@@ -50,6 +53,7 @@ class Authorizer:
         self._jobs: set[asyncio.Future[Any]] = set()
         self._mtime = self._stat()
         self.audit = Auditor()
+        self.approvals = ApprovalGate(None, None, self._session, self.audit.step)
         self.webhook: WebhookSink | None = None
         self.store: Store = open_store(config.spec.store)  # started in start(); kept across reloads
         self.checker = self._build(config)
@@ -68,7 +72,15 @@ class Authorizer:
             keys[name] = old if old is not None and old.issuer == issuer else KeySet(issuer, self._session)
         self._keys = keys
         self.audit.configure(config.spec.audit.enabled, config.spec.audit.argument_keys)
-        return Checker(config, Verifier(config.issuers, keys, config.spec.token_cache_size), store=self.store)
+        self.approvals.configure(config.approvals, self.store)
+        exchanger = TokenExchanger(self._session, self.store, config.secret_keys)
+        return Checker(
+            config,
+            Verifier(config.issuers, keys, config.spec.token_cache_size),
+            approvals=self.approvals,
+            upstream=UpstreamCredentials(exchanger),
+            store=self.store,
+        )
 
     @property
     def config(self) -> Config:
@@ -217,6 +229,7 @@ class Authorizer:
             readiness=self.readiness,
             jwks_documents=self.jwks_documents(),
             metrics=telemetry.prometheus_text,
+            approval_callback=self.approvals.callback if self.config.approvals else None,
         )
         self._discovery = await start_discovery(app, host, int(port))
 

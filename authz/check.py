@@ -8,6 +8,7 @@ turns into a fail-closed deny here, and only here.
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from authz import request, response
 from authz.config import Config, Server
@@ -19,17 +20,33 @@ from authz.policy.rules import authorize
 from authz.state.guards import Guards
 from authz.store.base import Store
 from authz.store.memory import MemoryStore
+from authz.upstream.approval import ApprovalGate
+from authz.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("mcp_authz.check")
 SERVER_CONTEXT_KEY = "mcp_server"  # the per-route context extension Envoy sends
 
 
+def _no_http() -> Any:
+    raise RuntimeError("no HTTP client session was handed to this Checker")
+
+
 class Checker:
     """One compiled config and its verifier; replaced as a whole on reload."""
 
-    def __init__(self, config: Config, verifier: Verifier, *, store: Store | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        verifier: Verifier,
+        *,
+        approvals: ApprovalGate | None = None,
+        upstream: UpstreamCredentials | None = None,
+        store: Store | None = None,
+    ) -> None:
         self.config = config
         self.verifier = verifier
+        self.approvals = approvals if approvals is not None else ApprovalGate(None, None, _no_http)
+        self.upstream = upstream if upstream is not None else UpstreamCredentials()
         self.guards = Guards(store if store is not None else MemoryStore(), config.spec.store.failure)
         self._only = next(iter(config.servers.values())) if len(config.servers) == 1 else None
 
@@ -62,7 +79,11 @@ class Checker:
             rule = authorize(server.policy, caller, mcp, req)
             await self.guards.session(server, caller, mcp)
             await self.guards.rate_limit(server, caller, mcp)
-            return response.allow(server, caller, mcp, rule)
+            await self.approvals.check(server, caller, mcp, rule, req)
+            credentials = await self.upstream.headers(server, caller)
+            return response.allow(
+                server, caller, mcp, rule, credentials, source=(req.source_address, req.source_principal)
+            )
         except Refusal as refusal:
             return response.deny(refusal, server, mcp, caller=caller)
         except Exception as exc:  # fail closed: never allow, never crash

@@ -707,6 +707,7 @@ class Policy:
     rules: tuple[Rule, ...]
     default_allow: bool
     uses_cel: bool
+    approval_rules: frozenset[str] = frozenset()  # names of rules whose calls wait for approval
 
 
 @dataclass(frozen=True, slots=True)
@@ -901,7 +902,12 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
                 rules.append(_compile_rule(rule))
             except ValueError as exc:
                 errors.append(f"servers.{index}.policy.rules.{j}.when: {exc}")
-        policy = Policy(tuple(rules), spec.policy.default == "allow", any(r.when for r in rules))
+        policy = Policy(
+            tuple(rules),
+            spec.policy.default == "allow",
+            any(r.when for r in rules),
+            approval_rules=frozenset(r.name for r in rules if r.approval),
+        )
     return Server(
         name=spec.name,
         resource=spec.resource,

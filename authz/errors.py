@@ -62,6 +62,18 @@ class Forbidden(Refusal):
     default_reason = "forbidden"
 
 
+class ApprovalRefused(Forbidden):
+    """A tool call a person refused (``denied``) or has not answered yet (``pending``).
+
+    The client gets a JSON-RPC error naming the state and the approval id (``error.data``).
+    """
+
+    def __init__(self, state: str, approval_id: str, detail: str = "") -> None:
+        super().__init__(f"approval_{state}", detail)
+        self.state = state
+        self.approval_id = approval_id
+
+
 class BadRequest(Refusal):
     """Malformed MCP input. ``code`` is the JSON-RPC error code put in the body."""
 

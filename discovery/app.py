@@ -11,7 +11,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 Readiness = Callable[[], Mapping[str, bool]]
 Metrics = Callable[[], tuple[bytes, str] | None]  # Prometheus exposition and its content type; None: off
 _Handler = Callable[[web.Request], web.Response]
+# A signed approval answer: (approval id, request headers, body) -> (status, JSON body). See authz.upstream.approval.
+ApprovalCallback = Callable[[str, Mapping[str, str], bytes], Awaitable[tuple[int, dict[str, Any]]]]
+APPROVALS_PREFIX = "/approvals/"
+MAX_CALLBACK_BYTES = 16_384
 
 DOCUMENT_MAX_AGE = 300
 REFRESH_INTERVAL = 300.0
@@ -153,6 +157,7 @@ def build_app(
     refresh_interval: float = REFRESH_INTERVAL,
     retry_interval: float = RETRY_INTERVAL,
     metrics: Metrics | None = None,
+    approval_callback: ApprovalCallback | None = None,
 ) -> web.Application:
     """The discovery application for ``config``.
 
@@ -161,6 +166,7 @@ def build_app(
     per request, so a mapping updated in place is served as it changes). ``http`` is used for the
     metadata fetches and left open; without it the application opens and closes its own session.
     ``metrics`` serves /metrics (Prometheus text format) when given and not returning None.
+    ``approval_callback`` serves ``POST /approvals/<id>`` (late answers to approval requests).
     """
     mirror = MetadataMirror(rfc8414.mirrored_issuers(config), refresh=refresh_interval, retry=retry_interval)
     jwks = jwks_documents if jwks_documents is not None else {}
@@ -214,6 +220,8 @@ def build_app(
 
     async def dispatch(request: web.Request) -> web.Response:
         path = request.rel_url.raw_path
+        if approval_callback is not None and path.startswith(APPROVALS_PREFIX):
+            return await _approval(request, path.removeprefix(APPROVALS_PREFIX), approval_callback)
         handler = table.get(path)
         if handler is None and path.startswith("/jwks/") and path.endswith(".json"):
             document = jwks.get(path.removeprefix("/jwks/").removesuffix(".json"))
@@ -236,6 +244,26 @@ def build_app(
     app.router.add_route("*", "/{path:.*}", dispatch)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+async def _approval(request: web.Request, approval_id: str, callback: ApprovalCallback) -> web.Response:
+    if request.method != "POST":
+        response = _error(405, "method_not_allowed")
+        response.headers["Allow"] = "POST"
+        return response
+    if not approval_id or len(approval_id) > 64 or not approval_id.replace("-", "").replace("_", "").isalnum():
+        return _error(404, "not_found")
+    if (request.content_length or 0) > MAX_CALLBACK_BYTES:
+        return _error(413, "too_large")
+    body = await request.content.read(MAX_CALLBACK_BYTES + 1)
+    if len(body) > MAX_CALLBACK_BYTES:
+        return _error(413, "too_large")
+    try:
+        status, answer = await callback(approval_id, request.headers, body)
+    except Exception:
+        log.exception("approval callback failed")
+        status, answer = 500, {"error": "server_error"}
+    return _json(status, answer)
 
 
 def _jwks_handler(document: Mapping[str, Any]) -> _Handler:

@@ -3,6 +3,8 @@ its mode (strict / optional / permissive) when none identified the caller."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 from authz.config import Server
 from authz.errors import InvalidToken, MissingToken
 from authz.identity import proxy
@@ -38,7 +40,9 @@ async def _bearer(req: HttpRequest, server: Server, verifier: Verifier) -> Calle
             raise InvalidToken("token_malformed", "not a Bearer credential")
         if not token:
             raise InvalidToken("token_empty", "Bearer without a token")
-        return await verifier.verify(token, server)
+        caller = await verifier.verify(token, server)
+        # Only a server that exchanges the token (RFC 8693) keeps it with the caller.
+        return replace(caller, token=token) if server.exchange is not None else caller
     except InvalidToken:
         if server.mode == "permissive":
             return None  # the next identity source may still name the caller; else anonymous

@@ -20,9 +20,16 @@
 //   {"client_id", "client_secret", "scope" (resource scopes it may get),
 //    "claims" (extra access-token claims), "access_token_alg" ("RS256" | "ES256")}.
 // - IDP_ACCESS_TOKEN_TTL: access-token lifetime in seconds (default 3600).
+//
+// Token exchange (RFC 8693), registered with oidc-provider's `registerGrantType`: a client whose
+// entry has `"token_exchange": true` (by default `mcp-authz`, secret `mcp-authz-secret`) may trade
+// an access token of this issuer (`subject_token`, verified here) for one whose `aud` is the
+// `resource` (or `audience`) asked for and whose `sub` is the subject token's; `act.sub` names
+// the exchanging client. Each exchange prints `TOKEN EXCHANGE {"client","sub","aud"}` on stdout.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
 import { argv, env, exit, stdout } from 'node:process';
 
+import { createLocalJWKSet, jwtVerify } from 'jose';
 import Provider, { errors } from 'oidc-provider';
 
 const port = Number.parseInt(argv[2] ?? '', 10);
@@ -50,14 +57,28 @@ const DEFAULT_CLIENTS = [
     scope: 'tools:read',
     access_token_alg: 'ES256',
   },
+  {
+    client_id: 'mcp-authz',
+    client_secret: 'mcp-authz-secret',
+    scope: 'downstream:read downstream:write',
+    token_exchange: true,
+  },
 ];
+
+const TOKEN_EXCHANGE = 'urn:ietf:params:oauth:grant-type:token-exchange';
+const ACCESS_TOKEN_TYPE = 'urn:ietf:params:oauth:token-type:access_token';
 
 const clientSpecs = env.IDP_CLIENTS ? JSON.parse(env.IDP_CLIENTS) : DEFAULT_CLIENTS;
 // client_id -> { scope, claims, alg } for the pre-registered machine clients.
 const machineClients = new Map(
   clientSpecs.map((c) => [
     c.client_id,
-    { scope: c.scope ?? '', claims: c.claims ?? {}, alg: c.access_token_alg ?? 'RS256' },
+    {
+      scope: c.scope ?? '',
+      claims: c.claims ?? {},
+      alg: c.access_token_alg ?? 'RS256',
+      tokenExchange: c.token_exchange === true,
+    },
   ]),
 );
 
@@ -72,6 +93,12 @@ function signingKeys() {
     ],
   };
 }
+
+const KEYS = signingKeys();
+// The public halves, to verify subject tokens presented for exchange.
+const PUBLIC_KEYS = createLocalJWKSet({
+  keys: KEYS.keys.map(({ d, p, q, dp, dq, qi, ...pub }) => pub),
+});
 
 function isLocalResource(indicator) {
   const url = URL.parse(indicator);
@@ -91,7 +118,7 @@ const configuration = {
   clients: clientSpecs.map((c) => ({
     client_id: c.client_id,
     client_secret: c.client_secret,
-    grant_types: ['client_credentials'],
+    grant_types: c.token_exchange ? ['client_credentials', TOKEN_EXCHANGE] : ['client_credentials'],
     response_types: [],
     redirect_uris: [],
     token_endpoint_auth_method: 'client_secret_basic',
@@ -104,7 +131,7 @@ const configuration = {
   },
   clientBasedCORS: () => true,
   cookies: { keys: [randomBytes(32).toString('hex')] },
-  jwks: signingKeys(),
+  jwks: KEYS,
   // Only the code flow: no implicit or hybrid response types.
   responseTypes: ['code'],
   pkce: { required: () => true },
@@ -151,6 +178,9 @@ const configuration = {
     },
   },
   async extraTokenClaims(_ctx, token) {
+    if (token.gty === 'token_exchange') {
+      return { act: { sub: token.clientId } };
+    }
     if (token.kind === 'ClientCredentials') {
       return machineClients.get(token.clientId)?.claims;
     }
@@ -198,6 +228,54 @@ provider.use(async (ctx, next) => {
   }
   await next();
 });
+
+// RFC 8693 token exchange for the clients that may use it (see the header comment).
+async function tokenExchange(ctx) {
+  const { client, params } = ctx.oidc;
+  if (!machineClients.get(client.clientId)?.tokenExchange) {
+    throw new errors.UnauthorizedClient('this client may not exchange tokens');
+  }
+  if (params.subject_token_type !== ACCESS_TOKEN_TYPE || !params.subject_token) {
+    throw new errors.InvalidRequest(`subject_token (${ACCESS_TOKEN_TYPE}) is required`);
+  }
+  let subject;
+  try {
+    ({ payload: subject } = await jwtVerify(params.subject_token, PUBLIC_KEYS, { issuer, typ: 'at+jwt' }));
+  } catch {
+    throw new errors.InvalidGrant('subject_token is not a valid access token of this issuer');
+  }
+  const asked = [params.resource, params.audience].flat().filter(Boolean);
+  if (asked.length === 0 || new Set(asked).size !== 1) {
+    throw new errors.InvalidTarget('name exactly one downstream API (resource and/or audience)');
+  }
+  const target = asked[0];
+  const info = await configuration.features.resourceIndicators.getResourceServerInfo(ctx, target, client);
+  const allowed = new Set(info.scope.split(' '));
+  const scope = (params.scope ?? '').split(' ').filter((s) => allowed.has(s)).join(' ') || undefined;
+  const token = new provider.AccessToken({
+    accountId: subject.sub,
+    client,
+    gty: 'token_exchange',
+    scope,
+  });
+  token.resourceServer = new provider.ResourceServer(target, info);
+  const value = await token.save();
+  stdout.write(`TOKEN EXCHANGE ${JSON.stringify({ client: client.clientId, sub: subject.sub, aud: target })}\n`);
+  ctx.body = {
+    access_token: value,
+    issued_token_type: ACCESS_TOKEN_TYPE,
+    token_type: 'Bearer',
+    expires_in: token.expiration,
+    scope,
+  };
+}
+
+provider.registerGrantType(
+  TOKEN_EXCHANGE,
+  tokenExchange,
+  ['subject_token', 'subject_token_type', 'requested_token_type', 'audience', 'resource', 'scope', 'actor_token', 'actor_token_type'],
+  ['audience', 'resource'],
+);
 
 const server = provider.listen(port, '127.0.0.1', () => {
   stdout.write(`IDP READY ${issuer}\n`);
