@@ -67,7 +67,7 @@ class Authorizer:
 
     def _build(self, config: Config) -> Checker:
         keys = {}
-        for name, issuer in config.issuers.items():
+        for name, issuer in config.key_issuers.items():
             old = self._keys.get(name)
             keys[name] = old if old is not None and old.issuer == issuer else KeySet(issuer, self._session)
         self._keys = keys

@@ -168,12 +168,68 @@ PROXY_PRESETS: dict[str, tuple[str, str | None, str | None]] = {
 }
 
 
+class CloudflareSpec(_Spec):
+    team_domain: str = Field(
+        description="The Zero Trust team domain, e.g. `https://myteam.cloudflareaccess.com`: the `iss` of "
+        "the `Cf-Access-Jwt-Assertion` JWT."
+    )
+    audience: list[str] = Field(
+        description="The Access application's AUD tag(s); the assertion's `aud` must contain one of them."
+    )
+    jwks_uri: str | None = Field(
+        None, description="The team's signing keys; default `<team_domain>/cdn-cgi/access/certs`."
+    )
+    groups_claim: str | None = Field(
+        None,
+        description="Claim of the assertion holding the user's groups (a list; dotted path for nested "
+        "claims, e.g. `custom.groups`). Unset: no groups.",
+    )
+    clock_skew: int = Field(30, ge=0, le=300, description="Seconds of leeway for exp/nbf/iat.")
+    jwks_refresh: int = Field(300, ge=10, description="Seconds between background refreshes of the team's keys.")
+    jwks_min_refetch: int = Field(
+        10, ge=0, description="Seconds: an unknown `kid` triggers a refetch at most this often."
+    )
+    jwks_timeout: float = Field(3.0, gt=0, le=30, description="Seconds for one fetch of the team's keys.")
+
+    @field_validator("audience", mode="before")
+    @classmethod
+    def _one_or_more(cls, value: Any) -> Any:
+        return [value] if isinstance(value, str) else value
+
+    @field_validator("audience")
+    @classmethod
+    def _not_empty(cls, value: list[str]) -> list[str]:
+        if not value or not all(value):
+            raise ValueError("at least one non-empty AUD tag is required")
+        return value
+
+    @field_validator("team_domain")
+    @classmethod
+    def _team_domain(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme != "https" or not parts.hostname or parts.path.strip("/") or parts.query:
+            raise ValueError(f"expected https://<team>.cloudflareaccess.com, got {value!r}")
+        return value.rstrip("/")
+
+    @field_validator("jwks_uri")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("https", "http"):
+            raise ValueError(f"expected an http(s) URL, got {value!r}")
+        return value
+
+
 class ProxySpec(_Spec):
     preset: Literal["oauth2-proxy", "authelia", "cloudflare", "none"] = Field(
         "none",
-        description="Header names of a known proxy: oauth2-proxy (`X-Auth-Request-*`), authelia (`Remote-*`). "
-        "cloudflare is not yet supported (its JWT assertion is not verified yet) and is refused. "
-        "A preset replaces user_header, email_header and groups_header.",
+        description="Header names of a known proxy: oauth2-proxy (`X-Auth-Request-*`), authelia (`Remote-*`), "
+        "cloudflare (Cloudflare Access: the user is the `email` of the verified `Cf-Access-Jwt-Assertion`, "
+        "see `cloudflare`). A preset replaces user_header, email_header and groups_header.",
+    )
+    cloudflare: CloudflareSpec | None = Field(
+        None,
+        description="Cloudflare Access (preset cloudflare, required with it): a valid assertion JWT of this "
+        "team and application is a trust rule of its own.",
     )
     user_header: str = Field("X-Authenticated-User", description="Header with the user name; becomes `sub`.")
     email_header: str | None = Field(None, description="Header with the user's email; becomes `email`.")
@@ -334,15 +390,23 @@ class ServerSpec(_Spec):
             raise ValueError("identity: list jwt and/or proxy, each once")
         if "proxy" in self.identity:
             proxy = self.proxy
-            if proxy is None or not (proxy.trusted_principals or proxy.trusted_cidrs):
+            if proxy is None or not (proxy.trusted_principals or proxy.trusted_cidrs or proxy.cloudflare):
                 raise ValueError(
                     "identity has proxy but proxy sets no trust rule: set proxy.trusted_principals and/or "
-                    "proxy.trusted_cidrs, or anyone could send the identity headers"
+                    "proxy.trusted_cidrs (or preset cloudflare with proxy.cloudflare), or anyone could send "
+                    "the identity headers"
                 )
-            if proxy.preset == "cloudflare":
+        if self.proxy is not None:
+            if self.proxy.preset == "cloudflare" and self.proxy.cloudflare is None:
                 raise ValueError(
-                    "proxy.preset cloudflare is not yet supported: its Cf-Access-Jwt-Assertion is not verified"
+                    "proxy.preset cloudflare needs proxy.cloudflare (team_domain, audience): the "
+                    "Cf-Access-Jwt-Assertion must be verified, its headers alone prove nothing"
                 )
+            if self.proxy.cloudflare is not None and self.proxy.preset != "cloudflare":
+                raise ValueError("proxy.cloudflare is only used with proxy.preset cloudflare")
+            reserved = [h for h in _proxy_header_names(self.proxy) if h.lower().startswith("x-mcp-authz-")]
+            if reserved:
+                raise ValueError(f"proxy headers {reserved}: x-mcp-authz-* headers are set by Envoy only")
         return self
 
     @model_validator(mode="after")
@@ -729,9 +793,57 @@ class Issuer:
     require_jti: bool
 
 
+CLOUDFLARE_ASSERTION_HEADER = "cf-access-jwt-assertion"
+
+
+def _proxy_header_names(spec: ProxySpec) -> list[str]:
+    names = PROXY_PRESETS.get(spec.preset, (spec.user_header, spec.email_header, spec.groups_header))
+    return [n for n in (*names, *spec.passthrough_headers) if n]
+
+
+@dataclass(frozen=True, slots=True)
+class CloudflareAccess:
+    """Cloudflare Access: the assertion's issuer (team domain), accepted AUD tags, and the team's key set.
+
+    ``keys`` is an ``Issuer`` only as the key set's fetch settings (``jwks_uri``...); it is never
+    among ``Config.issuers``, so an assertion is never accepted as a Bearer token.
+    """
+
+    team_domain: str
+    audiences: tuple[str, ...]
+    clock_skew: int
+    groups_claim: tuple[str, ...] | None  # dotted path, split
+    keys: Issuer
+
+
+def _compile_cloudflare(spec: CloudflareSpec | None) -> CloudflareAccess | None:
+    if spec is None:
+        return None
+    jwks_uri = spec.jwks_uri or f"{spec.team_domain}/cdn-cgi/access/certs"
+    keys = Issuer(
+        name=f"cloudflare:{jwks_uri}",
+        issuer=spec.team_domain,
+        jwks_uri=jwks_uri,
+        local_key_file=None,
+        algorithms=("RS256",),
+        audiences=frozenset(),  # the key set is per team: audiences and leeway stay in CloudflareAccess
+        clock_skew=0,
+        required_claims=("exp", "iat", "iss", "aud", "email"),
+        token_type=None,
+        max_token_bytes=16384,
+        max_lifetime=0,  # not checked: an Access token lives as long as the Access session
+        jwks_refresh=spec.jwks_refresh,
+        jwks_min_refetch=spec.jwks_min_refetch,
+        jwks_timeout=spec.jwks_timeout,
+        require_jti=False,
+    )
+    groups = tuple(spec.groups_claim.split(".")) if spec.groups_claim else None
+    return CloudflareAccess(spec.team_domain, tuple(spec.audience), spec.clock_skew, groups, keys)
+
+
 @dataclass(frozen=True, slots=True)
 class ProxyTrust:
-    """A trusted proxy: who it is (principal globs, CIDRs) and which headers carry the user."""
+    """A trusted proxy: who it is (principal globs, CIDRs, Cloudflare assertion) and which headers carry the user."""
 
     user_header: str  # header names lower-case
     email_header: str | None
@@ -740,11 +852,14 @@ class ProxyTrust:
     cidrs: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...] | None  # None: not checked
     strip: bool
     passthrough: tuple[str, ...] = ()  # lower-case; kept upstream only for a proxy-identified caller
+    cloudflare: CloudflareAccess | None = None  # None: no assertion checked
 
     @property
     def headers(self) -> tuple[str, ...]:
-        """Every identity header of the proxy, removed upstream in every case."""
-        return tuple(dict.fromkeys(h for h in (self.user_header, self.email_header, self.groups_header) if h))
+        """Every identity header of the proxy (Cloudflare's assertion too), removed upstream in every case."""
+        assertion = CLOUDFLARE_ASSERTION_HEADER if self.cloudflare is not None else None
+        names = (self.user_header, self.email_header, self.groups_header, assertion)
+        return tuple(dict.fromkeys(h for h in names if h))
 
 
 def _compile_proxy(spec: ProxySpec | None) -> ProxyTrust | None:
@@ -759,6 +874,7 @@ def _compile_proxy(spec: ProxySpec | None) -> ProxyTrust | None:
         cidrs=tuple(ipaddress.ip_network(c, strict=False) for c in spec.trusted_cidrs) or None,
         strip=spec.on_untrusted == "strip",
         passthrough=tuple(h.lower() for h in spec.passthrough_headers),
+        cloudflare=_compile_cloudflare(spec.cloudflare),
     )
 
 
@@ -856,6 +972,16 @@ class Config:
     @property
     def listen(self) -> ListenSpec:
         return self.spec.listen
+
+    @property
+    def key_issuers(self) -> Mapping[str, Issuer]:
+        """Every key set to fetch: the issuers', then the Cloudflare Access teams' (never token issuers)."""
+        teams = {
+            s.proxy.cloudflare.keys.name: s.proxy.cloudflare.keys
+            for s in self.servers.values()
+            if s.proxy is not None and s.proxy.cloudflare is not None
+        }
+        return {**self.issuers, **teams}
 
 
 def metadata_url(resource: str) -> str:

@@ -32,7 +32,7 @@ def request_from_spec(spec: Any, token: str) -> HttpRequest:
 
 async def explain(config: Config, spec: Any, token: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
-        keys = {name: KeySet(issuer, lambda: session) for name, issuer in config.issuers.items()}
+        keys = {name: KeySet(issuer, lambda: session) for name, issuer in config.key_issuers.items()}
         decision = await Checker(config, Verifier(config.issuers, keys)).check(request_from_spec(spec, token))
     return {
         "decision": "allow" if decision.allowed else "deny",

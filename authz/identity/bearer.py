@@ -18,12 +18,19 @@ async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Call
         if source == "jwt":
             caller = await _bearer(req, server, verifier)
         else:  # "proxy"; config requires proxy settings with it
-            caller = proxy.identify(req, server.proxy) if server.proxy is not None else None
+            caller = await _proxy(req, server, verifier)
         if caller is not None:
             return caller
     if server.mode == "strict":
         raise MissingToken()
     return ANONYMOUS
+
+
+async def _proxy(req: HttpRequest, server: Server, verifier: Verifier) -> Caller | None:
+    if server.proxy is None:
+        return None
+    team = server.proxy.cloudflare
+    return await proxy.identify(req, server.proxy, verifier.keyset(team.keys.name) if team is not None else None)
 
 
 async def _bearer(req: HttpRequest, server: Server, verifier: Verifier) -> Caller | None:

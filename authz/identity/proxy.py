@@ -1,16 +1,21 @@
 """Trusted proxy identity: an authenticating proxy (oauth2-proxy, Authelia...) names the user in headers.
 
 The headers are believed only from the proxy: its mTLS principal (``source.principal``) must match
-``trusted_principals`` when set, AND its source address must be in ``trusted_cidrs`` when set.
+``trusted_principals`` when set, AND its source address must be in ``trusted_cidrs`` when set, AND,
+for Cloudflare Access, the request must carry a valid ``Cf-Access-Jwt-Assertion`` (then the user is
+the assertion's ``email``).
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+from typing import Any
 
-from authz.config import ProxyTrust
+from authz.config import CLOUDFLARE_ASSERTION_HEADER, ProxyTrust
 from authz.errors import InvalidToken
+from authz.identity import cloudflare
+from authz.identity.jwks import KeySet
 from authz.model import Caller, HttpRequest
 
 log = logging.getLogger("mcp_authz.identity.proxy")
@@ -42,23 +47,54 @@ def _one(req: HttpRequest, name: str | None) -> str | None:
     return value or None
 
 
-def identify(req: HttpRequest, proxy: ProxyTrust) -> Caller | None:
-    """The proxy's user, or None (no user header, or untrusted headers stripped); InvalidToken if refused."""
+async def identify(req: HttpRequest, proxy: ProxyTrust, keys: KeySet | None = None) -> Caller | None:
+    """The proxy's user, or None (no user header, or untrusted headers stripped); InvalidToken if refused.
+
+    ``keys``: the Cloudflare team's key set, when the proxy is Cloudflare Access.
+    """
+    claims: dict[str, Any] | None = None
+    refusal: InvalidToken | None = None
     if not trusted(req, proxy):
+        refusal = InvalidToken("proxy_untrusted", "")
+    elif proxy.cloudflare is not None:
+        assertion = _one(req, CLOUDFLARE_ASSERTION_HEADER)
+        try:
+            if assertion is None:
+                raise InvalidToken("proxy_untrusted", "no Cf-Access-Jwt-Assertion")
+            claims = await cloudflare.verify(assertion, proxy.cloudflare, keys)
+        except InvalidToken as exc:
+            refusal = exc
+    if refusal is not None:
         if any(req.values(h) for h in proxy.headers):
-            detail = f"identity headers from principal {req.source_principal!r} address {req.source_address!r}"
+            where = f"identity headers from principal {req.source_principal!r} address {req.source_address!r}"
             if not proxy.strip:
-                log.warning("untrusted proxy identity refused", extra={"reason": "proxy_untrusted"})
-                raise InvalidToken("proxy_untrusted", detail)
-            log.info("untrusted proxy identity ignored", extra={"reason": "proxy_untrusted_stripped"})
+                log.warning("untrusted proxy identity refused", extra={"reason": refusal.reason})
+                raise InvalidToken(refusal.reason, f"{where}; {refusal.detail}".rstrip("; "))
+            log.info("untrusted proxy identity ignored", extra={"reason": f"{refusal.reason}_stripped"})
         return None
+    if claims is not None and proxy.cloudflare is not None:
+        return _cloudflare_caller(req, proxy, claims, proxy.cloudflare.groups_claim)
     user = _one(req, proxy.user_header)
     if user is None:
         return None
-    claims: dict[str, object] = {"sub": user}
+    found: dict[str, object] = {"sub": user}
     email = _one(req, proxy.email_header)
     if email is not None:
-        claims["email"] = email
+        found["email"] = email
     groups = _one(req, proxy.groups_header)
-    claims["groups"] = [g.strip() for g in groups.split(",") if g.strip()] if groups else []
-    return Caller(subject=user, claims=claims, scopes=frozenset(), mode="proxy")
+    found["groups"] = [g.strip() for g in groups.split(",") if g.strip()] if groups else []
+    return Caller(subject=user, claims=found, scopes=frozenset(), mode="proxy")
+
+
+def _cloudflare_caller(
+    req: HttpRequest, proxy: ProxyTrust, claims: dict[str, Any], groups_claim: tuple[str, ...] | None
+) -> Caller:
+    """The user of a verified assertion: its ``email``, which the email header (if sent) must repeat."""
+    email = claims.get("email")
+    if not isinstance(email, str) or not email.strip():
+        raise InvalidToken("proxy_assertion_claim_missing", "the assertion names no email (a service token?)")
+    header = _one(req, proxy.user_header)
+    if header is not None and header != email:
+        raise InvalidToken("proxy_email_mismatch", "Cf-Access-Authenticated-User-Email disagrees with the assertion")
+    found: dict[str, object] = {"sub": email, "email": email, "groups": cloudflare.groups(claims, groups_claim)}
+    return Caller(subject=email, claims=found, scopes=frozenset(), mode="proxy")

@@ -142,6 +142,10 @@ class Verifier:
         self._max_bytes = max((i.max_token_bytes for i in issuers.values()), default=8000)
         self.cache = TokenCache(cache_size)
 
+    def keyset(self, name: str) -> KeySet | None:
+        """A key set by name: an issuer's, or a Cloudflare Access team's (``Config.key_issuers``)."""
+        return self._keys.get(name)
+
     async def verify(self, token: str, server: Server) -> Caller:
         if not token:
             raise InvalidToken("token_empty", "empty token")

@@ -326,7 +326,7 @@ def build_verifier(config: Config, session: aiohttp.ClientSession | None = None)
             raise AssertionError("no HTTP expected in this test")
         return session
 
-    keysets = {name: KeySet(issuer, factory) for name, issuer in config.issuers.items()}
+    keysets = {name: KeySet(issuer, factory) for name, issuer in config.key_issuers.items()}
     return Verifier(config.issuers, keysets), keysets
 
 

@@ -245,12 +245,14 @@ def test_config_check_refuses_proxy_without_trust_rule(tmp_path: Path, capsys: p
     assert code != 0 and "no trust rule" in out
 
 
-def test_config_check_refuses_cloudflare_as_not_yet_supported(
+def test_config_check_refuses_cloudflare_without_its_assertion_settings(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    server = proxy_server(preset="cloudflare")
-    code, out = _check_file(tmp_path, server, capsys)
-    assert code != 0 and "cloudflare is not yet supported" in out
+    code, out = _check_file(tmp_path, proxy_server(preset="cloudflare"), capsys)
+    assert code != 0 and "proxy.preset cloudflare needs proxy.cloudflare" in out
+    cloudflare = {"team_domain": "https://team.cloudflareaccess.com", "audience": "aud-tag"}
+    code, out = _check_file(tmp_path, proxy_server(cloudflare=cloudflare), capsys)
+    assert code != 0 and "only used with proxy.preset cloudflare" in out
 
 
 def test_config_check_accepts_a_trusted_proxy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
