@@ -12,6 +12,8 @@ It does no authorization of its own: that is the point. For tests it records wha
   (and `{"prompt": ...}` / `{"resource": uri}` lines for prompts rendered and resources read).
 - `SAMPLE_HEADER_LOG`: a file that gets one JSON line per HTTP request,
   `{"method": ..., "path": ..., "headers": {lower-case name: value}}` (repeated headers joined by ", ").
+- `SAMPLE_COUNTDOWN_TOOL=1` adds a tool `countdown(count)` that sends `count` progress notifications
+  before its answer (a long SSE stream).
 
 The SDK's DNS-rebinding (Host/Origin) checks are off: requests arrive through a proxy with the
 proxy's Host, and Origin checks are the proxy's job here.
@@ -198,6 +200,15 @@ def build_server(
         _log_call({"tool": "echo_headers", "arguments": {}})
         return {k.lower(): v for k, v in (ctx.headers or {}).items()}
 
+    if os.environ.get("SAMPLE_COUNTDOWN_TOOL"):  # opt-in: the default tool set stays as tests know it
+
+        @mcp.tool(description="Send `count` progress notifications, then answer (a long SSE stream).")
+        async def countdown(count: int, ctx: Context) -> str:
+            _log_call({"tool": "countdown", "arguments": {"count": count}})
+            for i in range(count):
+                await ctx.report_progress(i + 1, count, f"step {i + 1} of {count}")
+            return f"counted {count}"
+
     @mcp.prompt(description="Summarize a text.")
     def summarize(text: str) -> str:
         _log_call({"prompt": "summarize", "arguments": {"text": text}})
@@ -216,6 +227,16 @@ def build_server(
     @mcp.resource("file:///secret/keys", name="secret-keys", mime_type="text/plain")
     def secret_keys() -> str:
         _log_call({"resource": "file:///secret/keys"})
+        return "not-a-real-secret"
+
+    @mcp.resource("file:///docs/{name}.md", name="doc", mime_type="text/markdown")
+    def doc(name: str) -> str:
+        _log_call({"resource": f"file:///docs/{name}.md"})
+        return _FILES.get(f"docs/{name}.md", "")
+
+    @mcp.resource("file:///secret/{name}.key", name="secret-key", mime_type="text/plain")
+    def secret_key(name: str) -> str:
+        _log_call({"resource": f"file:///secret/{name}.key"})
         return "not-a-real-secret"
 
     return mcp
