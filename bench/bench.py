@@ -404,6 +404,58 @@ class AuthzCase:
         return Front(run.resource, bench.headers(run), pid, authz.pid)
 
 
+def start_redis(bench: Bench, stack: contextlib.ExitStack) -> str:
+    """A throwaway redis-server on loopback (no persistence); returns its URL."""
+    server = shutil.which("redis-server")
+    if server is None:
+        raise Skip("redis-server not found (apt-get install redis-server)")
+    port = free_port()
+    command = [server, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
+    log = bench.path(f"redis-{port}.log")
+    with log.open("wb") as out:
+        process = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=bench.workdir)
+    stack.callback(stop, process)
+
+    def accepts() -> bool:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+        return False
+
+    wait_until(accepts, process, 10, "redis-server")
+    return f"redis://127.0.0.1:{port}/0"
+
+
+@dataclass(frozen=True)
+class StoreCase:
+    """mcp-authz with shared state on every call: revocation lookup, session binding (2025-11-25 request
+    with an ``Mcp-Session-Id``) and a rate limit that never refuses; on the memory store or on Redis."""
+
+    name: str
+    title: str
+    redis: bool
+
+    def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
+        spec = bench.authz_config(run)
+        spec["servers"][0]["rate_limits"] = [{"name": "bench", "limit": 1_000_000, "window": 60}]
+        if self.redis:
+            spec["store"] = {"url": start_redis(bench, stack)}
+        config = bench.path(f"{self.name}.authz.yaml")
+        config.write_text(yaml.safe_dump(spec, sort_keys=False))
+        log = bench.path(f"{self.name}.authz.log")
+        with log.open("wb") as out:
+            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        stack.callback(stop, authz)
+        readyz = f"http://{spec['listen']['discovery']}/readyz"
+        try:
+            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
+        except Skip as exc:
+            raise Skip(f"{exc}: {tail(log)}") from None
+        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        headers = {k: v for k, v in bench.headers(run).items() if k not in ("Mcp-Method", "Mcp-Name")}
+        headers.update({"MCP-Protocol-Version": "2025-11-25", "Mcp-Session-Id": "bench-session-0001"})
+        return Front(run.resource, headers, pid, authz.pid)
+
+
 def policy_of(size: int) -> dict[str, Any]:
     """``size`` rules of which only the last one matches the benchmark call (all are evaluated)."""
     rules: list[dict[str, Any]] = [
@@ -438,6 +490,10 @@ CASES: list[Case] = [
         policy=policy_of(50),
         http=True,
     ),
+]
+CASES += [
+    StoreCase("store-memory", "Envoy + mcp-authz, revocation + session + rate limit, memory store", redis=False),
+    StoreCase("store-redis", "Envoy + mcp-authz, revocation + session + rate limit, Redis store", redis=True),
 ]
 NO_AUTH = "envoy"
 CACHED = "jwt_authn-cache"
@@ -616,6 +672,9 @@ def main(argv: list[str] | None = None) -> int:
                         result = measure(bench, case, args)
                     runs[case.name].append(result)
     print(table([median(r) for r in runs.values()], args))
+    stores = [median(runs[n]) for n in ("store-redis", "store-memory") if n in runs]
+    if len(stores) == 2 and not (stores[0].skipped or stores[1].skipped):
+        print(f"store-redis / store-memory req/s: {stores[0].rps / stores[1].rps:.2f}x")
     return 0
 
 
