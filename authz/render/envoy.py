@@ -14,6 +14,13 @@ The chain, for each request on ``config.envoy.listen``:
    route that turns body buffering off: the decision is made on the routing headers, which such
    upstreams must validate against the body themselves.
 4. Anything else gets a 404 from Envoy without a Check.
+5. With a ``filter_lists`` server, ``envoy.filters.http.ext_proc`` follows ext_authz (cluster
+   ``mcp_extproc``, the authorizer's gRPC address) and filters list responses
+   (``authz.extproc``); the Check's dynamic metadata reaches it through
+   ``metadata_options.forwarding_namespaces``. It is disabled per route everywhere else
+   (discovery, 404, servers without ``filter_lists``). Fail closed (``ext_proc.failure``): an
+   unreachable or slow processor gets a 503 whose body a local reply mapper turns into a JSON-RPC
+   error carrying the request's id (from the metadata).
 
 Fail closed: ``failure_mode_allow: false`` and ``status_on_error: 503`` (an unreachable
 authorizer denies). Upstream responses may be long SSE streams: routes have no overall timeout,
@@ -35,6 +42,7 @@ from typing import Any
 
 import betterproto2
 import yaml
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, ExtensionFilter
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
 from envoy_data_plane.envoy.config.core.v3 import (
@@ -50,6 +58,7 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HttpUri,
     Metadata,
     SocketAddress,
+    SubstitutionFormatString,
 )
 from envoy_data_plane.envoy.config.endpoint.v3 import ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints
 from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Listener
@@ -63,6 +72,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     RouteMatch,
     VirtualHost,
 )
+from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
 from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
     AuthorizationRequest,
     AuthorizationResponse,
@@ -72,12 +82,23 @@ from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
     ExtAuthzPerRoute,
     HttpService,
 )
+from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
+    ExternalProcessor,
+    ExtProcPerRoute,
+    MetadataOptions,
+    MetadataOptionsMetadataNamespaces,
+    ProcessingMode,
+    ProcessingModeBodySendMode,
+    ProcessingModeHeaderSendMode,
+)
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
     HttpConnectionManagerCodecType,
     HttpConnectionManagerPathWithEscapedSlashesAction,
     HttpFilter,
+    LocalReplyConfig,
+    ResponseMapper,
 )
 from envoy_data_plane.envoy.extensions.resource_monitors.downstream_connections.v3 import (
     DownstreamConnectionsConfig,
@@ -92,12 +113,15 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
 from authz.config import Config, Server
+from authz.extproc import metadata as handover
 
 AUTHZ_CLUSTER = "mcp_authz"
 DISCOVERY_CLUSTER = "mcp_discovery"
 CONTEXT_EXTENSION = "mcp_server"  # the contract with the authorizer: names the MCP server of the request
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
+EXT_PROC = "envoy.filters.http.ext_proc"
+EXTPROC_CLUSTER = "mcp_extproc"  # the list filter: the authorizer's gRPC address unless pointed elsewhere
 STATELESS_REVISION = "2026-07-28"  # requests of this revision mirror the JSON-RPC method in headers
 DISCOVERY_PREFIXES = ("/.well-known/", "/jwks/")
 
@@ -299,14 +323,31 @@ def not_found_route() -> Route:
     )
 
 
+def filters_lists(config: Config) -> bool:
+    """Whether the chain has the list filter (ext_proc): some server has ``filter_lists``."""
+    return any(s.filter_lists for s in config.servers.values())
+
+
+def _without_extproc(routes: list[Route]) -> list[Route]:
+    """ext_proc disabled on these routes (no list response can come from them)."""
+    off = AnyMessage.pack(ExtProcPerRoute(disabled=True))
+    for route in routes:
+        route.typed_per_filter_config = {**route.typed_per_filter_config, EXT_PROC: off}
+    return routes
+
+
 def route_config(config: Config, *, with_discovery: bool) -> RouteConfiguration:
     # Longest path first, so a server at "/" never shadows one at "/a".
     servers = sorted(config.servers.values(), key=lambda s: -len(s.path.rstrip("/")))
+    lists = filters_lists(config)
     routes = discovery_routes() if with_discovery else []
+    if lists:
+        _without_extproc(routes)
     http_authorizer = config.spec.envoy.authorizer == "http"
     for server in servers:
-        routes.extend(server_routes(server, http_authorizer=http_authorizer))
-    routes.append(not_found_route())
+        own = server_routes(server, http_authorizer=http_authorizer)
+        routes.extend(_without_extproc(own) if lists and not server.filter_lists else own)
+    routes.extend(_without_extproc([not_found_route()]) if lists else [not_found_route()])
     return RouteConfiguration(name="mcp", virtual_hosts=[VirtualHost(name="mcp", domains=["*"], routes=routes)])
 
 
@@ -409,6 +450,58 @@ def ext_authz_filter(config: Config) -> HttpFilter:
     return HttpFilter(name=EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
 
 
+def ext_proc_filter(config: Config) -> HttpFilter:
+    """The list filter (``authz.extproc``): request and response headers only, bodies on demand.
+
+    The processor asks for a response body (``mode_override``, hence ``allow_mode_override``) only
+    for the answer to a list request; the Check's handover arrives with each message
+    (``forwarding_namespaces``). Failure as ``ext_proc.failure`` says; ``message_timeout`` bounds
+    every wait, so a stuck processor never hangs a request longer.
+    """
+    spec = config.spec.ext_proc
+    processor = ExternalProcessor(
+        grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=EXTPROC_CLUSTER)),
+        failure_mode_allow=spec.failure == "open",
+        status_on_error=_deny_on_error(),
+        message_timeout=_milliseconds(spec.message_timeout_ms),
+        allow_mode_override=True,
+        processing_mode=ProcessingMode(
+            request_header_mode=ProcessingModeHeaderSendMode.SEND,
+            response_header_mode=ProcessingModeHeaderSendMode.SEND,
+            request_body_mode=ProcessingModeBodySendMode.NONE,
+            response_body_mode=ProcessingModeBodySendMode.NONE,
+            request_trailer_mode=ProcessingModeHeaderSendMode.SKIP,
+            response_trailer_mode=ProcessingModeHeaderSendMode.SKIP,
+        ),
+        metadata_options=MetadataOptions(
+            forwarding_namespaces=MetadataOptionsMetadataNamespaces(untyped=[handover.NAMESPACE])
+        ),
+    )
+    return HttpFilter(name=EXT_PROC, typed_config=AnyMessage.pack(processor))
+
+
+def extproc_local_reply() -> LocalReplyConfig:
+    """Envoy's own answer when the list filter fails (unreachable, timeout): a JSON-RPC error
+    carrying the request's id, taken from the Check's handover (``null`` for a batch)."""
+    only_extproc = ExpressionFilter(expression="response.code_details.startsWith('ext_proc')")
+    request_id = f"%DYNAMIC_METADATA({handover.NAMESPACE}:{handover.KEY}:id)%"
+    body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": "list filtering unavailable"}}
+    return LocalReplyConfig(
+        mappers=[
+            ResponseMapper(
+                filter=AccessLogFilter(
+                    extension_filter=ExtensionFilter(
+                        name="envoy.access_loggers.extension_filters.cel", typed_config=AnyMessage.pack(only_extproc)
+                    )
+                ),
+                body_format_override=SubstitutionFormatString(
+                    json_format=Struct.from_dict(body), content_type="application/json"
+                ),
+            )
+        ]
+    )
+
+
 def router_filter() -> HttpFilter:
     return HttpFilter(name=ROUTER, typed_config=AnyMessage.pack(Router()))
 
@@ -417,13 +510,17 @@ def http_filters(config: Config, authorizer: str) -> list[HttpFilter]:
     """The HTTP filter chain in order; the router is last. Add a filter here with a function of its own."""
     http_authorizer = config.spec.envoy.authorizer == "http"
     authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
+    if filters_lists(config):  # after ext_authz: it needs the Check's metadata
+        return [authz, ext_proc_filter(config), router_filter()]
     return [authz, router_filter()]
 
 
 # ---------------------------------------------------------------- listener
 
 
-def http_connection_manager(routes: RouteConfiguration, filters: list[HttpFilter]) -> Filter:
+def http_connection_manager(
+    routes: RouteConfiguration, filters: list[HttpFilter], local_reply: LocalReplyConfig | None = None
+) -> Filter:
     manager = HttpConnectionManager(
         stat_prefix="mcp",
         codec_type=HttpConnectionManagerCodecType.AUTO,
@@ -441,6 +538,7 @@ def http_connection_manager(routes: RouteConfiguration, filters: list[HttpFilter
         ),
         route_config=routes,
         http_filters=filters,
+        local_reply_config=local_reply,
     )
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=AnyMessage.pack(manager))
 
@@ -471,10 +569,15 @@ def bootstrap(config: Config, *, authorizer: str | None = None, discovery: str |
     authorizer = authorizer or (config.listen.http if http_authorizer else config.listen.grpc)
     discovery = discovery if discovery is not None else config.listen.discovery
     envoy = config.spec.envoy
+    lists = filters_lists(config)
     manager = http_connection_manager(
-        route_config(config, with_discovery=bool(discovery)), http_filters(config, authorizer)
+        route_config(config, with_discovery=bool(discovery)),
+        http_filters(config, authorizer),
+        extproc_local_reply() if lists else None,
     )
     clusters = [cluster(AUTHZ_CLUSTER, authorizer, http2=not http_authorizer)]
+    if lists:  # filter_lists needs the gRPC authorizer: the list filter is served next to it
+        clusters.append(cluster(EXTPROC_CLUSTER, authorizer, http2=True))
     if discovery:
         clusters.append(cluster(DISCOVERY_CLUSTER, discovery))
     clusters.extend(cluster(upstream_cluster_name(s), s.upstream) for s in config.servers.values())
@@ -486,6 +589,7 @@ def bootstrap(config: Config, *, authorizer: str | None = None, discovery: str |
 
 
 _EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
+_EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
 _FRACTIONAL_SECONDS = re.compile(r"(\d+)\.(\d*?)0+s")
 
 
@@ -494,6 +598,8 @@ def _readable(node: Any) -> Any:
     Envoy's defaults (proto3 JSON leaves defaults out), durations without trailing zeros (0.25s)."""
     if isinstance(node, list):
         return [_readable(item) for item in node]
+    if isinstance(node, float) and node.is_integer():
+        return int(node)  # Struct numbers are doubles: -32603, not -32603.0, in a local reply's JSON
     if isinstance(node, str):
         match = _FRACTIONAL_SECONDS.fullmatch(node)
         return f"{match[1]}{'.' + match[2] if match[2] else ''}s" if match else node
@@ -504,6 +610,8 @@ def _readable(node: Any) -> Any:
         result.setdefault("failure_mode_allow", False)
         if "with_request_body" in result:
             result["with_request_body"].setdefault("allow_partial_message", False)
+    if result.get("@type") == _EXT_PROC_TYPE:
+        result.setdefault("failure_mode_allow", False)
     return result
 
 

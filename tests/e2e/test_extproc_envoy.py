@@ -40,7 +40,7 @@ from mcp.shared.exceptions import MCPError
 from stack import ACCEPT, META
 
 from authz.config import parse_config
-from authz.render.envoy import render_envoy_yaml
+from authz.render.envoy import EXTPROC_CLUSTER, render_envoy_yaml
 
 POLICY: dict[str, Any] = {
     "default": "deny",
@@ -68,8 +68,6 @@ POLICY: dict[str, Any] = {
 ALL_TOOLS = {"search", "read_file", "delete_repo", "admin_reset", "echo_headers", "countdown"}
 PAGE_SIZE = 3
 
-EXT_PROC = "envoy.filters.http.ext_proc"
-CEL_FILTER_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.filters.cel.v3.ExpressionFilter"
 
 
 @dataclass(frozen=True)
@@ -115,77 +113,12 @@ def authz_config(sample: SampleServer, envoy_port: int, idp: IdP) -> dict[str, A
 
 def envoy_with_processor(config_text: str, processor_grpc: str) -> str:
     """The rendered Envoy, its ext_proc cluster pointed at the separate processor process."""
-    config = parse_config(config_text)
-    boot = yaml.safe_load(render_envoy_yaml(config))
-    clusters = boot["static_resources"]["clusters"]
-    hcm = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    if not any(c["name"] == "mcp_extproc" for c in clusters):  # until the renderer writes it
-        add_extproc(boot, hcm, config.spec.ext_proc.message_timeout_ms)
-    (extproc,) = [c for c in clusters if c["name"] == "mcp_extproc"]
+    boot = yaml.safe_load(render_envoy_yaml(parse_config(config_text)))
+    (extproc,) = [c for c in boot["static_resources"]["clusters"] if c["name"] == EXTPROC_CLUSTER]
     host, _, port = processor_grpc.rpartition(":")
     address = extproc["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]["address"]
     address["socket_address"] = {"address": host, "port_value": int(port)}
     return yaml.safe_dump(boot, sort_keys=False)
-
-
-def add_extproc(boot: dict[str, Any], hcm: dict[str, Any], timeout_ms: int) -> None:
-    filters = hcm["http_filters"]
-    at = next(i for i, f in enumerate(filters) if f["name"] == "envoy.filters.http.ext_authz") + 1
-    filters.insert(
-        at,
-        {
-            "name": EXT_PROC,
-            "typed_config": {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor",
-                "grpc_service": {"envoy_grpc": {"cluster_name": "mcp_extproc"}},
-                "failure_mode_allow": False,
-                "status_on_error": {"code": "ServiceUnavailable"},
-                "message_timeout": f"{timeout_ms / 1000:g}s",
-                "allow_mode_override": True,
-                "processing_mode": {
-                    "request_header_mode": "SEND",
-                    "response_header_mode": "SEND",
-                    "request_body_mode": "NONE",
-                    "response_body_mode": "NONE",
-                    "request_trailer_mode": "SKIP",
-                    "response_trailer_mode": "SKIP",
-                },
-                "metadata_options": {"forwarding_namespaces": {"untyped": ["envoy.filters.http.ext_authz"]}},
-            },
-        },
-    )
-    for route in hcm["route_config"]["virtual_hosts"][0]["routes"]:
-        if "direct_response" in route or route["name"].startswith("discovery"):
-            route.setdefault("typed_per_filter_config", {})[EXT_PROC] = {
-                "@type": "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExtProcPerRoute",
-                "disabled": True,
-            }
-    hcm["local_reply_config"] = {
-        "mappers": [
-            {
-                "filter": {
-                    "extension_filter": {
-                        "name": "envoy.access_loggers.extension_filters.cel",
-                        "typed_config": {
-                            "@type": CEL_FILTER_TYPE,
-                            "expression": "response.code_details.startsWith('ext_proc')",
-                        },
-                    }
-                },
-                "body_format_override": {
-                    "json_format": {
-                        "jsonrpc": "2.0",
-                        "id": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:mcp_authz:id)%",
-                        "error": {"code": -32603, "message": "list filtering unavailable"},
-                    },
-                    "content_type": "application/json",
-                },
-            }
-        ]
-    }
-    grpc_cluster = next(c for c in boot["static_resources"]["clusters"] if c["name"] == "mcp_authz")
-    boot["static_resources"]["clusters"].append({**json.loads(json.dumps(grpc_cluster)), "name": "mcp_extproc"})
-    boot["static_resources"]["clusters"][-1]["load_assignment"]["cluster_name"] = "mcp_extproc"
 
 
 def start_deployment(
