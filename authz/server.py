@@ -14,6 +14,8 @@ from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from authz.check import Checker
+from authz.extproc.service import ExtProcService
+from authz.extproc.service import add_to_server as add_extproc_to_server
 from authz.model import Decision, HttpRequest
 
 log = logging.getLogger("mcp_authz.server")
@@ -58,13 +60,16 @@ def _header(key: str, value: str, append: int = OVERWRITE) -> base_pb2.HeaderVal
 
 def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
     if decision.allowed:
-        return external_auth_pb2.CheckResponse(
+        allowed = external_auth_pb2.CheckResponse(
             status=status_pb2.Status(code=code_pb2.OK),
             ok_response=external_auth_pb2.OkHttpResponse(
                 headers=[_header(k, v) for k, v in decision.set_headers],
                 headers_to_remove=list(decision.remove_headers),
             ),
         )
+        if decision.metadata:  # Envoy keeps it as the stream's ext_authz dynamic metadata (for ext_proc)
+            allowed.dynamic_metadata.update(decision.metadata)
+        return allowed
     return external_auth_pb2.CheckResponse(
         status=status_pb2.Status(
             code=code_pb2.PERMISSION_DENIED if decision.status != 401 else code_pb2.UNAUTHENTICATED
@@ -94,9 +99,14 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
         return to_check_response(decision)
 
 
-async def start_grpc(address: str, service: AuthorizationService) -> tuple[grpc.aio.Server, health.HealthServicer]:
+async def start_grpc(
+    address: str, service: AuthorizationService, processor: ExtProcService | None = None
+) -> tuple[grpc.aio.Server, health.HealthServicer]:
+    """The authorizer (and the list filter, ``processor``) on one gRPC server."""
     server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
+    if processor is not None:
+        add_extproc_to_server(processor, server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     if server.add_insecure_port(address) == 0:
@@ -104,4 +114,6 @@ async def start_grpc(address: str, service: AuthorizationService) -> tuple[grpc.
     await server.start()
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("envoy.service.auth.v3.Authorization", health_pb2.HealthCheckResponse.SERVING)
+    if processor is not None:
+        await health_servicer.set("envoy.service.ext_proc.v3.ExternalProcessor", health_pb2.HealthCheckResponse.SERVING)
     return server, health_servicer
