@@ -94,6 +94,44 @@ def cmd_render_envoy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_render_istio(args: argparse.Namespace) -> int:
+    from authz.render.istio import Options, render_istio
+    from authz.render.k8s import raw_config
+
+    config = _load(args.config)
+    options = Options(image=args.image, namespace=args.namespace, mcp_namespace=args.mcp_namespace)
+    try:
+        files = render_istio(config, raw_config(args.config), options)
+    except ValueError as exc:
+        print(f"mcp-authz: {exc}", file=sys.stderr)
+        return 2
+    if not args.output:
+        sys.stdout.write("".join(f"# ---- {name}\n{text}" for name, text in files.items()))
+        return 0
+    out = Path(args.output)
+    out.mkdir(parents=True, exist_ok=True)
+    for name, text in files.items():
+        (out / name).write_text(text, encoding="utf-8")
+    return 0
+
+
+def cmd_render_kubernetes(args: argparse.Namespace) -> int:
+    from authz.render.k8s import raw_config
+    from authz.render.kubernetes import render_kubernetes
+
+    config = _load(args.config)
+    try:
+        text = render_kubernetes(config, raw_config(args.config), args.image)
+    except ValueError as exc:
+        print(f"mcp-authz: {exc}", file=sys.stderr)
+        return 2
+    if args.output:
+        Path(args.output).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
 def cmd_secret_encrypt(args: argparse.Namespace) -> int:
     """Read a secret on stdin, print its ``v2:`` form under the key from the environment or a file."""
     from authz.upstream import secrets
@@ -158,6 +196,18 @@ def parser() -> argparse.ArgumentParser:
     re_.add_argument("-c", "--config", required=True)
     re_.add_argument("-o", "--output")
     re_.set_defaults(func=cmd_render_envoy)
+    ri = r.add_parser("istio", help="Istio objects: MeshConfig providers, CUSTOM policies, routing, the authorizer")
+    ri.add_argument("-c", "--config", required=True)
+    ri.add_argument("-o", "--output", help="directory (default: all files on stdout)")
+    ri.add_argument("--image", default="mcp-authz:0.1.0", help="the authorizer's container image")
+    ri.add_argument("--namespace", default="mcp-authz", help="the shared authorizer's namespace")
+    ri.add_argument("--mcp-namespace", default="mcp", help="the MCP servers' namespace")
+    ri.set_defaults(func=cmd_render_istio)
+    rk = r.add_parser("kubernetes", help="standalone Envoy + authorizer + MCP server in one pod, no mesh")
+    rk.add_argument("-c", "--config", required=True)
+    rk.add_argument("-o", "--output")
+    rk.add_argument("--image", default="mcp-authz:0.1.0", help="the authorizer's container image")
+    rk.set_defaults(func=cmd_render_kubernetes)
 
     sec = sub.add_parser("secret", help="integration secrets").add_subparsers(dest="action", required=True)
     se = sec.add_parser(

@@ -1,0 +1,508 @@
+"""Istio objects for the authorizer's config (``mcp-authz render istio``), two layouts.
+
+Shared authorizer: one ``mcp-authz`` Deployment; every MCP workload labelled
+``mcp-authz.io/server: <server name>`` gets an ``AuthorizationPolicy`` with ``action: CUSTOM``.
+Sidecar: the authorizer runs as a second container in each MCP server's pod (an Istio custom
+injection template adds it to pods annotated ``inject.istio.io/templates: sidecar,mcp-authz``),
+reached on 127.0.0.1 through the ``ext-authz-grpc.local`` ServiceEntry, one config per pod from the
+ConfigMap named by the pod's ``mcp-authz.io/config`` annotation.
+
+Which MCP server a Check is for: Istio sets no per-route ``context_extensions``. The gRPC provider
+therefore serves a config with one MCP server (a sidecar always does); with ``envoy.authorizer: http``
+each server gets its own HTTP provider that names it in ``x-mcp-authz-server``
+(``includeAdditionalHeadersInCheck``, which Envoy sets on the authorization request, overwriting any
+client copy). The HTTP provider's header lists are those of the standalone Envoy chain
+(``authz.render.envoy``); the gRPC provider has no header lists: Envoy sends every request header and
+applies the CheckResponse's headers as they are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+from authz.config import Config, Server
+from authz.render import envoy, k8s
+from discovery import rfc8414, rfc9728
+
+NAMESPACE = "mcp-authz"  # the shared authorizer's namespace
+MCP_NAMESPACE = "mcp"  # the MCP servers' namespace
+ROOT_NAMESPACE = "istio-system"  # policies here apply mesh-wide to the workloads they select
+GATEWAY = "mcp-gateway"  # the ingress Gateway (Istio and Gateway API) in ROOT_NAMESPACE
+APP = "mcp-authz"
+SECRET = "mcp-authz-secrets"
+PROVIDER = "mcp-authz"  # shared gRPC provider; HTTP: PROVIDER-<server>
+LOCAL_PROVIDER = "mcp-authz-local"  # the sidecar's provider
+LOCAL_GRPC_HOST = "ext-authz-grpc.local"
+LOCAL_HTTP_HOST = "ext-authz-http.local"
+SERVER_LABEL = "mcp-authz.io/server"  # shared layout: selects a workload, names its MCP server
+SIDECAR_LABEL = "mcp-authz.io/sidecar"  # set by the injection template
+CONFIG_ANNOTATION = "mcp-authz.io/config"  # sidecar layout: ConfigMap (and optional Secret) of the pod
+TEMPLATES_ANNOTATION = "inject.istio.io/templates"
+TEMPLATE = "mcp-authz"
+EXCLUDED_PATHS = ["/.well-known/*"]  # discovery: never checked
+PROTECTED_RESOURCE_PREFIX = rfc9728.WELL_KNOWN
+AUTHORIZATION_SERVER_PREFIXES = rfc8414.ROOT_PATHS
+
+
+@dataclass(frozen=True, slots=True)
+class Options:
+    image: str = k8s.IMAGE
+    namespace: str = NAMESPACE
+    mcp_namespace: str = MCP_NAMESPACE
+
+
+def _service_host(options: Options) -> str:
+    return f"{APP}.{options.namespace}.svc.cluster.local"
+
+
+def _http_mode(config: Config) -> bool:
+    return config.spec.envoy.authorizer == "http"
+
+
+# ---------------------------------------------------------------- MeshConfig extension providers
+
+
+def request_body(config: Config) -> dict[str, Any]:
+    """The body bound, as the standalone chain has it (a larger body: 413 before any Check)."""
+    return {"maxRequestBytes": config.spec.envoy.max_request_bytes, "allowPartialMessage": False, "packAsBytes": True}
+
+
+def _common(config: Config, service: str, port: int) -> dict[str, Any]:
+    return {
+        "service": service,
+        "port": port,
+        "timeout": f"{config.spec.envoy.timeout_ms / 1000:g}s",  # Istio's default is 600 s
+        "failOpen": False,
+        "statusOnError": "503",
+        "includeRequestBodyInCheck": request_body(config),
+    }
+
+
+def grpc_provider(config: Config, name: str, service: str, port: int) -> dict[str, Any]:
+    return {"name": name, "envoyExtAuthzGrpc": _common(config, service, port)}
+
+
+def http_provider(config: Config, name: str, service: str, port: int, server: Server | None) -> dict[str, Any]:
+    """The HTTP provider with the header lists ``authz.httpfront`` needs; ``server`` is named in a header."""
+    added = dict(envoy.HTTP_CONTEXT_HEADERS)
+    if server is None:
+        added.pop(envoy.HTTP_SERVER_HEADER)
+    else:
+        added[envoy.HTTP_SERVER_HEADER] = server.name
+    return {
+        "name": name,
+        "envoyExtAuthzHttp": {
+            **_common(config, service, port),
+            "includeRequestHeadersInCheck": envoy.http_request_headers(config),
+            "includeAdditionalHeadersInCheck": added,
+            "headersToUpstreamOnAllow": envoy.http_upstream_headers(config),
+            "headersToDownstreamOnDeny": list(envoy.HTTP_CLIENT_HEADERS),
+        },
+    }
+
+
+def shared_providers(config: Config, options: Options) -> list[dict[str, Any]]:
+    ports = k8s.Ports.of(config)
+    host = _service_host(options)
+    if not _http_mode(config):
+        return [grpc_provider(config, PROVIDER, host, ports.grpc)]
+    return [http_provider(config, f"{PROVIDER}-{s.name}", host, ports.http, s) for s in config.servers.values()]
+
+
+def local_provider(config: Config) -> dict[str, Any]:
+    ports = k8s.Ports.of(config)
+    if _http_mode(config):
+        return http_provider(config, LOCAL_PROVIDER, LOCAL_HTTP_HOST, ports.http, None)
+    return grpc_provider(config, LOCAL_PROVIDER, LOCAL_GRPC_HOST, ports.grpc)
+
+
+def shared_provider_name(config: Config, server: Server) -> str:
+    return f"{PROVIDER}-{server.name}" if _http_mode(config) else PROVIDER
+
+
+# ---------------------------------------------------------------- AuthorizationPolicy
+
+
+def authorization_policy(name: str, selector: dict[str, str], provider: str) -> dict[str, Any]:
+    """CUSTOM: every request to the selected workloads goes to ``provider`` except discovery paths."""
+    return {
+        "apiVersion": "security.istio.io/v1",
+        "kind": "AuthorizationPolicy",
+        "metadata": k8s.meta(name, ROOT_NAMESPACE),
+        "spec": {
+            "selector": {"matchLabels": selector},
+            "action": "CUSTOM",
+            "provider": {"name": provider},
+            "rules": [{"to": [{"operation": {"notPaths": list(EXCLUDED_PATHS)}}]}],
+        },
+    }
+
+
+def shared_policies(config: Config) -> list[dict[str, Any]]:
+    return [
+        authorization_policy(f"mcp-authz-{s.name}", {SERVER_LABEL: s.name}, shared_provider_name(config, s))
+        for s in config.servers.values()
+    ]
+
+
+# ---------------------------------------------------------------- discovery routing
+
+
+def discovery_matches(config: Config) -> list[tuple[str, str]]:
+    """(``prefix`` | ``exact``, path) for what the discovery service answers: RFC 9728 documents, the
+    mirrored RFC 8414 / OIDC documents (root forms by prefix, others exactly), development JWKS."""
+    result = [("prefix", PROTECTED_RESOURCE_PREFIX), *(("prefix", p) for p in AUTHORIZATION_SERVER_PREFIXES)]
+    for path in rfc8414.routes(config):
+        if not path.startswith(AUTHORIZATION_SERVER_PREFIXES):
+            result.append(("exact", path))
+    if any(i.local_key_file for i in config.issuers.values()):
+        result.append(("prefix", "/jwks/"))
+    return result
+
+
+def _hosts(config: Config) -> dict[str, list[Server]]:
+    hosts: dict[str, list[Server]] = {}
+    for server in config.servers.values():
+        hosts.setdefault(urlsplit(server.resource).hostname or "", []).append(server)
+    return hosts
+
+
+def _upstream_port(server: Server) -> int:
+    return int(server.upstream.rpartition(":")[2])
+
+
+def _slug(host: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in host.lower()).strip("-")
+
+
+def _server_paths(server: Server) -> tuple[str, str] | None:
+    base = server.path.rstrip("/")
+    return (base, base + "/") if base else None
+
+
+def virtual_services(config: Config, options: Options) -> list[dict[str, Any]]:
+    """Istio routing at the gateway: discovery paths to the discovery service, MCP paths to the servers."""
+    result = []
+    for host, servers in _hosts(config).items():
+        discovery = {
+            "name": "discovery",
+            "match": [{"uri": {kind: path}} for kind, path in discovery_matches(config)],
+            "route": [
+                {"destination": {"host": _service_host(options), "port": {"number": k8s.Ports.of(config).discovery}}}
+            ],
+        }
+        routes = [discovery]
+        for server in sorted(servers, key=lambda s: -len(s.path.rstrip("/"))):
+            paths = _server_paths(server)
+            match = (
+                [{"uri": {"exact": paths[0]}}, {"uri": {"prefix": paths[1]}}] if paths else [{"uri": {"prefix": "/"}}]
+            )
+            destination = {
+                "host": f"{server.name}.{options.mcp_namespace}.svc.cluster.local",
+                "port": {"number": _upstream_port(server)},
+            }
+            routes.append(
+                {"name": server.name, "match": match, "route": [{"destination": destination}], "timeout": "0s"}
+            )
+        result.append(
+            {
+                "apiVersion": "networking.istio.io/v1",
+                "kind": "VirtualService",
+                "metadata": k8s.meta(f"mcp-{_slug(host)}", options.mcp_namespace),
+                "spec": {"hosts": [host], "gateways": [f"{ROOT_NAMESPACE}/{GATEWAY}"], "http": routes},
+            }
+        )
+    return result
+
+
+def http_routes(config: Config, options: Options) -> list[dict[str, Any]]:
+    """The same routing as Gateway API ``HTTPRoute`` objects (and the ReferenceGrant the discovery
+    backend in the authorizer's namespace needs)."""
+    kinds = {"prefix": "PathPrefix", "exact": "Exact"}
+    discovery_backend = {"name": APP, "namespace": options.namespace, "port": k8s.Ports.of(config).discovery}
+    result: list[dict[str, Any]] = []
+    for host, servers in _hosts(config).items():
+        rules: list[dict[str, Any]] = [
+            {
+                "matches": [{"path": {"type": kinds[kind], "value": path}} for kind, path in discovery_matches(config)],
+                "backendRefs": [discovery_backend],
+            }
+        ]
+        for server in servers:
+            paths = _server_paths(server)
+            value = paths[0] if paths else "/"
+            rules.append(
+                {
+                    "matches": [{"path": {"type": "PathPrefix", "value": value}}],
+                    "backendRefs": [{"name": server.name, "port": _upstream_port(server)}],
+                    "timeouts": {"request": "0s"},  # SSE responses
+                }
+            )
+        result.append(
+            {
+                "apiVersion": "gateway.networking.k8s.io/v1",
+                "kind": "HTTPRoute",
+                "metadata": k8s.meta(f"mcp-{_slug(host)}", options.mcp_namespace),
+                "spec": {
+                    "parentRefs": [{"name": GATEWAY, "namespace": ROOT_NAMESPACE}],
+                    "hostnames": [host],
+                    "rules": rules,
+                },
+            }
+        )
+    result.append(
+        {
+            "apiVersion": "gateway.networking.k8s.io/v1beta1",
+            "kind": "ReferenceGrant",
+            "metadata": k8s.meta("mcp-discovery", options.namespace),
+            "spec": {
+                "from": [
+                    {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": options.mcp_namespace}
+                ],
+                "to": [{"group": "", "kind": "Service", "name": APP}],
+            },
+        }
+    )
+    return result
+
+
+# ---------------------------------------------------------------- the shared authorizer
+
+
+def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> list[dict[str, Any]]:
+    """ConfigMap, Secret, ServiceAccount, Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget."""
+    ports = k8s.Ports.of(config)
+    ns = options.namespace
+    text = k8s.pod_config(
+        raw,
+        grpc=f"0.0.0.0:{ports.grpc}",
+        discovery=f"0.0.0.0:{ports.discovery}",
+        http=f"0.0.0.0:{ports.http}" if ports.http else "",
+    )
+    selector = {"app.kubernetes.io/name": APP}
+    container = k8s.authorizer_container(options.image, ports, raw, SECRET, grpc_probe=True)
+    pod = {
+        "metadata": {"labels": selector},
+        "spec": {
+            "serviceAccountName": APP,
+            "automountServiceAccountToken": False,
+            "securityContext": {"runAsNonRoot": True, "fsGroup": k8s.UID},
+            "containers": [container],
+            "volumes": k8s.volumes(APP, SECRET, raw),
+        },
+    }
+    service_ports = [
+        {"name": "grpc-authz", "port": ports.grpc, "targetPort": ports.grpc, "appProtocol": "grpc"},
+        {"name": "http-discovery", "port": ports.discovery, "targetPort": ports.discovery, "appProtocol": "http"},
+    ]
+    if ports.http:
+        service_ports.append(
+            {"name": "http-authz", "port": ports.http, "targetPort": ports.http, "appProtocol": "http"}
+        )
+    return [
+        k8s.config_map(APP, ns, text),
+        k8s.secret(SECRET, ns, raw),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": k8s.meta(APP, ns)},
+        {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "metadata": k8s.meta(APP, ns),
+            "spec": {"replicas": 2, "selector": {"matchLabels": selector}, "template": pod},
+        },
+        {
+            "apiVersion": "v1",
+            "kind": "Service",
+            "metadata": k8s.meta(APP, ns),
+            "spec": {"selector": selector, "ports": service_ports},
+        },
+        {
+            "apiVersion": "autoscaling/v2",
+            "kind": "HorizontalPodAutoscaler",
+            "metadata": k8s.meta(APP, ns),
+            "spec": {
+                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
+                "minReplicas": 2,
+                "maxReplicas": 10,
+                "metrics": [
+                    {
+                        "type": "Resource",
+                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                    }
+                ],
+            },
+        },
+        {
+            "apiVersion": "policy/v1",
+            "kind": "PodDisruptionBudget",
+            "metadata": k8s.meta(APP, ns),
+            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
+        },
+    ]
+
+
+def mcp_servers(config: Config, options: Options) -> list[dict[str, Any]]:
+    """Example MCP server workloads for the shared layout: a Service named after each server (the
+    routing's backend) and a Deployment labelled for its CUSTOM policy. Replace the image."""
+    result: list[dict[str, Any]] = []
+    for server in config.servers.values():
+        port = _upstream_port(server)
+        labels = {"app": server.name}
+        result.append(
+            {
+                "apiVersion": "v1",
+                "kind": "Service",
+                "metadata": k8s.meta(server.name, options.mcp_namespace),
+                "spec": {"selector": labels, "ports": [{"name": "http-mcp", "port": port, "targetPort": port}]},
+            }
+        )
+        result.append(_mcp_deployment(server, options, {**labels, SERVER_LABEL: server.name}, {}))
+    return result
+
+
+def _mcp_deployment(
+    server: Server, options: Options, labels: dict[str, str], annotations: dict[str, str]
+) -> dict[str, Any]:
+    port = _upstream_port(server)
+    metadata: dict[str, Any] = {"labels": labels}
+    if annotations:
+        metadata["annotations"] = annotations
+    return {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": k8s.meta(server.name, options.mcp_namespace),
+        "spec": {
+            "replicas": 1,
+            "selector": {"matchLabels": {"app": server.name}},
+            "template": {
+                "metadata": metadata,
+                "spec": {
+                    "containers": [
+                        {
+                            "name": "mcp-server",
+                            "image": f"registry.example/{server.name}-mcp-server:latest",
+                            "ports": [{"name": "http-mcp", "containerPort": port}],
+                        }
+                    ]
+                },
+            },
+        },
+    }
+
+
+# ---------------------------------------------------------------- the sidecar layout
+
+
+def _local_config(config: Config, raw: dict[str, Any], server: Server) -> str:
+    ports = k8s.Ports.of(config)
+    return k8s.pod_config(
+        raw,
+        grpc=f"127.0.0.1:{ports.grpc}",  # only the pod's own Envoy reaches the Check
+        discovery=f"0.0.0.0:{ports.discovery}",  # kubelet probes /healthz, /readyz
+        http=f"127.0.0.1:{ports.http}" if ports.http else "",
+        servers=[server.name],
+    )
+
+
+def sidecar_config_name(server: Server) -> str:
+    return f"mcp-authz-{server.name}"
+
+
+def injection_template(config: Config, raw: dict[str, Any], options: Options) -> str:
+    """The custom injection template: a Pod patch Istio merges into annotated pods (Go template).
+
+    The pod's ``mcp-authz.io/config`` annotation names its ConfigMap and (optional) Secret.
+    """
+    ports = k8s.Ports.of(config)
+    name = "{{ index .ObjectMeta.Annotations `" + CONFIG_ANNOTATION + "` }}"
+    container = k8s.authorizer_container(options.image, ports, raw, name, grpc_probe=False)
+    for entry in container.get("env", []):
+        entry["valueFrom"]["secretKeyRef"]["optional"] = True
+    for mount in container["volumeMounts"]:
+        mount["name"] = f"mcp-authz-{mount['name']}"
+    pod_volumes = k8s.volumes(name, name, raw)
+    for volume in pod_volumes:
+        volume["name"] = f"mcp-authz-{volume['name']}"
+        if "secret" in volume:
+            volume["secret"]["optional"] = True
+    patch = {
+        "metadata": {"labels": {SIDECAR_LABEL: "true"}},
+        "spec": {"containers": [container], "volumes": pod_volumes},
+    }
+    return k8s.dump([patch], "")
+
+
+def sidecar_objects(config: Config, raw: dict[str, Any], options: Options) -> list[dict[str, Any]]:
+    """ServiceEntry for the local provider, the CUSTOM policy for injected pods, one ConfigMap per MCP
+    server, and each server's Deployment annotated for the injection template."""
+    ports = k8s.Ports.of(config)
+    http = _http_mode(config)
+    entry = {
+        "apiVersion": "networking.istio.io/v1",
+        "kind": "ServiceEntry",
+        "metadata": k8s.meta(LOCAL_PROVIDER, ROOT_NAMESPACE),
+        "spec": {
+            "hosts": [LOCAL_HTTP_HOST if http else LOCAL_GRPC_HOST],
+            "endpoints": [{"address": "127.0.0.1"}],
+            "ports": [
+                {"name": "http" if http else "grpc", "number": ports.http if http else ports.grpc}
+                | {"protocol": "HTTP" if http else "GRPC"}
+            ],
+            "resolution": "STATIC",
+        },
+    }
+    objects = [entry, authorization_policy(LOCAL_PROVIDER, {SIDECAR_LABEL: "true"}, LOCAL_PROVIDER)]
+    for server in config.servers.values():
+        objects.append(
+            k8s.config_map(sidecar_config_name(server), options.mcp_namespace, _local_config(config, raw, server))
+        )
+    for server in config.servers.values():
+        annotations = {TEMPLATES_ANNOTATION: f"sidecar,{TEMPLATE}", CONFIG_ANNOTATION: sidecar_config_name(server)}
+        objects.append(_mcp_deployment(server, options, {"app": server.name}, annotations))
+    return objects
+
+
+# ---------------------------------------------------------------- MeshConfig + injection template
+
+
+def istio_operator(config: Config, raw: dict[str, Any], options: Options) -> dict[str, Any]:
+    """An IstioOperator overlay: the extension providers and the injection template (Helm: the same
+    ``meshConfig`` and ``sidecarInjectorWebhook`` values of the istiod chart)."""
+    return {
+        "apiVersion": "install.istio.io/v1alpha1",
+        "kind": "IstioOperator",
+        "metadata": {"name": "mcp-authz", "namespace": ROOT_NAMESPACE},
+        "spec": {
+            "meshConfig": {"extensionProviders": [*shared_providers(config, options), local_provider(config)]},
+            "values": {"sidecarInjectorWebhook": {"templates": {TEMPLATE: injection_template(config, raw, options)}}},
+        },
+    }
+
+
+# ---------------------------------------------------------------- files
+
+
+def render_istio(config: Config, raw: dict[str, Any], options: Options | None = None) -> dict[str, str]:
+    """File name → text of every file in deploy/istio/ (README.md aside)."""
+    options = options or Options()
+    if not _http_mode(config) and len(config.servers) > 1:
+        raise ValueError(
+            "Istio's gRPC provider sends no per-route context extension, so one shared authorizer can tell "
+            "several MCP servers apart only with envoy.authorizer: http (a provider per server); "
+            "otherwise render one config per MCP server"
+        )
+    source = config.source or "<config>"
+    header = (
+        f"# Generated by mcp-authz from {source}. Do not edit by hand.\n"
+        f"# Regenerate: mcp-authz render istio -c {source} -o <this directory>\n"
+    )
+    return {
+        "mesh-config.yaml": k8s.dump([istio_operator(config, raw, options)], header),
+        "authorizer.yaml": k8s.dump(shared_authorizer(config, raw, options), header),
+        "authorization-policy.yaml": k8s.dump(shared_policies(config), header),
+        "virtual-service.yaml": k8s.dump(virtual_services(config, options), header),
+        "http-route.yaml": k8s.dump(http_routes(config, options), header),
+        "mcp-servers.yaml": k8s.dump(mcp_servers(config, options), header),
+        "sidecar.yaml": k8s.dump(sidecar_objects(config, raw, options), header),
+    }

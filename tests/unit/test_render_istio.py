@@ -1,0 +1,273 @@
+"""authz.render.istio: the Istio objects carry the fields and values issue 7 names, both providers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from authz.cli import main
+from authz.config import Config, parse_config
+from authz.identity.devkey import ensure_key
+from authz.render import envoy, istio, k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def key(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return ensure_key(tmp_path_factory.mktemp("key") / "signing-key.pem")
+
+
+def spec(key: Path, *, authorizer: str = "grpc", servers: int = 1) -> dict[str, Any]:
+    listen = {"grpc": "127.0.0.1:9191", "discovery": "127.0.0.1:9192"}
+    if authorizer == "http":
+        listen["http"] = "127.0.0.1:9193"
+    entries: list[dict[str, Any]] = [
+        {
+            "name": "demo",
+            "resource": "https://mcp.example.com/mcp",
+            "upstream": "127.0.0.1:8000",
+            "proxy": {"preset": "oauth2-proxy", "trusted_cidrs": ["10.0.0.0/8"]},
+            "identity": ["jwt", "proxy"],
+        },
+        {"name": "tools", "resource": "https://tools.example.com/", "upstream": "127.0.0.1:8001"},
+    ]
+    return {
+        "listen": listen,
+        "issuers": [
+            {"name": "dev", "issuer": "https://mcp.example.com/dev", "local_key_file": str(key)},
+            {"name": "corp", "issuer": "https://login.example.com/tenant", "jwks_uri": "https://login.example.com/k"},
+            {"name": "cloud", "issuer": "https://id.example.net", "jwks_uri": "https://id.example.net/keys"},
+        ],
+        "servers": entries[:servers],
+        "envoy": {"listen": "127.0.0.1:8080", "authorizer": authorizer, "max_request_bytes": 65536, "timeout_ms": 300},
+    }
+
+
+def load(data: dict[str, Any]) -> tuple[Config, dict[str, Any]]:
+    text = yaml.safe_dump(data)
+    return parse_config(text, "test.yaml"), yaml.safe_load(text)
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def providers(files: dict[str, str]) -> dict[str, dict[str, Any]]:
+    [operator] = docs(files["mesh-config.yaml"])
+    return {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
+
+
+def test_grpc_provider_has_only_the_grpc_fields(key: Path) -> None:
+    files = istio.render_istio(*load(spec(key)))
+    provider = providers(files)[istio.PROVIDER]
+    assert set(provider) == {"name", "envoyExtAuthzGrpc"}
+    grpc = provider["envoyExtAuthzGrpc"]
+    allowed = {
+        "service",
+        "port",
+        "timeout",
+        "failOpen",
+        "clearRouteCache",
+        "statusOnError",
+        "includeRequestBodyInCheck",
+    }
+    assert set(grpc) <= allowed  # headersTo*/includeRequestHeadersInCheck exist on the HTTP provider only
+    assert grpc["timeout"] == "0.3s"  # always set: Istio's default is 600 s
+    assert grpc["failOpen"] is False
+    assert grpc["statusOnError"] == "503"
+    assert grpc["includeRequestBodyInCheck"] == {
+        "maxRequestBytes": 65536,
+        "allowPartialMessage": False,
+        "packAsBytes": True,
+    }
+    assert grpc["service"] == "mcp-authz.mcp-authz.svc.cluster.local" and grpc["port"] == 9191
+
+
+def test_custom_policy_selects_the_mcp_workload_and_skips_discovery(key: Path) -> None:
+    config, raw = load(spec(key))
+    [policy] = docs(istio.render_istio(config, raw)["authorization-policy.yaml"])
+    assert policy["apiVersion"] == "security.istio.io/v1"
+    assert policy["spec"]["action"] == "CUSTOM"
+    assert policy["spec"]["provider"] == {"name": istio.PROVIDER}
+    assert policy["spec"]["selector"] == {"matchLabels": {istio.SERVER_LABEL: "demo"}}
+    assert policy["spec"]["rules"] == [{"to": [{"operation": {"notPaths": ["/.well-known/*"]}}]}]
+
+
+def test_http_provider_per_server_with_the_header_lists_of_the_envoy_chain(key: Path) -> None:
+    config, raw = load(spec(key, authorizer="http", servers=2))
+    files = istio.render_istio(config, raw)
+    found = providers(files)
+    assert set(found) == {"mcp-authz-demo", "mcp-authz-tools", istio.LOCAL_PROVIDER}
+    bootstrap = envoy.render_envoy(config)
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    filter_config = manager["http_filters"][0]["typed_config"]
+    service = filter_config["http_service"]
+
+    def names(matcher: dict[str, Any]) -> list[str]:
+        return [p["exact"] for p in matcher["patterns"]]
+
+    for name in ("demo", "tools"):
+        http = found[f"mcp-authz-{name}"]["envoyExtAuthzHttp"]
+        assert http["port"] == 9193 and http["failOpen"] is False and http["timeout"] == "0.3s"
+        assert http["includeRequestHeadersInCheck"] == names(filter_config["allowed_headers"])
+        assert "x-auth-request-user" in http["includeRequestHeadersInCheck"]  # the trusted proxy's header
+        assert not [h for h in http["includeRequestHeadersInCheck"] if h.startswith("x-mcp-authz-")]
+        assert http["headersToUpstreamOnAllow"] == names(service["authorization_response"]["allowed_upstream_headers"])
+        assert "x-mcp-subject" in http["headersToUpstreamOnAllow"]
+        assert http["headersToDownstreamOnDeny"] == names(service["authorization_response"]["allowed_client_headers"])
+        assert "www-authenticate" in http["headersToDownstreamOnDeny"]
+        added = http["includeAdditionalHeadersInCheck"]
+        assert added[envoy.HTTP_SERVER_HEADER] == name  # names the server: no context extension in Istio
+        envoy_added = {h["key"]: h["value"] for h in service["authorization_request"]["headers_to_add"]}
+        assert {k: v for k, v in added.items() if k != envoy.HTTP_SERVER_HEADER} == {
+            k: v for k, v in envoy_added.items() if k != envoy.HTTP_SERVER_HEADER
+        }
+    local = found[istio.LOCAL_PROVIDER]["envoyExtAuthzHttp"]
+    assert local["service"] == istio.LOCAL_HTTP_HOST
+    assert envoy.HTTP_SERVER_HEADER not in local["includeAdditionalHeadersInCheck"]  # a sidecar serves one server
+    policies = {
+        p["spec"]["selector"]["matchLabels"][istio.SERVER_LABEL]: p for p in docs(files["authorization-policy.yaml"])
+    }
+    assert {k: p["spec"]["provider"]["name"] for k, p in policies.items()} == {
+        "demo": "mcp-authz-demo",
+        "tools": "mcp-authz-tools",
+    }
+    [entry] = [d for d in docs(files["sidecar.yaml"]) if d["kind"] == "ServiceEntry"]
+    assert entry["spec"]["hosts"] == [istio.LOCAL_HTTP_HOST]
+    assert entry["spec"]["ports"] == [{"name": "http", "number": 9193, "protocol": "HTTP"}]
+    service_ports = {
+        p["name"] for d in docs(files["authorizer.yaml"]) if d["kind"] == "Service" for p in d["spec"]["ports"]
+    }
+    assert service_ports == {"grpc-authz", "http-discovery", "http-authz"}
+
+
+def test_grpc_with_several_servers_is_refused(key: Path) -> None:
+    config, raw = load(spec(key, servers=2))
+    with pytest.raises(ValueError, match=r"envoy\.authorizer: http"):
+        istio.render_istio(config, raw)
+
+
+def test_sidecar_service_entry_as_istio_sample(key: Path) -> None:
+    files = istio.render_istio(*load(spec(key)))
+    entry, policy = docs(files["sidecar.yaml"])[:2]
+    assert entry["kind"] == "ServiceEntry"
+    assert entry["spec"] == {
+        "hosts": ["ext-authz-grpc.local"],
+        "endpoints": [{"address": "127.0.0.1"}],
+        "ports": [{"name": "grpc", "number": 9191, "protocol": "GRPC"}],
+        "resolution": "STATIC",
+    }
+    assert policy["spec"]["provider"] == {"name": istio.LOCAL_PROVIDER}
+    assert policy["spec"]["selector"] == {"matchLabels": {istio.SIDECAR_LABEL: "true"}}
+    local = providers(files)[istio.LOCAL_PROVIDER]["envoyExtAuthzGrpc"]
+    assert local["service"] == "ext-authz-grpc.local" and local["port"] == 9191
+
+
+def test_routing_both_apis(key: Path) -> None:
+    config, raw = load(spec(key, authorizer="http", servers=2))
+    files = istio.render_istio(config, raw)
+    expected = [
+        ("prefix", "/.well-known/oauth-protected-resource"),
+        ("prefix", "/.well-known/oauth-authorization-server"),
+        ("prefix", "/.well-known/openid-configuration"),
+        ("exact", "/tenant/.well-known/openid-configuration"),  # OIDC appended form of a path issuer
+        ("prefix", "/jwks/"),  # the development issuer's keys
+    ]
+    assert istio.discovery_matches(config) == expected
+    services = {d["spec"]["hosts"][0]: d for d in docs(files["virtual-service.yaml"])}
+    assert set(services) == {"mcp.example.com", "tools.example.com"}
+    routes = services["mcp.example.com"]["spec"]["http"]
+    assert routes[0]["route"][0]["destination"]["host"] == "mcp-authz.mcp-authz.svc.cluster.local"
+    assert routes[1]["match"] == [{"uri": {"exact": "/mcp"}}, {"uri": {"prefix": "/mcp/"}}]
+    assert services["tools.example.com"]["spec"]["http"][1]["match"] == [{"uri": {"prefix": "/"}}]
+    assert services["mcp.example.com"]["spec"]["gateways"] == ["istio-system/mcp-gateway"]
+    http_routes = [d for d in docs(files["http-route.yaml"]) if d["kind"] == "HTTPRoute"]
+    assert {r["spec"]["hostnames"][0] for r in http_routes} == set(services)
+    for route in http_routes:
+        assert route["spec"]["parentRefs"] == [{"name": "mcp-gateway", "namespace": "istio-system"}]
+        assert route["spec"]["rules"][0]["backendRefs"] == [
+            {"name": "mcp-authz", "namespace": "mcp-authz", "port": 9192}
+        ]
+    [grant] = [d for d in docs(files["http-route.yaml"]) if d["kind"] == "ReferenceGrant"]
+    assert grant["metadata"]["namespace"] == "mcp-authz"
+    assert grant["spec"]["from"][0]["namespace"] == "mcp"
+
+
+def test_authorizer_hardening(key: Path) -> None:
+    config, raw = load(spec(key))
+    objects = {d["kind"]: d for d in docs(istio.render_istio(config, raw)["authorizer.yaml"])}
+    assert set(objects) == {
+        "ConfigMap",
+        "Secret",
+        "ServiceAccount",
+        "Deployment",
+        "Service",
+        "HorizontalPodAutoscaler",
+        "PodDisruptionBudget",
+    }
+    pod = objects["Deployment"]["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["securityContext"] == {
+        "runAsNonRoot": True,
+        "runAsUser": k8s.UID,
+        "runAsGroup": k8s.UID,
+        "readOnlyRootFilesystem": True,
+        "allowPrivilegeEscalation": False,
+        "capabilities": {"drop": ["ALL"]},
+        "seccompProfile": {"type": "RuntimeDefault"},
+    }
+    assert container["resources"]["requests"] == {"cpu": "250m", "memory": "128Mi"}
+    assert pod["automountServiceAccountToken"] is False
+    config = yaml.safe_load(objects["ConfigMap"]["data"]["config.yaml"])
+    assert config["listen"] == {"grpc": "0.0.0.0:9191", "discovery": "0.0.0.0:9192", "http": ""}
+    assert config["issuers"][0]["local_key_file"] == f"{k8s.KEYS_DIR}/dev.pem"
+    assert objects["Secret"]["stringData"] == {"dev.pem": ""}
+    mounts = {m["mountPath"] for m in container["volumeMounts"]}
+    assert {k8s.CONFIG_DIR, k8s.KEYS_DIR, "/tmp"} <= mounts
+    assert objects["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
+    assert objects["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2
+
+
+def test_secrets_come_from_the_secret_through_the_environment(key: Path) -> None:
+    """``${NAME}`` stays a reference in the ConfigMap; the Deployment takes NAME from the Secret."""
+    data = spec(key)
+    data["issuers"][1]["jwks_uri"] = "https://login.example.com/k?tenant=${TENANT_TOKEN}"
+    text = yaml.safe_dump(data)
+    config = parse_config(text.replace("${TENANT_TOKEN}", "x"), "test.yaml")
+    files = istio.render_istio(config, yaml.safe_load(text))
+    objects = {d["kind"]: d for d in docs(files["authorizer.yaml"])}
+    assert "${TENANT_TOKEN}" in objects["ConfigMap"]["data"]["config.yaml"]
+    assert objects["Secret"]["stringData"] == {"TENANT_TOKEN": "", "dev.pem": ""}
+    [container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
+    assert container["env"] == [
+        {
+            "name": "TENANT_TOKEN",
+            "valueFrom": {"secretKeyRef": {"name": "mcp-authz-secrets", "key": "TENANT_TOKEN", "optional": False}},
+        }
+    ]
+    [operator] = docs(files["mesh-config.yaml"])
+    # the sidecar template takes the same variable from the pod's own Secret
+    assert "TENANT_TOKEN" in operator["spec"]["values"]["sidecarInjectorWebhook"]["templates"]["mcp-authz"]
+
+
+def test_cli_writes_the_directory_and_refuses_bad_input(
+    tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text(yaml.safe_dump(spec(key)), encoding="utf-8")
+    out = tmp_path / "istio"
+    assert main(["render", "istio", "-c", str(good), "-o", str(out), "--image", "registry.example/authz:1"]) == 0
+    assert {p.name for p in out.iterdir()} == set(istio.render_istio(*load(spec(key))))
+    assert "registry.example/authz:1" in (out / "authorizer.yaml").read_text(encoding="utf-8")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(spec(key, servers=2)), encoding="utf-8")
+    empty = tmp_path / "nothing"
+    assert main(["render", "istio", "-c", str(bad), "-o", str(empty)]) == 2
+    assert "envoy.authorizer: http" in capsys.readouterr().err
+    assert not empty.exists()  # nothing written
+    assert main(["render", "kubernetes", "-c", str(good), "-o", str(tmp_path / "k.yaml")]) == 0
+    assert "kind: Deployment" in (tmp_path / "k.yaml").read_text(encoding="utf-8")
