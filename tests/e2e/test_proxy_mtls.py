@@ -89,13 +89,18 @@ def start_mtls_stack(
     sample_server: Factory[SampleServer],
     authorizer: Factory[Authorizer],
     envoy: Factory[Envoy],
+    http_authorizer: bool = False,
 ) -> MtlsStack:
+    """`http_authorizer`: Envoy's HTTP ext_authz (`envoy.authorizer: http`) instead of gRPC."""
     pki = make_pki(log_dir / f"{name}-pki", [PROXY_ID, OTHER_ID])
     sample = sample_server()
     port, optional_port = free_port(), free_port()
     dev_key = devkey.ensure_key(log_dir / f"{name}-dev-key.pem")
+    listen = {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"}
+    if http_authorizer:
+        listen["http"] = f"127.0.0.1:{free_port()}"
     spec = {
-        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
+        "listen": listen,
         "issuers": [{"name": "dev", "issuer": f"https://127.0.0.1:{port}/dev", "local_key_file": str(dev_key)}],
         "servers": [
             {
@@ -113,7 +118,12 @@ def start_mtls_stack(
                 "policy": POLICY,
             }
         ],
-        "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port(), "timeout_ms": 2000},
+        "envoy": {
+            "listen": f"127.0.0.1:{port}",
+            "admin_port": free_port(),
+            "timeout_ms": 2000,
+            "authorizer": "http" if http_authorizer else "grpc",
+        },
     }
     text = yaml.safe_dump(spec, sort_keys=False)
     config_path = log_dir / f"{name}-authz.yaml"
@@ -233,6 +243,46 @@ def test_group_rule_allows_admins_and_refuses_others(mtls: MtlsStack) -> None:
     other = call(mtls.proxy_url, "admin_reset", ALICE)
     assert other.status_code == 403, other.text
     assert mtls.sample.tool_calls() == ["admin_reset"]  # the second call never reached the server
+
+
+# ---------------------------------------------------------------- Envoy's HTTP ext_authz
+
+
+def test_http_authorizer_sees_the_proxy_headers_and_the_peer(
+    e2e_log_dir: Path,
+    sample_server: Factory[SampleServer],
+    authorizer: Factory[Authorizer],
+    envoy: Factory[Envoy],
+) -> None:
+    """With `envoy.authorizer: http` the rendered filter sends the proxy's headers (allowed_headers) and
+    the peer's URI SAN (x-mcp-authz-peer-uri-san); upstream gets the identity, not the proxy's headers."""
+    stack = start_mtls_stack(
+        e2e_log_dir,
+        "proxy-http",
+        {"trusted_principals": [PROXY_ID]},
+        sample_server=sample_server,
+        authorizer=authorizer,
+        envoy=envoy,
+        http_authorizer=True,
+    )
+    try:
+        allowed = call(stack.proxy_url, "echo_headers", {**ALICE, "x-mcp-subject": "mallory"})
+        assert allowed.status_code == 200, allowed.text
+        [headers] = seen_headers(stack.sample)
+        assert (headers["x-mcp-subject"], headers["x-tenant-id"]) == ("alice", "tenant-7")
+        assert "x-authenticated-user" not in headers and "x-authenticated-groups" not in headers
+        admin = call(
+            stack.proxy_url, "admin_reset", {"x-authenticated-user": "root", "x-authenticated-groups": "admins"}
+        )
+        assert admin.status_code == 200, admin.text
+        assert call(stack.proxy_url, "admin_reset", ALICE).status_code == 403
+        stack.sample.clear_logs()
+        for url, client in ((stack.gateway_url(), OTHER_ID), (stack.gateway_url(optional=True), None)):
+            refused = call(url, "echo_headers", ALICE, tls=stack.tls(client))
+            assert refused.status_code == 401, (client, refused.text)
+        assert stack.sample.requests() == []
+    finally:
+        stack.stop()
 
 
 # ---------------------------------------------------------------- trust by source address only
