@@ -189,7 +189,7 @@ class Authorizer:
         old = self.webhook
         if old is not None and old.spec == spec:
             return
-        self.webhook = WebhookSink(spec) if spec is not None else None
+        self.webhook = WebhookSink(spec, self.config.secret_keys) if spec is not None else None
         self.audit.sink = self.webhook.submit if self.webhook is not None else None
         if self.webhook is not None:
             self.webhook.start()

@@ -473,7 +473,8 @@ class ExtProcSpec(_Spec):
 class WebhookSpec(_Spec):
     url: str = Field(description="Where batches of audit events are POSTed (a JSON array per request).")
     secret: str = Field(
-        description="HMAC-SHA256 key signing each batch (`X-Mcp-Authz-Signature`); use `${ENV}`. Never logged."
+        description="HMAC-SHA256 key signing each batch (`X-Mcp-Authz-Signature`): `${ENV}` or `v2:` "
+        "(see `secrets`), at least 16 bytes. Never logged."
     )
     batch_size: int = Field(100, ge=1, le=10000, description="Events per POST at most.")
     flush_interval: float = Field(
@@ -1153,6 +1154,8 @@ def compile_config(spec: ConfigSpec, source: str = "") -> Config:
         if compiled is not None:
             servers[s.name] = _compile_upstream(compiled, s, secret_keys, errors, k)
     approvals = _compile_approvals(spec.approvals, secret_keys, errors)
+    if spec.audit.webhook is not None:  # checked here; the sink decrypts it again with the same keys
+        _secret(spec.audit.webhook.secret, "audit.webhook.secret", secret_keys, errors)
     if errors:
         raise ConfigError(errors)
     return Config(

@@ -20,13 +20,14 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from urllib.parse import urlsplit
 
 import aiohttp
 
 from authz import telemetry
 from authz.config import WebhookSpec
+from authz.upstream.secrets import reveal
 
 log = logging.getLogger("mcp_authz.webhook")
 
@@ -61,13 +62,14 @@ class WebhookSink:
     def __init__(
         self,
         spec: WebhookSpec,
+        keys: Sequence[bytes] = (),
         *,
         backoff: float = BACKOFF,
         max_backoff: float = MAX_BACKOFF,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.spec = spec
-        self._secret = spec.secret.encode("utf-8")
+        self._secret = reveal(spec.secret, keys).reveal().encode("utf-8")  # plain, or `v2:` with `secrets.keys`
         self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None

@@ -24,8 +24,9 @@ from conftest import STATELESS, dev_stack, server_spec, tool_call
 from authz import telemetry
 from authz.app import Authorizer
 from authz.audit import STREAM, Auditor
-from authz.config import WebhookSpec
+from authz.config import ConfigError, WebhookSpec
 from authz.httpfront import start_http
+from authz.upstream.secrets import encrypt
 from authz.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify
 
 SECRET = "webhook-secret-0123456789abcdef"
@@ -223,3 +224,21 @@ def test_webhook_settings_are_validated() -> None:
         WebhookSpec.model_validate({"url": "https://hooks.test/a", "secret": "short"})
     with pytest.raises(ValueError, match="http"):
         WebhookSpec.model_validate({"url": "ftp://hooks.test/a", "secret": SECRET})
+
+
+async def test_an_encrypted_secret_signs_and_a_bad_one_is_refused_at_load(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    key = "k" * 32
+    hook = {"url": receiver.url, "secret": encrypt(SECRET, key.encode()), "flush_interval": 0.05}
+    stack = dev_stack(tmp_path, [server_spec()], secrets={"keys": [key]}, audit={"webhook": hook})
+    sink = WebhookSink(stack.config.spec.audit.webhook, stack.config.secret_keys)  # type: ignore[arg-type]
+    sink.start()
+    try:
+        sink.submit('{"n":1}')
+        await until(lambda: sink.sent == 1, "the batch sent")
+    finally:
+        await sink.stop()
+    assert receiver.events == [{"n": 1}] and receiver.bad_signatures == 0
+    with pytest.raises(ConfigError, match=r"audit\.webhook\.secret"):
+        dev_stack(tmp_path, [server_spec()], secrets={"keys": ["x" * 32]}, audit={"webhook": hook})
