@@ -70,17 +70,17 @@ def shown_headers(config: Config, decision: Decision) -> dict[str, str]:
 
 
 def offline_checker(live: Checker, store: Store) -> Checker:
-    """The live config and verifier (its cached keys) over a read-only view of the store."""
-    checker = Checker(live.config, live.verifier)
-    if hasattr(live, "store"):
-        checker.store = DryRunStore(store)  # type: ignore[attr-defined]
-    return checker
+    """The live config and verifier (its cached keys) over a read-only view of the store; no approval
+    is asked for and no upstream credential is fetched."""
+    return Checker(live.config, live.verifier, store=DryRunStore(store))
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
-    """``checker`` is read once per call (a reload swaps it); ``store`` is the process's one store."""
+    """``checker`` and ``store`` are read once per call (a reload may replace either)."""
 
-    def __init__(self, checker: Callable[[], Checker], store: Store, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, checker: Callable[[], Checker], store: Callable[[], Store], clock: Callable[[], float] = time.time
+    ) -> None:
         self._checker = checker
         self._store = store
         self._clock = clock
@@ -93,7 +93,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
             expires_at = _epoch("expires_at", request.expires_at)
             if expires_at <= self._clock():
                 raise InvalidArgument("expires_at is in the past: the token is refused as expired already")
-            await self._store.revoke_token(jti, expires_at)
+            await self._store().revoke_token(jti, expires_at)
         except (InvalidArgument, StoreError) as exc:
             await _abort(context, exc)
         log.info("admin: token revoked", extra={"jti": jti, "expires_at": expires_at, "peer": context.peer()})
@@ -105,7 +105,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             subject = _required("subject", request.subject)
             before = _epoch("before", request.before) if request.HasField("before") else self._clock()
-            await self._store.revoke_subject(subject, before)
+            await self._store().revoke_subject(subject, before)
         except (InvalidArgument, StoreError) as exc:
             await _abort(context, exc)
         log.info("admin: subject revoked", extra={"subject": subject, "before": before, "peer": context.peer()})
@@ -117,7 +117,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         server = request.server if request.HasField("server") else None
         subject = request.subject if request.HasField("subject") else None
         try:
-            bindings = await self._store.sessions(server=server, subject=subject)
+            bindings = await self._store().sessions(server=server, subject=subject)
         except StoreError as exc:
             await _abort(context, exc)
         return admin_pb2.ListSessionsResponse(
@@ -133,7 +133,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             server = _required("server", request.server)
             session_id = _required("session_id", request.session_id)
-            ended = await self._store.end_session(server, session_id)
+            ended = await self._store().end_session(server, session_id)
         except (InvalidArgument, StoreError) as exc:
             await _abort(context, exc)
         log.info("admin: session ended", extra={"server": server, "ended": ended, "peer": context.peer()})
@@ -142,7 +142,7 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Explain(
         self, request: admin_pb2.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ExplainResponse:
-        checker = offline_checker(self._checker(), self._store)
+        checker = offline_checker(self._checker(), self._store())
         decision = await checker.check(explain_request(request))
         return admin_pb2.ExplainResponse(
             decision="allow" if decision.allowed else "deny",

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import jwt
 import pytest
 from conftest import DevStack, dev_stack, make_config, policy, server_spec, tool_call
 from cryptography import x509
@@ -52,7 +53,8 @@ def _stack(tmp_path: Path) -> DevStack:
         {"name": "read", "tools": ["search"], "scopes": ["tools:read"]},
         {"name": "write", "tools": ["delete_repo"], "scopes": ["tools:write"]},
     )
-    return dev_stack(tmp_path, [server_spec(policy=rules)])
+    limits = [{"name": "search", "per": "subject_tool", "tools": ["search"], "limit": 2, "window": 60}]
+    return dev_stack(tmp_path, [server_spec(policy=rules, rate_limits=limits)])
 
 
 @pytest.fixture
@@ -60,7 +62,7 @@ async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     stack = _stack(tmp_path)
     store = MemoryStore()
     spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
-    server, port = await start_admin(spec, AdminService(lambda: stack.checker, store))
+    server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
     try:
         yield Admin(f"127.0.0.1:{port}", store, stack)
     finally:
@@ -168,6 +170,34 @@ async def test_explain_runs_the_live_check(admin: Admin, tmp_path: Path, capsys:
     assert (code, out["status"], out["reason"]) == (1, 401, "token_missing")
 
 
+async def test_explain_sees_the_store_and_changes_nothing(
+    admin: Admin, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Explain reads revocations and session owners from the live store, binds nothing, spends no limit."""
+    token = admin.stack.token(scopes=["tools:read"])
+    jti = jwt.decode(token, options={"verify_signature": False})["jti"]
+    search = _request_file(tmp_path, tool_call("search"))
+    code, out, _ = await cli(capsys, *with_token(admin, "explain", "--request", search, "--bearer", token))
+    assert (code, out["decision"], out["rule"]) == (0, "allow", "read")
+
+    await admin.store.revoke_token(jti, time.time() + 600)
+    code, out, _ = await cli(capsys, *with_token(admin, "explain", "--request", search, "--bearer", token))
+    assert (code, out["status"], out["reason"]) == (1, 401, "token_revoked")
+
+    fresh = admin.stack.token(scopes=["tools:read"])
+    handshake = {"mcp-protocol-version": "2025-11-25"}
+    await admin.store.bind_session("mcp", "sess-bob", "bob", 300)
+    taken = _request_file(tmp_path, tool_call("search"), headers={**handshake, "mcp-session-id": "sess-bob"})
+    code, out, _ = await cli(capsys, *with_token(admin, "explain", "--request", taken, "--bearer", fresh))
+    assert (code, out["status"], out["reason"]) == (1, 404, "session_hijack")
+
+    new = _request_file(tmp_path, tool_call("search"), headers={**handshake, "mcp-session-id": "sess-new"})
+    for _ in range(3):  # over the limit of 2 if explain counted
+        code, out, _ = await cli(capsys, *with_token(admin, "explain", "--request", new, "--bearer", fresh))
+        assert (code, out["decision"]) == (0, "allow")
+    assert [b.session_id for b in await admin.store.sessions()] == ["sess-bob"]  # sess-new was not bound
+
+
 async def test_explain_never_shows_a_credential(tmp_path: Path) -> None:
     """Headers set upstream other than the identity headers are redacted in the answer."""
     from authz.admin.service import shown_headers
@@ -230,7 +260,7 @@ def test_config_refuses_an_unguarded_admin_api() -> None:
 async def test_server_refuses_to_start_unguarded() -> None:
     spec = AdminSpec.model_construct(listen="127.0.0.1:0", token=None, tls_cert=None, tls_key=None, client_ca=None)
     with pytest.raises(ValueError, match="refused to start"):
-        await start_admin(spec, AdminService(lambda: None, MemoryStore()))  # type: ignore[arg-type,return-value]
+        await start_admin(spec, AdminService(lambda: None, MemoryStore))  # type: ignore[arg-type,return-value]
 
 
 # ---------------------------------------------------------------- mTLS
@@ -318,7 +348,7 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(
         }
     )
     stack = _stack(tmp_path)
-    server, port = await start_admin(spec, AdminService(lambda: stack.checker, store))
+    server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
     base = ["admin", "--address", f"localhost:{port}", "--ca", str(pki.ca), "--timeout", "3"]
     exp = str(time.time() + 600)
     try:
