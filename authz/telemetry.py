@@ -31,6 +31,7 @@ log = logging.getLogger("mcp_authz.telemetry")
 METER = "mcp_authz"
 MAX_SERIES = 2000  # per metric; further label combinations are counted under OVERFLOW
 OVERFLOW = "_overflow"
+EXPORT_TIMEOUT = 5.0  # seconds for one OTLP export (bounds a shutdown while the collector is down)
 MAX_LABEL = 128  # characters of a client-supplied label value (tool names) kept
 CHECK_BUCKETS = (0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
@@ -295,7 +296,12 @@ def _setup_metrics(settings: Settings, resource: Any, extra: Iterable[Any]) -> N
     readers = list(extra)
     if settings.otlp_endpoint:
         exporter = _otlp_metric_exporter(settings)
-        readers.append(PeriodicExportingMetricReader(exporter, export_interval_millis=settings.export_interval * 1000))
+        interval = settings.export_interval * 1000
+        readers.append(
+            PeriodicExportingMetricReader(
+                exporter, export_interval_millis=interval, export_timeout_millis=EXPORT_TIMEOUT * 1000
+            )
+        )
     if readers:
         provider = MeterProvider(metric_readers=readers, resource=resource)
         meter = _observe_counts(provider)
@@ -362,7 +368,8 @@ def _setup_traces(settings: Settings, resource: Any, exporter: Any) -> None:
     if exporter is not None:
         provider.add_span_processor(SimpleSpanProcessor(exporter))
     else:
-        provider.add_span_processor(BatchSpanProcessor(_otlp_span_exporter(settings)))
+        processor = BatchSpanProcessor(_otlp_span_exporter(settings), export_timeout_millis=EXPORT_TIMEOUT * 1000)
+        provider.add_span_processor(processor)
     _rt.tracer = provider.get_tracer(METER)
     _rt.propagator = TraceContextTextMapPropagator()
     _rt.shutdown.append(provider.shutdown)
@@ -376,20 +383,20 @@ def _otlp_metric_exporter(settings: Settings) -> Any:
     if settings.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
 
-        return GrpcMetrics(endpoint=settings.otlp_endpoint)
+        return GrpcMetrics(endpoint=settings.otlp_endpoint, timeout=EXPORT_TIMEOUT)
     from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
 
-    return OTLPMetricExporter(endpoint=_otlp_url(settings, "metrics"))
+    return OTLPMetricExporter(endpoint=_otlp_url(settings, "metrics"), timeout=EXPORT_TIMEOUT)
 
 
 def _otlp_span_exporter(settings: Settings) -> Any:
     if settings.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
 
-        return GrpcSpans(endpoint=settings.otlp_endpoint)
+        return GrpcSpans(endpoint=settings.otlp_endpoint, timeout=EXPORT_TIMEOUT)
     from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-    return OTLPSpanExporter(endpoint=_otlp_url(settings, "traces"))
+    return OTLPSpanExporter(endpoint=_otlp_url(settings, "traces"), timeout=EXPORT_TIMEOUT)
 
 
 def shutdown() -> None:

@@ -281,3 +281,13 @@ telemetry:
     record.settings = summary
     line = JsonFormatter().format(record)
     assert "s3cr3t" not in line and "hooks.invalid" not in line and json.loads(line)["settings"]["servers"]
+
+
+@pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+def test_otlp_exporters_for_each_protocol(protocol: str) -> None:
+    settings = telemetry.Settings(otlp_endpoint="http://127.0.0.1:4318", otlp_protocol=protocol)
+    spans, metrics = telemetry._otlp_span_exporter(settings), telemetry._otlp_metric_exporter(settings)
+    kind = "grpc" if protocol == "grpc" else "http"
+    assert f".proto.{kind}." in type(spans).__module__ and f".proto.{kind}." in type(metrics).__module__
+    if kind == "http":
+        assert spans._endpoint == "http://127.0.0.1:4318/v1/traces"
