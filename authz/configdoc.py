@@ -9,6 +9,7 @@ from pydantic import BaseModel
 from authz.config import (
     AdminSpec,
     AuditSpec,
+    CloudflareSpec,
     ConfigSpec,
     EnvoySpec,
     IdentityHeadersSpec,
@@ -32,6 +33,7 @@ SECTIONS: tuple[tuple[str, type[BaseModel]], ...] = (
     ("issuers[]", IssuerSpec),
     ("servers[]", ServerSpec),
     ("servers[].proxy", ProxySpec),
+    ("servers[].proxy.cloudflare", CloudflareSpec),
     ("servers[].identity_headers", IdentityHeadersSpec),
     ("servers[].policy", PolicySpec),
     ("servers[].policy.rules[]", RuleSpec),
