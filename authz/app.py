@@ -50,6 +50,7 @@ class Authorizer:
         self._grpc: grpc.aio.Server | None = None
         self._discovery: Any = None
         self._http_front: asyncio.Server | None = None
+        self._admin: grpc.aio.Server | None = None
         self._jobs: set[asyncio.Future[Any]] = set()
         self._mtime = self._stat()
         self.audit = Auditor()
@@ -152,6 +153,7 @@ class Authorizer:
 
             self._http_front = await start_http(self.config.listen.http, lambda: self.checker, self.observe)
         await self._start_discovery()
+        await self._start_admin()
         log.info(
             "mcp-authz serving",
             extra={
@@ -214,6 +216,16 @@ class Authorizer:
         result: dict[str, Any] = masked(self.config.spec.model_dump(mode="json"), raw)
         return result
 
+    async def _start_admin(self) -> None:
+        """The admin API (revocation, sessions, explain) on ``admin.listen``, if set."""
+        if not self.config.spec.admin.listen:
+            return
+        from authz.admin.server import start_admin
+        from authz.admin.service import AdminService
+
+        service = AdminService(lambda: self.checker, lambda: self.store)
+        self._admin, _ = await start_admin(self.config.spec.admin, service)
+
     def _start_refreshers(self) -> None:
         for task in self._refreshers:
             task.cancel()
@@ -236,6 +248,8 @@ class Authorizer:
     async def stop(self) -> None:
         for task in self._refreshers:
             task.cancel()
+        if self._admin is not None:
+            await self._admin.stop(grace=1)
         if self._http_front is not None:
             self._http_front.close()
         if self._grpc is not None:
@@ -269,6 +283,8 @@ class Authorizer:
         old = self.config
         if (config.listen, config.spec.listen) != (old.listen, old.spec.listen):
             log.warning("listen addresses change only on restart")
+        if config.spec.admin != old.spec.admin:
+            log.warning("admin settings change only on restart")
         await self._swap_store(config)
         self.checker = self._build(config)
         self._start_refreshers()
