@@ -22,6 +22,7 @@ from authz import telemetry
 from authz.audit import Auditor
 from authz.check import Checker
 from authz.config import Config, ConfigError, load_config
+from authz.extproc.service import ExtProcService
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
@@ -147,7 +148,8 @@ class Authorizer:
         self._configure_webhook()
         self._start_refreshers()
         service = AuthorizationService(lambda: self.checker, self.observe)
-        self._grpc, _ = await start_grpc(self.config.listen.grpc, service)
+        processor = ExtProcService(lambda: self.config)  # list filtering (ext_proc) on the same server
+        self._grpc, _ = await start_grpc(self.config.listen.grpc, service, processor)
         if self.config.listen.http:
             from authz.httpfront import start_http
 
