@@ -4,18 +4,23 @@ The assertion proves the request came through the team's Access application: RS2
 of the team's keys (``<team_domain>/cdn-cgi/access/certs``, fetched and cached by a ``KeySet``),
 ``iss`` = the team domain, ``aud`` holding the application's AUD tag, within exp/nbf/iat (with
 leeway). The user is its ``email`` claim. Reasons for a refusal go to the log, never to the client.
+
+Access sends the same assertion on every request of a session, so verified assertions are kept
+(bounded, per team and application) until they expire or the key that verified them is withdrawn.
 """
 
 from __future__ import annotations
 
+import time
+from collections import OrderedDict
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, NamedTuple
 
 import jwt
 
 from authz.config import CloudflareAccess
 from authz.errors import InvalidToken, Unavailable
-from authz.identity.jwks import KeySet
+from authz.identity.jwks import Key, KeySet
 
 ALGORITHM = "RS256"  # the only algorithm Access signs with
 _MAX_KID = 256
@@ -29,6 +34,36 @@ _REASONS: tuple[tuple[type[jwt.InvalidTokenError], str], ...] = (
 )
 
 
+CACHE_SIZE = 10_000
+
+
+class _Verified(NamedTuple):
+    claims: dict[str, Any]
+    key: Key
+    keys: KeySet
+    exp: int
+
+
+# (team, audiences, assertion) → verified claims; shared by every Checker, bounded, oldest out first.
+_cache: OrderedDict[tuple[str, tuple[str, ...], str], _Verified] = OrderedDict()
+
+
+def _cached(token: str, access: CloudflareAccess, keys: KeySet) -> dict[str, Any] | None:
+    entry = _cache.get((access.team_domain, access.audiences, token))
+    if entry is None:
+        return None
+    if entry.keys is not keys or not keys.holds(entry.key) or entry.exp <= time.time() - access.clock_skew:
+        del _cache[(access.team_domain, access.audiences, token)]  # withdrawn key or expired: verify again
+        return None
+    return entry.claims
+
+
+def _remember(token: str, access: CloudflareAccess, verified: _Verified) -> None:
+    _cache[(access.team_domain, access.audiences, token)] = verified
+    if len(_cache) > CACHE_SIZE:
+        _cache.popitem(last=False)
+
+
 def _reason(exc: jwt.InvalidTokenError) -> str:
     return next((reason for kind, reason in _REASONS if isinstance(exc, kind)), "proxy_assertion_invalid")
 
@@ -38,6 +73,8 @@ async def verify(token: str, access: CloudflareAccess, keys: KeySet | None) -> d
     Unavailable if its key is unknown while the team's keys cannot be fetched."""
     if len(token) > access.keys.max_token_bytes:
         raise InvalidToken("proxy_assertion_invalid", f"{len(token)} bytes")
+    if keys is not None and (known := _cached(token, access, keys)) is not None:
+        return known
     try:
         header = jwt.get_unverified_header(token)
     except jwt.InvalidTokenError:
@@ -68,6 +105,7 @@ async def verify(token: str, access: CloudflareAccess, keys: KeySet | None) -> d
         )
     except jwt.InvalidTokenError as exc:
         raise InvalidToken(_reason(exc), f"{type(exc).__name__}: {exc}") from None
+    _remember(token, access, _Verified(claims, key, keys, int(claims["exp"])))
     return claims
 
 

@@ -26,6 +26,7 @@ from conftest import (
 
 from authz.check import Checker
 from authz.config import Config, ConfigError
+from authz.identity import cloudflare
 from authz.model import Decision, HttpRequest
 from authz.render.envoy import render_envoy
 
@@ -269,3 +270,44 @@ async def test_an_assertion_is_never_a_bearer_token(team: JwksServer, http_sessi
     authz = checker(config, http_session)
     decision = await authz.check(http_request(tool_call("search"), token=assertion()))
     assert refused(decision) == (False, 401, "token_issuer_unknown")
+
+
+# ---------------------------------------------------------------- verified assertions are cached
+
+
+async def test_a_cached_assertion_skips_the_signature_until_it_expires(
+    team: JwksServer, http_session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    decoded: list[str] = []
+    real_decode = cloudflare.jwt.decode
+
+    def counting_decode(token: str, *args: Any, **kwargs: Any) -> Any:
+        decoded.append(token)
+        return real_decode(token, *args, **kwargs)
+
+    monkeypatch.setattr(cloudflare.jwt, "decode", counting_decode)
+    authz = checker(cloudflare_config(team), http_session)
+    token = assertion()
+    for _ in range(3):
+        assert (await authz.check(request({ASSERTION: token}))).allowed
+    assert decoded == [token]
+    later = time.time() + 3600  # past exp (+ leeway): the cache lets go, the assertion is verified again
+    monkeypatch.setattr(cloudflare.time, "time", lambda: later)
+    await authz.check(request({ASSERTION: token}))
+    assert decoded == [token, token]
+
+
+async def test_a_cached_assertion_is_refused_once_its_key_is_withdrawn(
+    team: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    config = cloudflare_config(team)
+    verifier, keysets = build_verifier(config, http_session)
+    authz = Checker(config, verifier)
+    token = assertion()
+    assert (await authz.check(request({ASSERTION: token}))).allowed
+    team.docs[CERTS] = jwks(keys().rsa_new)  # Access rotated rsa-1 out
+    proxy = config.servers["mcp"].proxy
+    assert proxy is not None and proxy.cloudflare is not None
+    await keysets[proxy.cloudflare.keys.name].refresh()
+    decision = await authz.check(request({ASSERTION: token}))
+    assert refused(decision) == (False, 401, "proxy_assertion_kid_unknown")
