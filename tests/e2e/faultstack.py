@@ -206,6 +206,7 @@ def config_spec(
     upstream: str,
     port: int,
     issuer_fields: Mapping[str, Any] | None = None,
+    server_fields: Mapping[str, Any] | None = None,
     **top: Any,
 ) -> dict[str, Any]:
     """The authorizer config: one JWKS-over-HTTP issuer, one server `demo`, Envoy in front."""
@@ -232,6 +233,7 @@ def config_spec(
                 "upstream": upstream,
                 "scopes_supported": ["tools:read", "tools:write"],
                 "policy": POLICY,
+                **(server_fields or {}),
             }
         ],
         "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port(), "timeout_ms": 2000},
@@ -248,6 +250,7 @@ def start_fault_stack(
     authorizer: Factory[Authorizer],
     envoy: Factory[Envoy],
     issuer_fields: Mapping[str, Any] | None = None,
+    server_fields: Mapping[str, Any] | None = None,
     **top: Any,
 ) -> FaultStack:
     """JWKS server serving `signer`'s key, sample server, authorizer (ready: keys loaded), Envoy."""
@@ -266,6 +269,7 @@ def start_fault_stack(
         upstream=sample.upstream,
         port=port,
         issuer_fields=issuer_fields,
+        server_fields=server_fields,
         **top,
     )
     config_path = log_dir / f"{name}-authz.yaml"
@@ -294,6 +298,12 @@ class Load:
     popen: subprocess.Popen[bytes]
     out: Path
     log: Path
+
+    def stop(self) -> list[dict[str, Any]]:
+        """End the load now (SIGTERM: requests under way finish) and return its results."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGTERM)
+        return self.results()
 
     def results(self, timeout: float = 60.0) -> list[dict[str, Any]]:
         self.popen.wait(timeout)

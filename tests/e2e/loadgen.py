@@ -8,6 +8,7 @@ argument and as the trace id of its ``traceparent``, so a test can match the sam
 and the authorizer's audit events against what was answered. One JSON line per request goes to OUT:
 ``{"seq", "kind", "marker", "status", "t0", "t1", "error"}`` (wall-clock times; status 0 when no
 HTTP answer came). Prints ``LOAD STARTED`` when the first requests go out and ``LOAD DONE <n>``.
+SIGTERM ends the load early (requests under way finish; the results are written as usual).
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import signal
 import sys
 import time
 from typing import Any
@@ -49,14 +51,15 @@ def _request(kind: dict[str, Any], marker: str, turn: int) -> tuple[dict[str, st
 async def run(spec: dict[str, Any]) -> list[dict[str, Any]]:
     kinds: list[dict[str, Any]] = spec["kinds"]
     run_id = str(spec["run"])  # 8 hex digits
-    deadline = time.monotonic() + float(spec["duration"])
+    deadline = [time.monotonic() + float(spec["duration"])]
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, lambda: deadline.__setitem__(0, 0.0))
     seqs = itertools.count()
     results: list[dict[str, Any]] = []
     timeout = aiohttp.ClientTimeout(total=float(spec.get("timeout", 10.0)))
     connector = aiohttp.TCPConnector(limit=int(spec["concurrency"]))
 
     async def worker(session: aiohttp.ClientSession) -> None:
-        while time.monotonic() < deadline:
+        while time.monotonic() < deadline[0]:
             seq = next(seqs)
             kind = kinds[seq % len(kinds)]
             marker = f"{run_id}{seq:024x}"

@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 from faultstack import FaultStack, Signer, jwks, start_fault_stack, start_load, write_config
-from harness import Authorizer, Envoy, Factory, SampleServer
+from harness import Authorizer, Envoy, Factory, Redis, SampleServer
 
 KEY_A = Signer("key-a")
 
@@ -160,6 +160,7 @@ def test_jwks_rotation(stack: FaultStack) -> None:
 # ---------------------------------------------------------------------------------------------- under load
 
 NORMAL = {"valid": 200, "forbidden": 403, "anonymous": 401}
+LOAD_LIMIT = 30.0  # seconds: the loads below are ended by the test (SIGTERM) once the fault is over
 
 
 def load_kinds(token: str) -> list[dict[str, Any]]:
@@ -185,15 +186,16 @@ def test_authorizer_killed_and_restarted_under_load(stack: FaultStack, authorize
     token = stack.token(KEY_A)
     allowed(stack, token)
     envoy_pid = stack.envoy.proc.pid
-    load = start_load(stack.log_dir, stack.url, load_kinds(token), duration=6.0)
+    load = start_load(stack.log_dir, stack.url, load_kinds(token), duration=LOAD_LIMIT)
     time.sleep(1.0)
     stack.kill_authorizer()
     dead = time.time()
-    time.sleep(1.5)
+    time.sleep(1.0)
     restarting = time.time()
     stack.restart_authorizer(authorizer)  # same config, same ports; returns once ready
     ready = time.time()
-    results = load.results()
+    time.sleep(1.0)
+    results = load.stop()
 
     assert all(r["error"] is None for r in results), "Envoy stopped answering"
     odd = [r for r in results if r["status"] not in (NORMAL[r["kind"]], 503)]
@@ -226,22 +228,23 @@ def test_invalid_reload_under_load_keeps_the_old_config(stack: FaultStack) -> No
     def refused_more_than(n: int) -> Callable[[], bool]:
         return lambda: log().count("config reload refused") > n
 
-    load = start_load(stack.log_dir, stack.url, load_kinds(token), duration=5.0)
+    load = start_load(stack.log_dir, stack.url, load_kinds(token), duration=LOAD_LIMIT)
     try:
         for bad in ("servers: [this is: not valid", schema_invalid):
-            time.sleep(0.7)
+            time.sleep(0.5)
             refusals = log().count("config reload refused")
             write_config(stack.config_path, bad)
             os.kill(pid, signal.SIGHUP)
             stack.authorizer.proc.wait_until("the reload refused", refused_more_than(refusals), 10)
-        time.sleep(0.7)
+        time.sleep(0.5)
         changed = time.time()
         reloads = log().count("config reloaded")
         write_config(stack.config_path, stricter)
         os.kill(pid, signal.SIGHUP)
         stack.authorizer.proc.wait_until("the reload", lambda: log().count("config reloaded") > reloads, 10)
         applied = time.time()
-        results = load.results()
+        time.sleep(0.7)
+        results = load.stop()
     finally:
         write_config(stack.config_path, stack.spec)
         os.kill(pid, signal.SIGHUP)
@@ -256,3 +259,65 @@ def test_invalid_reload_under_load_keeps_the_old_config(stack: FaultStack) -> No
     assert_load_let_nothing_through(stack, results)
     audited = stack.audit()
     assert {audited[r["marker"]]["reason"] for r in after if r["kind"] == "valid"} == {"insufficient_scope"}
+
+
+def test_redis_down_and_back_under_load(
+    tmp_path_factory: pytest.TempPathFactory,
+    sample_server: Factory[SampleServer],
+    authorizer: Factory[Authorizer],
+    envoy: Factory[Envoy],
+    redis: Factory[Redis],
+) -> None:
+    """Every store feature fails closed; `search` is rate limited (far above the load), so each allowed
+    call asks Redis, and revocation is refused while the store is unhealthy."""
+    log_dir = tmp_path_factory.mktemp("faults-redis")
+    server = redis()
+    store = {
+        "url": server.url,
+        "key_prefix": "faults:",
+        "timeout_ms": 100,
+        "failure": {"revocation": "closed", "sessions": "closed", "rate_limits": "closed"},
+    }
+    limits = [{"name": "search", "per": "subject", "tools": ["search"], "limit": 1_000_000, "window": 60}]
+    stack = start_fault_stack(
+        log_dir,
+        name="faults-redis",
+        signer=KEY_A,
+        sample_server=sample_server,
+        authorizer=authorizer,
+        envoy=envoy,
+        server_fields={"rate_limits": limits},
+        store=store,
+    )
+    log = stack.authorizer.proc.log_text
+    try:
+        token = stack.token(KEY_A)
+        allowed(stack, token)
+        load = start_load(stack.log_dir, stack.url, load_kinds(token), duration=LOAD_LIMIT)
+        time.sleep(0.8)
+        down = time.time()
+        server.proc.stop()
+        stack.authorizer.proc.wait_until("store unreachable", lambda: "store unreachable" in log())
+        unhealthy = time.time()
+        time.sleep(0.8)
+        back = time.time()
+        reachable = log().count("store reachable")
+        server = redis(port=server.port)
+        stack.authorizer.proc.wait_until("store reachable again", lambda: log().count("store reachable") > reachable)
+        time.sleep(0.7)
+        results = load.stop()
+        after_load = [allowed(stack, stack.token(KEY_A)) for _ in range(3)]
+    finally:
+        stack.stop()
+
+    assert all(r["error"] is None for r in results)
+    odd = [r for r in results if r["status"] not in (NORMAL[r["kind"]], 503)]
+    assert not odd, f"answers other than the normal one or 503: {odd[:5]}"
+    assert all(r["status"] == NORMAL[r["kind"]] for r in results if r["t1"] < down)
+    outage = [r for r in results if unhealthy <= r["t0"] and r["t1"] <= back and r["kind"] != "anonymous"]
+    assert len(outage) >= 10 and all(r["status"] == 503 for r in outage), "a call needing the store was answered"
+    audited = stack.audit()
+    assert {audited[r["marker"]]["reason"] for r in outage} == {"store_unavailable"}
+    assert all(r["status"] == 401 for r in results if r["kind"] == "anonymous")  # refused before the store
+    assert_load_let_nothing_through(stack, results)
+    assert len(after_load) == 3  # allowed again once Redis is back on its port

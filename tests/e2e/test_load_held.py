@@ -24,8 +24,8 @@ KEY = Signer("load-key")
 CACHE = 200  # token_cache_size
 VALID_TOKENS = 5 * CACHE
 MIN_REFETCH = 10
-WARM_UP = 2.0
-DURATION = 8.0
+WARM_UP = 1.5
+DURATION = 7.0
 RSS_GROWTH_KB = 32 * 1024  # generous: the caches are far smaller; an unbounded one would pass it only briefly
 EXPECTED = {"valid": 200, "forbidden": 403, "unknown-kid": 401, "garbage": 401, "anonymous": 401}
 
