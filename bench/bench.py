@@ -456,6 +456,80 @@ class StoreCase:
         return Front(run.resource, headers, pid, authz.pid)
 
 
+class TokenEndpoint:
+    """A stand-in RFC 8693 token endpoint on loopback: one fixed token, an hour long; counts requests."""
+
+    def __init__(self) -> None:
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        endpoint = self
+        self.requests = 0
+        answer = json.dumps({"access_token": "bench-downstream-token", "token_type": "Bearer", "expires_in": 3600})
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                self.rfile.read(int(self.headers.get("content-length", "0")))
+                endpoint.requests += 1
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer.encode())
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/token"
+
+    def __enter__(self) -> TokenEndpoint:
+        import threading
+
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@dataclass(frozen=True)
+class ExchangeCase:
+    """mcp-authz exchanging the caller's token (RFC 8693) for every call, from a warm cache: the smoke
+    request makes the one exchange, every measured call reuses it (one subject throughout)."""
+
+    name: str
+    title: str
+
+    def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
+        endpoint = stack.enter_context(TokenEndpoint())
+        spec = bench.authz_config(run)
+        spec["servers"][0]["token_exchange"] = {
+            "token_endpoint": endpoint.url,
+            "resource": "http://127.0.0.1:9/downstream",
+            "scopes": ["api:read"],
+            "client_id": "bench",
+            "client_secret": "bench-secret",
+        }
+        config = bench.path(f"{self.name}.authz.yaml")
+        config.write_text(yaml.safe_dump(spec, sort_keys=False))
+        log = bench.path(f"{self.name}.authz.log")
+        with log.open("wb") as out:
+            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        stack.callback(stop, authz)
+        readyz = f"http://{spec['listen']['discovery']}/readyz"
+        try:
+            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
+        except Skip as exc:
+            raise Skip(f"{exc}: {tail(log)}") from None
+        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        stack.callback(lambda: EXCHANGES.__setitem__(self.name, endpoint.requests))
+        return Front(run.resource, bench.headers(run), pid, authz.pid)
+
+
+EXCHANGES: dict[str, int] = {}  # case name -> requests its token endpoint got (1 with a warm cache)
+
+
 def policy_of(size: int) -> dict[str, Any]:
     """``size`` rules of which only the last one matches the benchmark call (all are evaluated)."""
     rules: list[dict[str, Any]] = [
@@ -495,6 +569,7 @@ CASES += [
     StoreCase("store-memory", "Envoy + mcp-authz, revocation + session + rate limit, memory store", redis=False),
     StoreCase("store-redis", "Envoy + mcp-authz, revocation + session + rate limit, Redis store", redis=True),
 ]
+CASES += [ExchangeCase("exchange-warm", "Envoy + mcp-authz, no policy, body sent, token exchange (warm cache)")]
 NO_AUTH = "envoy"
 CACHED = "jwt_authn-cache"
 
@@ -675,6 +750,10 @@ def main(argv: list[str] | None = None) -> int:
     stores = [median(runs[n]) for n in ("store-redis", "store-memory") if n in runs]
     if len(stores) == 2 and not (stores[0].skipped or stores[1].skipped):
         print(f"store-redis / store-memory req/s: {stores[0].rps / stores[1].rps:.2f}x")
+    pair = [median(runs[n]) for n in ("exchange-warm", "mcp-authz-body") if n in runs]
+    if len(pair) == 2 and not (pair[0].skipped or pair[1].skipped):
+        exchanges = EXCHANGES.get("exchange-warm")
+        print(f"exchange-warm / mcp-authz-body req/s: {pair[0].rps / pair[1].rps:.2f}x ({exchanges} exchanges)")
     return 0
 
 
