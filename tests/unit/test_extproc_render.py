@@ -1,0 +1,118 @@
+"""The list filter in the rendered Envoy chain (authz/render/envoy.py) and in the Istio EnvoyFilter."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from conftest import make_config, policy, server_spec
+
+from authz.config import Config, ConfigError
+from authz.render.envoy import (
+    EXT_PROC,
+    EXTPROC_CLUSTER,
+    ext_proc_filter,
+    extproc_local_reply,
+    render_envoy,
+    render_envoy_yaml,
+    to_json,
+)
+
+REPO = Path(__file__).resolve().parents[2]
+ENVOY = shutil.which("envoy")
+RULES = policy({"name": "all"})
+
+
+def config(filtered: bool = True, **top: Any) -> Config:
+    return make_config(
+        servers=[
+            server_spec("lists", "https://mcp.test/lists", policy=RULES, filter_lists=filtered),
+            server_spec("plain", "https://mcp.test/plain", policy=RULES),
+        ],
+        **top,
+    )
+
+
+def hcm(boot: dict[str, Any]) -> dict[str, Any]:
+    manager: dict[str, Any] = boot["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    return dict(manager["typed_config"])
+
+
+def test_ext_proc_follows_ext_authz_with_headers_only_and_overrides() -> None:
+    boot = render_envoy(config())
+    names = [f["name"] for f in hcm(boot)["http_filters"]]
+    assert names == ["envoy.filters.http.ext_authz", EXT_PROC, "envoy.filters.http.router"]
+    proc = hcm(boot)["http_filters"][1]["typed_config"]
+    assert proc["grpc_service"] == {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}}
+    assert proc["allow_mode_override"] is True
+    assert proc["failure_mode_allow"] is False
+    assert proc["message_timeout"] == "1s"
+    assert proc["metadata_options"] == {"forwarding_namespaces": {"untyped": ["envoy.filters.http.ext_authz"]}}
+    mode = proc["processing_mode"]
+    assert mode.get("request_body_mode", "NONE") == mode.get("response_body_mode", "NONE") == "NONE"
+    assert (mode["request_header_mode"], mode["response_header_mode"]) == ("SEND", "SEND")
+    (extproc,) = [c for c in boot["static_resources"]["clusters"] if c["name"] == EXTPROC_CLUSTER]
+    assert "http2_protocol_options" in str(extproc)
+
+
+def test_disabled_where_no_list_can_come_from() -> None:
+    routes = hcm(render_envoy(config()))["route_config"]["virtual_hosts"][0]["routes"]
+    disabled = {r["name"] for r in routes if r.get("typed_per_filter_config", {}).get(EXT_PROC, {}).get("disabled")}
+    assert disabled == {"discovery/.well-known", "discovery/jwks", "plain", "not-found"}
+    assert {r["name"] for r in routes} - disabled == {"lists"}
+
+
+def test_without_filter_lists_nothing_changes() -> None:
+    boot = render_envoy(config(filtered=False))
+    assert EXT_PROC not in render_envoy_yaml(config(filtered=False))
+    assert "local_reply_config" not in hcm(boot)
+    assert EXTPROC_CLUSTER not in [c["name"] for c in boot["static_resources"]["clusters"]]
+
+
+def test_failure_open_and_timeout_come_from_the_config() -> None:
+    proc = to_json(ext_proc_filter(config(ext_proc={"failure": "open", "message_timeout_ms": 250})))["typed_config"]
+    assert proc["failure_mode_allow"] is True and proc["message_timeout"] == "0.25s"
+
+
+def test_local_reply_is_a_json_rpc_error_with_the_request_id() -> None:
+    (mapper,) = hcm(render_envoy(config()))["local_reply_config"]["mappers"]
+    assert "ext_proc" in mapper["filter"]["extension_filter"]["typed_config"]["expression"]
+    body = mapper["body_format_override"]
+    assert body["content_type"] == "application/json"
+    assert body["json_format"] == {
+        "jsonrpc": "2.0",
+        "id": "%DYNAMIC_METADATA(envoy.filters.http.ext_authz:mcp_authz:id)%",
+        "error": {"code": -32603, "message": "list filtering unavailable"},
+    }
+
+
+def test_the_http_authorizer_cannot_hand_over_the_caller() -> None:
+    with pytest.raises(ConfigError, match=r"filter_lists needs envoy\.authorizer: grpc"):
+        config(listen={"http": "127.0.0.1:9193"}, envoy={"authorizer": "http"})
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy not installed")
+def test_envoy_accepts_it(tmp_path: Path) -> None:
+    path = tmp_path / "envoy.yaml"
+    path.write_text(render_envoy_yaml(config()), encoding="utf-8")
+    run = subprocess.run(
+        [str(ENVOY), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+
+
+def test_istio_envoyfilter_carries_the_rendered_filter_and_local_reply() -> None:
+    doc = yaml.safe_load((REPO / "deploy/istio/extproc-envoyfilter.yaml").read_text(encoding="utf-8"))
+    insert, merge = doc["spec"]["configPatches"]
+    assert insert["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.ext_authz"
+    assert insert["patch"]["operation"] == "INSERT_AFTER"
+    want = to_json(ext_proc_filter(config()))
+    got = insert["patch"]["value"]
+    assert got["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"].startswith("outbound|9191||")
+    got["typed_config"]["grpc_service"] = want["typed_config"]["grpc_service"]
+    assert got == want
+    assert merge["patch"]["value"]["typed_config"]["local_reply_config"] == to_json(extproc_local_reply())
