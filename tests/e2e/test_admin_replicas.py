@@ -173,11 +173,13 @@ def call(url: str, token: str, tool: str = "read_file") -> httpx.Response:
     return httpx.post(url, content=json.dumps(call_body(tool, {"query": "x"})), headers=headers, timeout=10.0)
 
 
-def admin_cli(address: str, *argv: str) -> subprocess.CompletedProcess[str]:
-    """`mcp-authz admin --address ADDRESS ...` as a separate process, the token in its environment."""
+def admin_cli(address: str, *argv: str, token: str | None = ADMIN_TOKEN) -> subprocess.CompletedProcess[str]:
+    """`mcp-authz admin --address ADDRESS ...` as a separate process, the admin token in its environment."""
     cli = VENV_BIN / "mcp-authz"
     launcher = [str(cli)] if cli.exists() else [sys.executable, "-m", "authz"]
-    env = {**os.environ, "MCP_AUTHZ_ADMIN_TOKEN": ADMIN_TOKEN}
+    env = {k: v for k, v in os.environ.items() if k != "MCP_AUTHZ_ADMIN_TOKEN"}
+    if token is not None:
+        env["MCP_AUTHZ_ADMIN_TOKEN"] = token
     return subprocess.run(
         [*launcher, "admin", "--address", address, *argv], capture_output=True, text=True, env=env, timeout=30
     )
@@ -229,15 +231,11 @@ def test_subject_revoked_at_replica_2_is_refused_by_replica_1(replicas: Replicas
 
 
 def test_admin_cli_with_a_wrong_token_or_no_server_fails_clearly(replicas: Replicas) -> None:
-    done = admin_cli(replicas.admin[0], "--token", "not-the-admin-token", "sessions")
-    assert done.returncode == 2 and "refused the credentials" in done.stderr
-    cli = VENV_BIN / "mcp-authz"
-    gone = subprocess.run(
-        [str(cli), "admin", "--address", f"127.0.0.1:{free_port()}", "--token", ADMIN_TOKEN, "sessions"],
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
+    for token in ("not-the-admin-token", None):
+        done = admin_cli(replicas.admin[0], "revoke-subject", "alice", token=token)
+        assert (done.returncode, done.stdout) == (2, ""), done.stderr
+        assert "refused the credentials" in done.stderr
+    gone = admin_cli(f"127.0.0.1:{free_port()}", "sessions")
     assert gone.returncode == 2 and "cannot reach the admin API" in gone.stderr
 
 
