@@ -99,7 +99,9 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
     from authz.render.k8s import raw_config
 
     config = _load(args.config)
-    options = Options(image=args.image, namespace=args.namespace, mcp_namespace=args.mcp_namespace)
+    options = Options(
+        image=args.image, namespace=args.namespace, mcp_namespace=args.mcp_namespace, sidecar_only=args.sidecar_only
+    )
     try:
         files = render_istio(config, raw_config(args.config), options)
     except ValueError as exc:
@@ -202,6 +204,7 @@ def parser() -> argparse.ArgumentParser:
     ri.add_argument("--image", default="mcp-authz:0.1.0", help="the authorizer's container image")
     ri.add_argument("--namespace", default="mcp-authz", help="the shared authorizer's namespace")
     ri.add_argument("--mcp-namespace", default="mcp", help="the MCP servers' namespace")
+    ri.add_argument("--sidecar-only", action="store_true", help="only the sidecar layout's provider and policy")
     ri.set_defaults(func=cmd_render_istio)
     rk = r.add_parser("kubernetes", help="standalone Envoy + authorizer + MCP server in one pod, no mesh")
     rk.add_argument("-c", "--config", required=True)

@@ -145,10 +145,18 @@ def test_http_provider_per_server_with_the_header_lists_of_the_envoy_chain(key: 
     assert service_ports == {"grpc-authz", "http-discovery", "http-authz"}
 
 
-def test_grpc_with_several_servers_is_refused(key: Path) -> None:
+def test_grpc_with_several_servers_is_refused_unless_sidecar_only(key: Path) -> None:
     config, raw = load(spec(key, servers=2))
     with pytest.raises(ValueError, match=r"envoy\.authorizer: http"):
         istio.render_istio(config, raw)
+    files = istio.render_istio(config, raw, istio.Options(sidecar_only=True))
+    assert "authorization-policy.yaml" not in files and "mcp-servers.yaml" not in files
+    assert set(providers(files)) == {istio.LOCAL_PROVIDER}
+    sidecar = docs(files["sidecar.yaml"])
+    maps = {d["metadata"]["name"] for d in sidecar if d["kind"] == "ConfigMap"}
+    assert maps == {"mcp-authz-demo", "mcp-authz-tools"}
+    [policy] = [d for d in sidecar if d["kind"] == "AuthorizationPolicy"]
+    assert policy["spec"]["provider"] == {"name": istio.LOCAL_PROVIDER}
 
 
 def test_sidecar_service_entry_as_istio_sample(key: Path) -> None:
