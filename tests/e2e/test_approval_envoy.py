@@ -22,7 +22,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port, mcp_client
+from harness import Authorizer, Envoy, Factory, RawMcp, Redis, SampleServer, free_port, mcp_client
 from mcp.shared.exceptions import MCPError
 from stack import call_body
 
@@ -107,19 +107,8 @@ class Approvals:
         return [(e["step"], e.get("approval_id")) for e in events if e.get("event") == "approval"]
 
 
-@pytest.fixture(scope="module")
-def appr(
-    tmp_path_factory: pytest.TempPathFactory,
-    sample_server: Factory[SampleServer],
-    envoy: Factory[Envoy],
-    authorizer: Factory[Authorizer],
-) -> Iterator[Approvals]:
-    tmp = tmp_path_factory.mktemp("approvals")
-    key = ensure_key(tmp / "signing-key.pem")
-    sample = sample_server(json_response=True)
-    webhook = ApprovalWebhook()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
+def approval_config(base: str, key: Path, sample: SampleServer, webhook: ApprovalWebhook, **top: Any) -> str:
+    """The authorizer config: one server whose delete_repo needs approval (wait 1 s, Envoy's timeout 4 s)."""
     spec = {
         "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
         "issuers": [{"name": "dev", "issuer": f"{base}/dev", "local_key_file": str(key)}],
@@ -145,13 +134,34 @@ def appr(
             "keep_seconds": 300,
             "include_arguments": True,
         },
-        "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port(), "timeout_ms": 4000},
+        "envoy": {"listen": base.removeprefix("http://"), "admin_port": free_port(), "timeout_ms": 4000},
+        **top,
     }
-    text = yaml.safe_dump(spec, sort_keys=False)
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
+@pytest.fixture(scope="module")
+def webhook() -> Iterator[ApprovalWebhook]:
+    hook = ApprovalWebhook()
+    yield hook
+    hook.close()
+
+
+@pytest.fixture(scope="module")
+def appr(
+    tmp_path_factory: pytest.TempPathFactory,
+    sample_server: Factory[SampleServer],
+    envoy: Factory[Envoy],
+    authorizer: Factory[Authorizer],
+    webhook: ApprovalWebhook,
+) -> Approvals:
+    key = ensure_key(tmp_path_factory.mktemp("approvals") / "signing-key.pem")
+    sample = sample_server(json_response=True)
+    base = f"http://127.0.0.1:{free_port()}"
+    text = approval_config(base, key, sample, webhook)
     running = authorizer(text)
     envoy(render_envoy_yaml(parse_config(text, "e2e-approvals.yaml")))
-    yield Approvals(running, sample, webhook, key, base)
-    webhook.close()
+    return Approvals(running, sample, webhook, key, base)
 
 
 async def delete(appr: Approvals, repo: str, request_id: int = 1) -> Any:
@@ -234,3 +244,33 @@ async def test_a_forged_callback_is_refused(appr: Approvals) -> None:
     retry = await delete(appr, "forged")
     assert retry.status == 403 and "forged" not in appr.deletions()
     assert sum(1 for s, a in appr.approval_steps() if s == "callback_refused" and a == approval_id) == 3
+
+
+async def test_a_late_approval_given_at_another_replica_works_here(
+    tmp_path: Path,
+    sample_server: Factory[SampleServer],
+    envoy: Factory[Envoy],
+    authorizer: Factory[Authorizer],
+    redis: Factory[Redis],
+    webhook: ApprovalWebhook,
+) -> None:
+    """Two replicas sharing Redis: Envoy talks to one, the callback reaches the other."""
+    store = {"store": {"url": redis().url}}
+    key = ensure_key(tmp_path / "signing-key.pem")
+    sample = sample_server(json_response=True)
+    base = f"http://127.0.0.1:{free_port()}"
+    text = approval_config(base, key, sample, webhook, **store)
+    behind_envoy = authorizer(text)
+    envoy(render_envoy_yaml(parse_config(text, "e2e-approvals-a.yaml")))
+    other = authorizer(approval_config(base, key, sample, webhook, **store))
+    here = Approvals(behind_envoy, sample, webhook, key, base)
+    there = Approvals(other, sample, webhook, key, base)
+
+    pending = await delete(here, "replicated")
+    assert pending.status == 403 and pending.message["error"]["data"]["approval"] == "pending", pending.text
+    approval_id = pending.message["error"]["data"]["approval_id"]
+    assert there.callback(approval_id, "approve").status_code == 200
+    assert here.callback(approval_id, "approve").status_code == 409  # answered once, for every replica
+    assert (await delete(here, "replicated")).status == 200
+    assert (await delete(here, "replicated")).status == 403
+    assert here.deletions() == ["replicated"]
