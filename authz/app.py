@@ -299,6 +299,7 @@ class Authorizer:
             await self._discovery.cleanup()
             await self._start_discovery()
         log.info("config reloaded", extra={"config": self.path})
+        log.info("configuration in force", extra={"settings": self.settings_summary()})
         return True
 
     async def _swap_store(self, config: Config) -> None:
