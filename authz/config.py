@@ -277,6 +277,33 @@ class CredentialsSpec(_Spec):
     )
     prefix: str = Field("", description="Written before the secret in the header, e.g. `Bearer `.")
 
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        return _injectable_header(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _header_text(value)
+
+
+# RFC 9110 §5.1 field-name token; hop-by-hop and framing headers cannot carry a credential.
+_FIELD_NAME = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
+_NOT_INJECTABLE = frozenset({"host", "content-length", "content-type", "transfer-encoding", "connection", "te"})
+
+
+def _injectable_header(value: str) -> str:
+    if not _FIELD_NAME.fullmatch(value) or value.lower() in _NOT_INJECTABLE:
+        raise ValueError(f"{value!r} is not a header name a credential can be injected in")
+    return value
+
+
+def _header_text(value: str) -> str:
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+        raise ValueError("control characters cannot be sent in a header")
+    return value
+
 
 class TokenExchangeSpec(_Spec):
     token_endpoint: str = Field(description="The issuer's token endpoint (RFC 8693 token exchange).")
@@ -291,6 +318,16 @@ class TokenExchangeSpec(_Spec):
     refresh_before: int = Field(
         30, ge=0, le=3600, description="Seconds before its expiry an exchanged token is no longer reused."
     )
+
+    @field_validator("header")
+    @classmethod
+    def _header(cls, value: str) -> str:
+        return _injectable_header(value)
+
+    @field_validator("prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        return _header_text(value)
 
     @model_validator(mode="after")
     def _target(self) -> TokenExchangeSpec:

@@ -172,3 +172,18 @@ def test_cli_encrypt_then_config_check(tmp_path: Path) -> None:
 def test_cli_encrypt_refuses_a_short_key() -> None:
     done = cli("secret", "encrypt", stdin=VALUE, env={secrets.KEY_VARIABLE: "short"})
     assert done.returncode == 2 and "exactly 32 bytes" in done.stderr and not done.stdout
+
+
+@pytest.mark.parametrize(
+    ("creds", "problem"),
+    [
+        ({"header": "X Api Key", "value_secret": "v"}, "not a header name"),
+        ({"header": "Host", "value_secret": "v"}, "not a header name"),
+        ({"header": ":authority", "value_secret": "v"}, "not a header name"),
+        ({"header": "X-Api-Key", "value_secret": "v", "prefix": "Bearer\r\nX-Evil: 1 "}, "control characters"),
+        ({"header": "X-MCP-Subject", "value_secret": "v"}, "also an identity header"),
+    ],
+)
+def test_a_header_that_cannot_carry_a_credential_is_refused(creds: dict[str, str], problem: str) -> None:
+    with pytest.raises(ConfigError, match=problem):
+        make_config(servers=[server_spec(credentials=creds)])
