@@ -6,9 +6,11 @@ with its own client certificate (SPIFFE URI SAN). Only that proxy's `X-Authentic
 
 from __future__ import annotations
 
+import http.server
 import json
 import ssl
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -16,14 +18,17 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import jwt
 import pytest
 import yaml
+from cryptography.hazmat.primitives.asymmetric import rsa
 from harness import VENV_BIN, Authorizer, Envoy, Factory, SampleServer, free_port
 from proxy_envoy import Pki, auth_proxy_yaml, gateway_yaml, make_pki
 from stack import ACCEPT, call_body
 
 from authz.config import parse_config
 from authz.identity import devkey
+from authz.render.envoy import render_envoy_yaml
 
 PROXY_ID = "spiffe://cluster.local/ns/auth/sa/oauth2-proxy"
 OTHER_ID = "spiffe://cluster.local/ns/default/sa/intruder"
@@ -313,6 +318,100 @@ def test_cidr_only_trust_refuses_a_source_outside(
         assert stack.sample.requests() == []
     finally:
         stack.stop()
+
+
+# ---------------------------------------------------------------- Cloudflare Access
+
+
+class _Certs(http.server.BaseHTTPRequestHandler):
+    """The team's `/cdn-cgi/access/certs` on loopback (the JWKS document in the server's `body`)."""
+
+    def do_GET(self) -> None:
+        body: bytes = getattr(self.server, "body", b"")
+        ok = self.path == "/cdn-cgi/access/certs"
+        self.send_response(200 if ok else 404)
+        self.send_header("content-type", "application/json")
+        self.send_header("content-length", str(len(body) if ok else 0))
+        self.end_headers()
+        if ok:
+            self.wfile.write(body)
+
+    def log_message(self, *args: Any) -> None:
+        pass
+
+
+def test_cloudflare_assertion_through_envoy_and_the_real_authorizer(
+    e2e_log_dir: Path,
+    sample_server: Factory[SampleServer],
+    authorizer: Factory[Authorizer],
+    envoy: Factory[Envoy],
+) -> None:
+    """preset cloudflare, no principal or CIDR: the assertion alone is the trust rule. The authorizer
+    process fetches the team's keys (loopback `jwks_uri`), then believes only assertions they verify."""
+    team, aud = "https://myteam.cloudflareaccess.com", "aud-tag-of-the-access-app"
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    jwk = json.loads(jwt.algorithms.RSAAlgorithm.to_jwk(key.public_key()))
+    certs = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Certs)
+    certs.body = json.dumps({"keys": [{**jwk, "kid": "k1", "alg": "RS256", "use": "sig"}]}).encode()  # type: ignore[attr-defined]
+    threading.Thread(target=certs.serve_forever, daemon=True).start()
+    sample = sample_server()
+    port = free_port()
+    spec = {
+        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
+        "issuers": [],
+        "servers": [
+            {
+                "name": "demo",
+                "resource": f"http://127.0.0.1:{port}/mcp",
+                "upstream": sample.upstream,
+                "identity": ["proxy"],
+                "proxy": {
+                    "preset": "cloudflare",
+                    "cloudflare": {
+                        "team_domain": team,
+                        "audience": aud,
+                        "jwks_uri": f"http://127.0.0.1:{certs.server_address[1]}/cdn-cgi/access/certs",
+                    },
+                },
+                "policy": POLICY,
+            }
+        ],
+        "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port(), "timeout_ms": 2000},
+    }
+    text = yaml.safe_dump(spec, sort_keys=False)
+    config_path = e2e_log_dir / "proxy-cloudflare-authz.yaml"
+    config_path.write_text(text, encoding="utf-8")
+    started: list[Any] = []
+    try:
+        started.append(authz := authorizer(config_path))
+        started.append(envoy(render_envoy_yaml(parse_config(text, str(config_path)))))
+        url = f"http://127.0.0.1:{port}/mcp"
+        now = int(time.time())
+        claims = {"aud": [aud], "email": "alice@example.org", "iss": team, "iat": now, "nbf": now, "exp": now + 600}
+        good = jwt.encode(claims, key, algorithm="RS256", headers={"kid": "k1"})
+        response = call(url, "echo_headers", {"cf-access-jwt-assertion": good})
+        assert response.status_code == 200, response.text
+        [headers] = seen_headers(sample)
+        assert headers["x-mcp-subject"] == "alice@example.org"
+        assert "cf-access-jwt-assertion" not in headers  # the proxy's credential never goes upstream
+        sample.clear_logs()
+        other_app = jwt.encode({**claims, "aud": ["another-app"]}, key, algorithm="RS256", headers={"kid": "k1"})
+        forged_header = {"cf-access-authenticated-user-email": "alice@example.org"}
+        for sent in (
+            {"cf-access-jwt-assertion": other_app},
+            forged_header,
+            {"cf-access-jwt-assertion": good, "cf-access-authenticated-user-email": "mallory@example.org"},
+        ):
+            refused = call(url, "echo_headers", sent)
+            assert refused.status_code == 401, (sent, refused.text)
+        assert sample.requests() == []
+        assert '"proxy_assertion_audience"' in authz.proc.log_text()
+    finally:
+        for component in reversed(started):
+            component.proc.stop()
+        sample.proc.stop()
+        certs.shutdown()
+        certs.server_close()
 
 
 # ---------------------------------------------------------------- config check
