@@ -273,7 +273,8 @@ def http_routes(config: Config, options: Options) -> list[dict[str, Any]]:
 
 
 def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> list[dict[str, Any]]:
-    """ConfigMap, Secret, ServiceAccount, Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget."""
+    """ConfigMap, ServiceAccount, Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget (the
+    Secret they read is rendered apart, ``secret.yaml``: a template to fill once, not re-applied)."""
     ports = k8s.Ports.of(config)
     ns = options.namespace
     text = k8s.pod_config(
@@ -304,7 +305,6 @@ def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> 
         )
     return [
         k8s.config_map(APP, ns, text),
-        k8s.secret(SECRET, ns, raw),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": k8s.meta(APP, ns)},
         {
             "apiVersion": "apps/v1",
@@ -502,6 +502,7 @@ def render_istio(config: Config, raw: dict[str, Any], options: Options | None = 
     files = {
         "mesh-config.yaml": k8s.dump([istio_operator(config, raw, options)], header),
         "authorizer.yaml": k8s.dump(shared_authorizer(config, raw, options), header),
+        "secret.yaml": k8s.dump([k8s.secret(SECRET, options.namespace, raw)], header),
         "authorization-policy.yaml": k8s.dump(shared_policies(config), header),
         "virtual-service.yaml": k8s.dump(virtual_services(config, options), header),
         "http-route.yaml": k8s.dump(http_routes(config, options), header),

@@ -4,7 +4,8 @@
 One pod holds three containers that talk over localhost: Envoy (the chain of ``render envoy``,
 listening on all addresses), the authorizer (gRPC / HTTP ext_authz on 127.0.0.1, discovery on all
 addresses for the kubelet's probes) and the MCP server at ``servers[].upstream``. The Service
-exposes Envoy's port only.
+exposes Envoy's port only. The Secret the authorizer reads (``mcp-gateway-secrets``: one key per
+``${NAME}`` of the config, ``<issuer>.pem`` per development key) is created out of band, never rendered.
 """
 
 from __future__ import annotations
@@ -75,7 +76,6 @@ def manifests(config: Config, raw: dict[str, Any], image: str = k8s.IMAGE) -> li
             "data": {"envoy.yaml": pod_envoy(config)},
         },
         k8s.config_map(f"{NAME}-authz", NAMESPACE, authz_config),
-        k8s.secret(SECRET, NAMESPACE, raw),
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",

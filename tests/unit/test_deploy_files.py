@@ -325,6 +325,33 @@ def test_rendered_pod_configs_load(key: Path, name: str) -> None:
         parse_config(text, config_map["metadata"]["name"])
 
 
+def test_the_secret_has_every_key_the_deployment_reads() -> None:
+    secret = one(objects("istio/secret.yaml"), "Secret")
+    pod = one(objects("istio/authorizer.yaml"), "Deployment")["spec"]["template"]["spec"]
+    wanted = {
+        item["key"]
+        for volume in pod["volumes"]
+        if volume.get("secret", {}).get("secretName") == secret["metadata"]["name"]
+        for item in volume["secret"]["items"]
+    }
+    for entry in pod["containers"][0].get("env", []):
+        ref = entry["valueFrom"]["secretKeyRef"]
+        assert ref["name"] == secret["metadata"]["name"]
+        wanted.add(ref["key"])
+    assert wanted and wanted == set(secret["stringData"])
+    assert (
+        secret["metadata"]["namespace"] == one(objects("istio/authorizer.yaml"), "Deployment")["metadata"]["namespace"]
+    )
+
+
+def test_readme_shows_the_rendered_grpc_provider() -> None:
+    text = (DEPLOY / "istio" / "README.md").read_text(encoding="utf-8")
+    block = text.split("The rendered gRPC provider:", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    [shown] = yaml.safe_load(block)
+    operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
+    assert shown == operator["spec"]["meshConfig"]["extensionProviders"][0]
+
+
 def test_no_secret_value_is_rendered() -> None:
     for path in yaml_files():
         for obj in documents(path):

@@ -207,7 +207,8 @@ def test_routing_both_apis(key: Path) -> None:
 
 def test_authorizer_hardening(key: Path) -> None:
     config, raw = load(spec(key))
-    objects = {d["kind"]: d for d in docs(istio.render_istio(config, raw)["authorizer.yaml"])}
+    files = istio.render_istio(config, raw)
+    objects = {d["kind"]: d for d in docs(files["authorizer.yaml"]) + docs(files["secret.yaml"])}
     assert set(objects) == {
         "ConfigMap",
         "Secret",
@@ -247,7 +248,7 @@ def test_secrets_come_from_the_secret_through_the_environment(key: Path) -> None
     text = yaml.safe_dump(data)
     config = parse_config(text.replace("${TENANT_TOKEN}", "x"), "test.yaml")
     files = istio.render_istio(config, yaml.safe_load(text))
-    objects = {d["kind"]: d for d in docs(files["authorizer.yaml"])}
+    objects = {d["kind"]: d for d in docs(files["authorizer.yaml"]) + docs(files["secret.yaml"])}
     assert "${TENANT_TOKEN}" in objects["ConfigMap"]["data"]["config.yaml"]
     assert objects["Secret"]["stringData"] == {"TENANT_TOKEN": "", "dev.pem": ""}
     [container] = objects["Deployment"]["spec"]["template"]["spec"]["containers"]
