@@ -28,6 +28,7 @@ from authz.admin.server import start_admin
 from authz.admin.service import REDACTED, AdminService
 from authz.cli import main
 from authz.config import AdminSpec, ConfigError
+from authz.store.base import SessionBinding, StoreError
 from authz.store.memory import MemoryStore
 
 TOKEN = "admin-token-0123456789abcdef"
@@ -383,3 +384,57 @@ def test_token_guard_compares_the_whole_value() -> None:
     assert not guard.allows((("authorization", TOKEN),))
     assert not guard.allows((("x-other", f"Bearer {TOKEN}"),))
     assert not guard.allows(None)
+
+
+async def test_mtls_and_token_together_need_both(pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = MemoryStore()
+    spec = AdminSpec.model_validate(
+        {
+            "listen": "127.0.0.1:0",
+            "token": TOKEN,
+            "tls_cert": str(pki.server_cert),
+            "tls_key": str(pki.server_key),
+            "client_ca": str(pki.ca),
+        }
+    )
+    stack = _stack(tmp_path)
+    server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
+    base = ["admin", "--address", f"localhost:{port}", "--ca", str(pki.ca)]
+    mine = ["--cert", str(pki.client_cert), "--key", str(pki.client_key)]
+    try:
+        code, _, err = await cli(capsys, *base, *mine, "revoke-subject", "mallory")
+        assert code == 2 and "refused the credentials" in err
+        code, _, err = await cli(capsys, *base, "--token", TOKEN, "revoke-subject", "mallory")
+        assert code == 2 and "cannot reach" in err
+        assert not store.is_revoked("mallory", None, 1.0)
+        code, _, err = await cli(capsys, *base, *mine, "--token", TOKEN, "revoke-subject", "mallory")
+        assert code == 0, err
+        assert store.is_revoked("mallory", None, 1.0)
+    finally:
+        await server.stop(None)
+
+
+class DownStore(MemoryStore):
+    """A store whose backend does not answer."""
+
+    async def revoke_token(self, jti: str, expires_at: float) -> None:
+        raise StoreError("deadline of 50 ms passed")
+
+    async def sessions(self, server: str | None = None, subject: str | None = None) -> list[SessionBinding]:
+        raise StoreError("deadline of 50 ms passed")
+
+
+async def test_store_down_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = DownStore()
+    stack = _stack(tmp_path)
+    spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
+    base = ["admin", "--address", f"127.0.0.1:{port}", "--token", TOKEN]
+    try:
+        code, out, err = await cli(capsys, *base, "revoke-token", "j", "--exp", str(time.time() + 60))
+        assert (code, out) == (2, None)
+        assert "store unavailable: deadline of 50 ms passed" in err
+        code, _, err = await cli(capsys, *base, "sessions")
+        assert code == 2 and "store unavailable" in err
+    finally:
+        await server.stop(None)
