@@ -7,6 +7,10 @@ round trip: a background task subscribes to the revocation channel, applies each
 reloads the whole copy after every (re)connect and every ``resync`` seconds. The same task pings
 Redis every second; ``healthy`` follows, each transition logged once and reported to telemetry.
 
+A session owner's own uses are answered from a local cache for a few seconds (the owner of a
+binding never changes while it lives); ending a session is published on the same channel, so every
+replica drops its cached owner.
+
 Keys (all under ``key_prefix``): ``rev:jti`` (sorted set, jti scored by exp), ``rev:sub`` (hash,
 subject → cut-off), ``sess:<sha256>`` (JSON [server, session id, subject], TTL), ``rl:<key>``
 (GCRA theoretical arrival time, TTL), ``val:<key>`` (opaque bytes, TTL); channel ``revocations``.
@@ -27,7 +31,6 @@ from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 
 from authz import telemetry
@@ -38,7 +41,16 @@ log = logging.getLogger("mcp_authz.store")
 T = TypeVar("T")
 
 PROBE_INTERVAL = 1.0  # seconds between health pings (and pub/sub polls)
+SESSION_REFRESH = 5.0  # seconds an owner's own use of a session is answered from the local cache
+SESSION_CACHE = 10_000  # sessions whose owner is cached locally
 RECONNECT_DELAY = 0.5  # seconds before the background task reconnects after a failure
+
+# KEYS: session key, channel. ARGV: message. Deleting publishes, so every replica drops its cached owner.
+_END_SESSION = """
+local n = redis.call('DEL', KEYS[1])
+redis.call('PUBLISH', KEYS[2], ARGV[1])
+return n
+"""
 
 # GCRA in Redis time: ARGV limit, window (s). Returns "0" if allowed, else seconds to wait (as a string:
 # Lua numbers would be truncated to integers in the reply).
@@ -116,6 +128,8 @@ class RedisStore:
             retry=Retry(NoBackoff(), 1),  # one immediate retry: a pooled connection may predate a restart
         )
         self._redis = Redis(connection_pool=self._pool)
+        # The background task's own connections (pub/sub, ping, reloads): never queued behind Checks.
+        self._watch = Redis.from_url(url, socket_connect_timeout=self._slow_timeout, retry=Retry(NoBackoff(), 1))
         self._prefix = key_prefix
         self._channel = f"{key_prefix}revocations"
         self._jti_key = f"{key_prefix}rev:jti"
@@ -124,6 +138,8 @@ class RedisStore:
         self._bind = self._redis.register_script(_BIND)
         self._revoke_token = self._redis.register_script(_REVOKE_TOKEN)
         self._revoke_subject = self._redis.register_script(_REVOKE_SUBJECT)
+        self._end_session = self._redis.register_script(_END_SESSION)
+        self._owners: dict[str, tuple[str, float]] = {}  # session key → (owner, monotonic time confirmed)
         self._jtis: dict[str, float] = {}  # local copy: jti → exp
         self._subjects: dict[str, float] = {}  # local copy: subject → cut-off
         self._healthy: bool | None = None  # None until the first answer (or failure)
@@ -154,6 +170,7 @@ class RedisStore:
                 await self._task
             self._task = None
         await self._redis.aclose()
+        await self._watch.aclose()
         await self._pool.disconnect()
 
     def _mark(self, healthy: bool, why: str = "") -> None:
@@ -167,15 +184,17 @@ class RedisStore:
             log.warning("store unreachable: %s", why, extra={"store": self.kind, "reason": "store_down"})
 
     async def _call(self, feature: str, call: Awaitable[T], timeout: float | None = None) -> T:
-        """Await one Redis call under the deadline; any failure is counted and becomes ``StoreError``."""
+        """Await one Redis call under the deadline; any failure is counted and becomes ``StoreError``.
+
+        One failed call does not change ``healthy`` (under load a call may miss its deadline, or find
+        the pool busy, while Redis is fine); the background task's connection and ping decide that.
+        """
         try:
             async with asyncio.timeout(timeout or self._timeout):
                 return await call
         except (RedisError, OSError, TimeoutError) as exc:
             why = f"{type(exc).__name__}: {exc}"[:200] if str(exc) else type(exc).__name__
             telemetry.count_store_error(feature)
-            if isinstance(exc, (RedisConnectionError, OSError)):
-                self._mark(False, why)
             raise StoreError(f"{feature}: {why}") from None
 
     # --- revocation: the local copy
@@ -209,6 +228,8 @@ class RedisStore:
             self._jtis[change["jti"]] = max(float(change["exp"]), self._jtis.get(change["jti"], 0.0))
         elif kind == "sub" and isinstance(change.get("sub"), str) and isinstance(change.get("before"), (int, float)):
             self._subjects[change["sub"]] = max(float(change["before"]), self._subjects.get(change["sub"], 0.0))
+        elif kind == "end" and isinstance(change.get("key"), str):
+            self._owners.pop(change["key"], None)
 
     async def _reload(self) -> None:
         """Replace the local copy with what Redis holds (expired token ids left out)."""
@@ -216,9 +237,10 @@ class RedisStore:
         jtis, subjects = await self._call("revocation", self._load(now), timeout=self._slow_timeout)
         self._jtis = {m.decode(): float(s) for m, s in jtis}
         self._subjects = {k.decode(): float(v) for k, v in subjects.items()}
+        self._owners.clear()  # session ends may have been missed too
 
     async def _load(self, now: float) -> tuple[list[tuple[bytes, float]], dict[bytes, bytes]]:
-        async with self._redis.pipeline(transaction=False) as pipe:
+        async with self._watch.pipeline(transaction=False) as pipe:
             pipe.zrangebyscore(self._jti_key, now, "+inf", withscores=True)
             pipe.hgetall(self._sub_key)
             jtis, subjects = await pipe.execute()
@@ -226,15 +248,15 @@ class RedisStore:
 
     async def _sync_forever(self) -> None:
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._watch.pubsub(ignore_subscribe_messages=True)
             try:
                 await self._call("revocation", pubsub.subscribe(self._channel), timeout=self._slow_timeout)
                 await self._reload()  # after subscribing: no change falls between the two
                 self._mark(True)
                 self._synced.set()
                 await self._follow(pubsub)
-            except StoreError:
-                pass  # counted and marked by _call; try again shortly
+            except StoreError as exc:
+                self._mark(False, str(exc))  # try again shortly
             except (RedisError, OSError) as exc:
                 telemetry.count_store_error("revocation")
                 self._mark(False, f"{type(exc).__name__}: {exc}"[:200])
@@ -259,7 +281,7 @@ class RedisStore:
                 next_probe = now + PROBE_INTERVAL
                 was_healthy = self.healthy
                 try:
-                    await self._call("revocation", self._redis.ping())
+                    await self._call("revocation", self._watch.ping(), timeout=self._slow_timeout)
                 except StoreError as exc:
                     self._mark(False, str(exc))  # a paused Redis answers no ping but keeps the socket
                     continue
@@ -277,14 +299,28 @@ class RedisStore:
         return f"{self._prefix}sess:{digest}"
 
     async def bind_session(self, server: str, session_id: str, subject: str, ttl: float) -> str:
-        value = json.dumps([server, session_id, subject])
+        """Atomic in Redis; the owner's own uses are answered locally for a few seconds (an owner never
+        changes while the binding lives, an end is published), so the TTL is refreshed at most that often."""
         key = self._session_key(server, session_id)
+        now = time.monotonic()
+        cached = self._owners.get(key)
+        fresh = cached is not None and now - cached[1] < min(ttl / 10, SESSION_REFRESH)
+        if fresh and self._healthy and cached is not None and cached[0] == subject:
+            return subject
+        value = json.dumps([server, session_id, subject])
         stored = await self._call("sessions", self._bind(keys=[key], args=[value, max(1, int(ttl * 1000))]))
-        owner = json.loads(stored)[2]
-        return str(owner)
+        owner = str(json.loads(stored)[2])
+        if len(self._owners) >= SESSION_CACHE:
+            self._owners.pop(next(iter(self._owners)))
+        self._owners.pop(key, None)
+        self._owners[key] = (owner, now)
+        return owner
 
     async def end_session(self, server: str, session_id: str) -> bool:
-        deleted = await self._call("sessions", self._redis.delete(self._session_key(server, session_id)))
+        key = self._session_key(server, session_id)
+        message = json.dumps({"t": "end", "key": key})
+        deleted = await self._call("sessions", self._end_session(keys=[key, self._channel], args=[message]))
+        self._owners.pop(key, None)
         return bool(deleted)
 
     async def sessions(self, server: str | None = None, subject: str | None = None) -> list[SessionBinding]:

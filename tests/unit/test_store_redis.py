@@ -157,6 +157,21 @@ async def test_revocation_propagates_between_stores(shared_redis: Redis) -> None
         assert not a.is_revoked("alice", None, now + 1)
 
 
+async def test_session_end_reaches_other_replicas_cache(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    async with opened(shared_redis.url, prefix, timeout=1.0) as a, opened(shared_redis.url, prefix, timeout=1.0) as b:
+        assert await a.bind_session("s", "sid", "alice", 3600) == "alice"
+        assert await a.bind_session("s", "sid", "alice", 3600) == "alice"  # answered from a's cache
+        assert await b.bind_session("s", "sid", "bob", 3600) == "alice"
+        assert await b.end_session("s", "sid")
+        assert await b.bind_session("s", "sid", "bob", 3600) == "bob"
+        await eventually(lambda: _owner_seen(a, "alice", "bob"), "a sees bob own the session after the end")
+
+
+async def _owner_seen(store: RedisStore, subject: str, owner: str) -> bool:
+    return await store.bind_session("s", "sid", subject, 3600) == owner
+
+
 async def test_new_store_loads_existing_revocations_and_ignores_junk(shared_redis: Redis) -> None:
     prefix = f"t{next(_prefixes)}:"
     now = time.time()
