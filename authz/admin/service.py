@@ -13,14 +13,17 @@ import time
 from collections.abc import Callable, Iterable
 from typing import NoReturn
 
+import aiohttp
 import grpc
 
 from authz.admin._pb import admin_pb2, admin_pb2_grpc
 from authz.admin.dryrun import DryRunStore
 from authz.check import SERVER_CONTEXT_KEY, Checker
-from authz.config import Config
-from authz.model import Decision, HttpRequest
+from authz.config import Config, Server
+from authz.errors import ApprovalRefused
+from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.store.base import Store, StoreError
+from authz.upstream.approval import ApprovalGate
 
 log = logging.getLogger("mcp_authz.admin")
 MAX_FIELD = 1024  # longest jti, subject, server or session id accepted
@@ -69,10 +72,26 @@ def shown_headers(config: Config, decision: Decision) -> dict[str, str]:
     return {k: (v if k in visible else REDACTED) for k, v in decision.set_headers}
 
 
+def _no_http() -> aiohttp.ClientSession:
+    raise RuntimeError("Explain makes no HTTP request")
+
+
+class ExplainApprovals(ApprovalGate):
+    """A call whose rule needs a person's approval is reported as pending (``approval_pending``); nobody is asked."""
+
+    def __init__(self) -> None:
+        super().__init__(None, None, _no_http)
+
+    async def check(self, server: Server, caller: Caller, mcp: McpRequest, rule: str | None, req: HttpRequest) -> None:
+        policy = server.policy
+        if rule is not None and policy is not None and rule in policy.approval_rules:
+            raise ApprovalRefused("pending", "", f"explain: rule {rule!r} waits for a person's approval (none asked)")
+
+
 def offline_checker(live: Checker, store: Store) -> Checker:
     """The live config and verifier (its cached keys) over a read-only view of the store; no approval
     is asked for and no upstream credential is fetched."""
-    return Checker(live.config, live.verifier, store=DryRunStore(store))
+    return Checker(live.config, live.verifier, store=DryRunStore(store), approvals=ExplainApprovals())
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):

@@ -438,3 +438,24 @@ async def test_store_down_is_a_clear_error(tmp_path: Path, capsys: pytest.Captur
         assert code == 2 and "store unavailable" in err
     finally:
         await server.stop(None)
+
+
+async def test_explain_reports_a_call_waiting_for_approval_without_asking(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    rules = policy({"name": "guarded", "tools": ["delete_repo"], "scopes": ["tools:write"], "approval": True})
+    approvals = {"webhook_url": "http://127.0.0.1:9/approve", "webhook_secret": "w" * 32, "callback_secret": "c" * 32}
+    stack = dev_stack(tmp_path, [server_spec(policy=rules)], approvals=approvals)
+    store = MemoryStore()
+    spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
+    request = _request_file(tmp_path, tool_call("delete_repo"))
+    base = ["admin", "--address", f"127.0.0.1:{port}", "--token", TOKEN]
+    try:
+        argv = [*base, "explain", "--request", request, "--bearer", stack.token(scopes=["tools:write"])]
+        code, out, _ = await cli(capsys, *argv)
+    finally:
+        await server.stop(None)
+    assert (code, out["decision"], out["reason"]) == (1, "deny", "approval_pending")
+    assert "rule 'guarded' waits" in out["detail"]
+    assert store._values == {}  # no pending approval was recorded
