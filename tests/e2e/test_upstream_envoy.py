@@ -256,3 +256,43 @@ def test_no_secret_in_logs_audit_or_traces(up: Upstream) -> None:
     for secret in forbidden:
         assert secret not in output
         assert all(secret.encode() not in body for body in up.otlp.bodies)
+
+
+async def test_over_http_ext_authz_the_secret_replaces_the_callers_authorization(
+    tmp_path: Path,
+    sample_server: Factory[SampleServer],
+    envoy: Factory[Envoy],
+    authorizer: Factory[Authorizer],
+) -> None:
+    """Envoy's HTTP ext_authz passes only `allowed_upstream_headers`: the rendered list has the injected one."""
+    from authz.identity.devkey import ensure_key, mint
+
+    key, sample, port = ensure_key(tmp_path / "dev.pem"), sample_server(json_response=True), free_port()
+    base = f"http://127.0.0.1:{port}"
+    spec = {
+        "listen": {
+            "grpc": f"127.0.0.1:{free_port()}",
+            "http": f"127.0.0.1:{free_port()}",
+            "discovery": f"127.0.0.1:{free_port()}",
+        },
+        "issuers": [{"name": "dev", "issuer": f"{base}/dev", "local_key_file": str(key)}],
+        "servers": [
+            {
+                "name": "demo",
+                "resource": f"{base}/mcp",
+                "upstream": sample.upstream,
+                "credentials": {"header": "Authorization", "prefix": "Bearer ", "value_secret": API_KEY},
+            }
+        ],
+        "envoy": {"listen": f"127.0.0.1:{port}", "authorizer": "http", "admin_port": free_port(), "timeout_ms": 3000},
+    }
+    text = yaml.safe_dump(spec, sort_keys=False)
+    authorizer(text)
+    proxy = envoy(render_envoy_yaml(parse_config(text, "http-credentials.yaml")))
+    token = mint(key, issuer=f"{base}/dev", audience=f"{base}/mcp", subject="alice", scopes=[])
+    async with RawMcp(proxy.url("/mcp"), token=token) as mcp:
+        response = await mcp.call_tool("echo_headers", {})
+    assert response.status == 200 and "error" not in response.message, response.text
+    headers = [r["headers"] for r in sample.requests() if r["method"] == "POST"][-1]
+    assert headers["authorization"] == f"Bearer {API_KEY}"  # the caller's token replaced, not removed
+    assert headers["x-mcp-subject"] == "alice"
