@@ -24,6 +24,7 @@ from authz.errors import ApprovalRefused
 from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.store.base import Store, StoreError
 from authz.upstream.approval import ApprovalGate
+from authz.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("mcp_authz.admin")
 MAX_FIELD = 1024  # longest jti, subject, server or session id accepted
@@ -88,10 +89,26 @@ class ExplainApprovals(ApprovalGate):
             raise ApprovalRefused("pending", "", f"explain: rule {rule!r} waits for a person's approval (none asked)")
 
 
+class ExplainCredentials(UpstreamCredentials):
+    """Names the credential headers a call would get; no secret is revealed and no token is exchanged."""
+
+    __slots__ = ()
+
+    async def headers(self, server: Server, caller: Caller) -> tuple[tuple[str, str], ...]:
+        names = [c.header for c in (server.credentials, server.exchange) if c is not None]
+        return tuple((name, REDACTED) for name in names)
+
+
 def offline_checker(live: Checker, store: Store) -> Checker:
     """The live config and verifier (its cached keys) over a read-only view of the store; no approval
     is asked for and no upstream credential is fetched."""
-    return Checker(live.config, live.verifier, store=DryRunStore(store), approvals=ExplainApprovals())
+    return Checker(
+        live.config,
+        live.verifier,
+        store=DryRunStore(store),
+        approvals=ExplainApprovals(),
+        upstream=ExplainCredentials(),
+    )
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):

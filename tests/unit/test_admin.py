@@ -459,3 +459,31 @@ async def test_explain_reports_a_call_waiting_for_approval_without_asking(
     assert (code, out["decision"], out["reason"]) == (1, "deny", "approval_pending")
     assert "rule 'guarded' waits" in out["detail"]
     assert store._values == {}  # no pending approval was recorded
+
+
+async def test_explain_names_upstream_credentials_without_revealing_or_exchanging(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    server = server_spec(
+        policy=policy({"name": "read", "tools": ["search"], "scopes": ["tools:read"]}),
+        credentials={"header": "X-Api-Key", "value_secret": "integration-secret-value"},
+        token_exchange={
+            "token_endpoint": "http://127.0.0.1:9/token",  # nothing listens: an exchange would fail the call
+            "audience": "downstream-api",
+            "client_id": "authorizer",
+            "client_secret": "exchange-client-secret",
+        },
+    )
+    stack = dev_stack(tmp_path, [server])
+    spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    admin_server, port = await start_admin(spec, AdminService(lambda: stack.checker, MemoryStore))
+    request = _request_file(tmp_path, tool_call("search"))
+    try:
+        argv = ["admin", "--address", f"127.0.0.1:{port}", "--token", TOKEN, "explain", "--request", request]
+        code, out, _ = await cli(capsys, *argv, "--bearer", stack.token(scopes=["tools:read"]))
+    finally:
+        await admin_server.stop(None)
+    assert (code, out["decision"], out["rule"]) == (0, "allow", "read")
+    headers = {k.lower(): v for k, v in out["headers"].items()}
+    assert headers["x-api-key"] == headers["authorization"] == REDACTED
+    assert "secret" not in json.dumps(out)
