@@ -361,3 +361,31 @@ def test_the_wait_must_be_shorter_than_envoys_timeout() -> None:
 def test_an_approval_rule_needs_the_approvals_section() -> None:
     with pytest.raises(ValueError, match="need an approvals section"):
         make_config(servers=[server_spec(policy=POLICY)])
+
+
+# ---------------------------------------------------------------- the discovery route
+
+
+async def test_the_discovery_route_hands_signed_posts_to_the_gate(
+    tmp_path: Path, webhook: Webhook, http_session: aiohttp.ClientSession
+) -> None:
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from discovery import build_app
+
+    webhook.answer = None
+    g = gated(tmp_path, webhook.url, http_session)
+    approval_id = rpc_error(await g.call(repo="sample"))["data"]["approval_id"]
+    app = build_app(g.checker.config, readiness=lambda: {}, approval_callback=g.gate.callback)
+    async with TestClient(TestServer(app, host="127.0.0.1")) as client:
+        assert (await client.get(f"/approvals/{approval_id}")).status == 405
+        assert (await client.post("/approvals/bad%20id", data=b"{}")).status == 404
+        assert (await client.post(f"/approvals/{approval_id}", data=b"x" * 20_000)).status == 413
+        headers, body = signed({"approval_id": approval_id, "decision": "approve"})
+        answered = await client.post(f"/approvals/{approval_id}", data=body, headers=headers)
+        assert answered.status == 200 and (await answered.json())["decision"] == "approve"
+        assert answered.headers["cache-control"] == "no-store"
+    plain = build_app(g.checker.config, readiness=lambda: {})  # without a callback the path is unknown
+    async with TestClient(TestServer(plain, host="127.0.0.1")) as client:
+        assert (await client.post(f"/approvals/{approval_id}", data=body, headers=headers)).status == 404
+    assert (await g.call(repo="sample")).allowed
