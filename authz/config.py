@@ -766,6 +766,9 @@ class ConfigSpec(_Spec):
         wanted = [s.name for s in self.servers if s.policy and any(r.approval for r in s.policy.rules)]
         if wanted and self.approvals is None:
             raise ValueError(f"servers {wanted}: rules with approval: true need an approvals section")
+        blind = [s.name for s in self.servers if s.name in wanted and s.header_only]
+        if blind:
+            raise ValueError(f"servers {blind}: approval rules need the arguments, so header_only must be false")
         if self.approvals is not None and self.approvals.wait_ms >= self.envoy.timeout_ms:
             raise ValueError(
                 f"approvals.wait_ms ({self.approvals.wait_ms}) must be below envoy.timeout_ms "

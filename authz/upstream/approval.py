@@ -32,7 +32,7 @@ import aiohttp
 
 from authz import telemetry
 from authz.config import Approvals, Server
-from authz.errors import ApprovalRefused, Forbidden, Unavailable
+from authz.errors import ApprovalRefused, Forbidden, MissingToken, Unavailable
 from authz.model import Caller, HttpRequest, McpCall, McpRequest
 from authz.store.base import Store, StoreError
 
@@ -112,6 +112,10 @@ class ApprovalGate:
             return
         if mcp.batch or len(mcp.calls) != 1:
             raise Forbidden("approval_batch", "a call needing approval must come alone, not in a batch")
+        if mcp.from_headers:  # the arguments are what a person approves: never decide without the body
+            raise Forbidden("approval_needs_body", "decided on routing headers alone; the arguments are unknown")
+        if caller.anonymous:  # an approval is for someone: anonymous callers would share it
+            raise MissingToken("approval_needs_identity", "an anonymous caller cannot be approved")
         approvals, store = self.approvals, self._store
         if approvals is None or store is None:
             raise Unavailable("approval_unavailable", "approvals are not configured or there is no store")

@@ -358,6 +358,23 @@ def test_the_wait_must_be_shorter_than_envoys_timeout() -> None:
     assert config.servers["mcp"].policy is not None and config.servers["mcp"].policy.approval_rules == {"dangerous"}
 
 
+def test_approval_rules_need_the_body() -> None:
+    with pytest.raises(ValueError, match="header_only must be false"):
+        make_config(servers=[server_spec(policy=POLICY, header_only=True)], approvals=approvals("https://hook.test"))
+
+
+async def test_an_anonymous_caller_cannot_be_approved(
+    tmp_path: Path, webhook: Webhook, http_session: aiohttp.ClientSession
+) -> None:
+    stack = dev_stack(tmp_path, [server_spec(policy=POLICY, mode="optional")], approvals=approvals(webhook.url))
+    gate = ApprovalGate(stack.config.approvals, MemoryStore(), lambda: http_session)
+    verifier, _ = build_verifier(stack.config)
+    checker = Checker(stack.config, verifier, approvals=gate)
+    decision = await checker.check(http_request(tool_call("delete_repo", repo="x")))
+    assert not decision.allowed and decision.status == 401 and decision.reason == "approval_needs_identity"
+    assert webhook.requests == []
+
+
 def test_an_approval_rule_needs_the_approvals_section() -> None:
     with pytest.raises(ValueError, match="need an approvals section"):
         make_config(servers=[server_spec(policy=POLICY)])
