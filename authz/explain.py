@@ -7,6 +7,7 @@ from typing import Any
 
 import aiohttp
 
+from authz.admin.service import ExplainApprovals, ExplainCredentials
 from authz.check import SERVER_CONTEXT_KEY, Checker
 from authz.config import Config
 from authz.identity.jwks import KeySet
@@ -33,7 +34,11 @@ def request_from_spec(spec: Any, token: str) -> HttpRequest:
 async def explain(config: Config, spec: Any, token: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
         keys = {name: KeySet(issuer, lambda: session) for name, issuer in config.key_issuers.items()}
-        decision = await Checker(config, Verifier(config.issuers, keys)).check(request_from_spec(spec, token))
+        # Nobody is asked for an approval, no token is exchanged, no secret is shown (as the admin Explain).
+        checker = Checker(
+            config, Verifier(config.issuers, keys), approvals=ExplainApprovals(), upstream=ExplainCredentials()
+        )
+        decision = await checker.check(request_from_spec(spec, token))
     return {
         "decision": "allow" if decision.allowed else "deny",
         "status": decision.status,

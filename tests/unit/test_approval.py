@@ -406,3 +406,12 @@ async def test_the_discovery_route_hands_signed_posts_to_the_gate(
     async with TestClient(TestServer(plain, host="127.0.0.1")) as client:
         assert (await client.post(f"/approvals/{approval_id}", data=body, headers=headers)).status == 404
     assert (await g.call(repo="sample")).allowed
+
+
+async def test_policy_explain_asks_nobody(tmp_path: Path, webhook: Webhook) -> None:
+    from authz.explain import explain
+
+    stack = dev_stack(tmp_path, [server_spec(policy=POLICY)], approvals=approvals(webhook.url))
+    result = await explain(stack.config, tool_call("delete_repo", repo="x"), stack.token())
+    assert (result["decision"], result["reason"]) == ("deny", "approval_pending")
+    assert webhook.requests == []

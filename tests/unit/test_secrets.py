@@ -187,3 +187,16 @@ def test_cli_encrypt_refuses_a_short_key() -> None:
 def test_a_header_that_cannot_carry_a_credential_is_refused(creds: dict[str, str], problem: str) -> None:
     with pytest.raises(ConfigError, match=problem):
         make_config(servers=[server_spec(credentials=creds)])
+
+
+async def test_policy_explain_shows_no_secret_and_exchanges_nothing(tmp_path: Path) -> None:
+    from authz.explain import explain
+
+    creds = {"header": "X-Api-Key", "value_secret": VALUE}
+    exchange = {"token_endpoint": "http://127.0.0.1:9/token", "resource": "https://api.test/", "client_id": "c"}
+    exchange["client_secret"] = "s"
+    stack = dev_stack(tmp_path, [server_spec(credentials=creds, token_exchange=exchange)])
+    result = await explain(stack.config, tool_call("search"), stack.token())
+    assert result["decision"] == "allow", result
+    assert result["headers"]["x-api-key"] == "***" and result["headers"]["authorization"] == "***"
+    assert VALUE not in json.dumps(result)
