@@ -1,6 +1,6 @@
 """Shared state end to end: real Envoy, ``mcp-authz serve`` and the sample MCP server.
 
-The embedded memory store (no ``store`` section): session binding
+The embedded memory store (no ``store`` section): revocation through the admin API, session binding
 (another subject's use of a session is refused as an unknown session, DELETE by the owner ends it),
 and the N+1th call of a rate limit refused with 429 and Retry-After.
 
@@ -26,6 +26,7 @@ import pytest
 import yaml
 from harness import Authorizer, Envoy, Factory, RawMcp, RawResponse, Redis, SampleServer, free_port, start_redis
 
+from authz.admin.client import AdminClient
 from authz.config import parse_config
 from authz.identity.devkey import ensure_key, mint
 from authz.render.envoy import render_envoy_yaml
@@ -123,7 +124,26 @@ def memory_stack(
     authorizer: Factory[Authorizer],
 ) -> Stack:
     sample = sample_server()
-    return _start(tmp_path_factory.mktemp("store-memory"), sample, envoy, authorizer)
+    return _start(tmp_path_factory.mktemp("store-memory"), sample, envoy, authorizer, admin=True)
+
+
+async def test_memory_revocation_by_jti_and_subject(memory_stack: Stack) -> None:
+    stack = memory_stack
+    assert stack.admin is not None
+    token = stack.token("rev-alice", jti="e2e-jti-1")
+    assert (await stack.call("read_file", token)).status == 200
+    with AdminClient(stack.admin, token=ADMIN_TOKEN) as admin:
+        admin.revoke_token("e2e-jti-1", time.time() + 3600)
+    refused = await stack.call("read_file", token)
+    assert refused.status == 401 and 'error="invalid_token"' in refused.headers["www-authenticate"]
+    assert (await stack.call("read_file", "rev-alice")).status == 200  # another token of the subject
+
+    old = stack.token("rev-bob", iat=int(time.time()) - 5)
+    assert (await stack.call("read_file", old)).status == 200
+    with AdminClient(stack.admin, token=ADMIN_TOKEN) as admin:
+        admin.revoke_subject("rev-bob", time.time() - 1)
+    assert (await stack.call("read_file", old)).status == 401
+    assert (await stack.call("read_file", "rev-bob", iat=int(time.time()) + 1)).status == 200
 
 
 async def test_memory_session_bound_to_its_subject(memory_stack: Stack) -> None:
