@@ -16,6 +16,7 @@ from typing import Any
 MASK = "***"
 _SECRET_NAME = re.compile(r"secret|token|password|key", re.IGNORECASE)
 _ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
+_URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")  # scheme://user:password@host (e.g. store.url)
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
@@ -47,7 +48,8 @@ def masked(value: Any, raw: Any = None, name: str = "") -> Any:
 
     A string is masked when its field name contains secret, token, password or key, or when the
     config file wrote it as a ``${ENV}`` reference (``raw``: the file's parsed YAML, walked in step).
-    Numbers, booleans and None stay: they are limits and switches, not secrets.
+    Numbers, booleans and None stay: they are limits and switches, not secrets. The password of any
+    ``scheme://user:password@host`` URL (e.g. ``store.url``) is masked too.
     """
     if isinstance(value, Mapping):
         raw_map = raw if isinstance(raw, Mapping) else {}
@@ -56,4 +58,6 @@ def masked(value: Any, raw: Any = None, name: str = "") -> Any:
         raw_list = raw if isinstance(raw, list) else []
         return [masked(v, raw_list[i] if i < len(raw_list) else None, name) for i, v in enumerate(value)]
     secret = _SECRET_NAME.search(name) or (isinstance(raw, str) and _ENV_REF.search(raw))
-    return MASK if secret and isinstance(value, str) and value else value
+    if secret and isinstance(value, str) and value:
+        return MASK
+    return _URL_PASSWORD.sub(rf"\1{MASK}@", value) if isinstance(value, str) else value

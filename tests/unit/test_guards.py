@@ -247,3 +247,11 @@ def test_store_url_is_validated_without_echoing_it() -> None:
     with pytest.raises(ConfigError) as info:
         make_config(store={"url": "http://user:hunter2@host/0"})
     assert "hunter2" not in str(info.value) and "store.url" in str(info.value)
+
+
+def test_store_url_password_is_masked_in_the_startup_summary() -> None:
+    from authz.logs import masked
+
+    config = make_config(store={"url": "rediss://:hunter2@redis.internal:6380/2"})
+    summary = json.dumps(masked(config.spec.model_dump(mode="json")))
+    assert "hunter2" not in summary and "rediss://:***@redis.internal:6380/2" in summary
