@@ -306,7 +306,12 @@ def _header_text(value: str) -> str:
 
 
 class TokenExchangeSpec(_Spec):
-    token_endpoint: str = Field(description="The issuer's token endpoint (RFC 8693 token exchange).")
+    token_endpoint: str | None = Field(None, description="The token endpoint the exchange (RFC 8693) is sent to.")
+    issuer: str | None = Field(
+        None,
+        description="Instead of token_endpoint: the name of an `issuers` entry whose RFC 8414 / OIDC metadata "
+        "names the token endpoint (fetched at the first exchange).",
+    )
     audience: str | None = Field(None, description="`audience` of the downstream API (RFC 8693 §2.1).")
     resource: str | None = Field(None, description="`resource` of the downstream API (RFC 8707).")
     scopes: list[str] = Field([], description="`scope` asked for the downstream API.")
@@ -333,7 +338,9 @@ class TokenExchangeSpec(_Spec):
     def _target(self) -> TokenExchangeSpec:
         if not self.audience and not self.resource:
             raise ValueError("token_exchange: set audience and/or resource of the downstream API")
-        if urlsplit(self.token_endpoint).scheme not in ("https", "http"):
+        if (self.token_endpoint is None) == (self.issuer is None):
+            raise ValueError("token_exchange: set token_endpoint or issuer (one of them)")
+        if self.token_endpoint is not None and urlsplit(self.token_endpoint).scheme not in ("https", "http"):
             raise ValueError(f"token_endpoint: expected an http(s) URL, got {self.token_endpoint!r}")
         return self
 
@@ -760,7 +767,15 @@ class ConfigSpec(_Spec):
                 "the caller to ext_proc as dynamic metadata)"
             )
         self._approvals_fit()
+        self._exchange_issuers()
         return self
+
+    def _exchange_issuers(self) -> None:
+        known = {i.name for i in self.issuers}
+        for s in self.servers:
+            named = s.token_exchange.issuer if s.token_exchange is not None else None
+            if named is not None and named not in known:
+                raise ValueError(f"server {s.name!r}: token_exchange.issuer {named!r} is not in issuers")
 
     def _approvals_fit(self) -> None:
         wanted = [s.name for s in self.servers if s.policy and any(r.approval for r in s.policy.rules)]
@@ -931,7 +946,8 @@ class Credential:
 class Exchange:
     """RFC 8693 token exchange for one MCP server's downstream API."""
 
-    token_endpoint: str
+    token_endpoint: str | None  # None: from the metadata of ``issuer``
+    issuer: str | None  # issuer identifier (URL) whose metadata names the token endpoint
     audience: str | None
     resource: str | None
     scopes: tuple[str, ...]
@@ -1122,7 +1138,9 @@ def _secret(value: str, where: str, keys: tuple[bytes, ...], errors: list[str]) 
         return Secret("")
 
 
-def _compile_upstream(server: Server, spec: ServerSpec, keys: tuple[bytes, ...], errors: list[str], k: int) -> Server:
+def _compile_upstream(
+    server: Server, spec: ServerSpec, issuers: Mapping[str, Issuer], keys: tuple[bytes, ...], errors: list[str], k: int
+) -> Server:
     """The server with its integration secret and token exchange compiled (secrets decrypted)."""
     credential = exchange = None
     if spec.credentials is not None:
@@ -1133,6 +1151,7 @@ def _compile_upstream(server: Server, spec: ServerSpec, keys: tuple[bytes, ...],
         t = spec.token_exchange
         exchange = Exchange(
             token_endpoint=t.token_endpoint,
+            issuer=issuers[t.issuer].issuer if t.issuer is not None else None,
             audience=t.audience,
             resource=t.resource,
             scopes=tuple(t.scopes),
@@ -1192,7 +1211,7 @@ def compile_config(spec: ConfigSpec, source: str = "") -> Config:
     for k, s in enumerate(spec.servers):
         compiled = _compile_server(s, list(issuers), errors, k)
         if compiled is not None:
-            servers[s.name] = _compile_upstream(compiled, s, secret_keys, errors, k)
+            servers[s.name] = _compile_upstream(compiled, s, issuers, secret_keys, errors, k)
     approvals = _compile_approvals(spec.approvals, secret_keys, errors)
     if spec.audit.webhook is not None:  # checked here; the sink decrypts it again with the same keys
         _secret(spec.audit.webhook.secret, "audit.webhook.secret", secret_keys, errors)

@@ -17,13 +17,14 @@ import logging
 import time
 from collections.abc import Callable
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, urlsplit
 
 import aiohttp
 
 from authz import telemetry
 from authz.config import Exchange
 from authz.errors import Forbidden, Refusal, Unavailable
+from authz.identity.metadata import MetadataError, fetch_issuer_metadata
 from authz.model import Caller
 from authz.store.base import Store, StoreError
 from authz.upstream.secrets import SecretError, decrypt_bytes, encrypt
@@ -42,7 +43,7 @@ Counter = Callable[[bool, bool], None]  # (ok, cached)
 def cache_key(exchange: Exchange, caller: Caller) -> str:
     """Store key of an exchanged token: issuer, subject, client and downstream target, hashed."""
     parts = [
-        exchange.token_endpoint,
+        exchange.token_endpoint or exchange.issuer,
         exchange.client_id,
         caller.issuer,
         caller.subject,
@@ -70,6 +71,7 @@ class TokenExchanger:
         self._count = counter if counter is not None else telemetry.count_exchange
         self._local: dict[str, tuple[str, float]] = {}  # cache key -> (token, reuse until, epoch seconds)
         self._flights: dict[str, asyncio.Task[tuple[str, float]]] = {}
+        self._endpoints: dict[str, str] = {}  # issuer -> token endpoint from its metadata
         self.exchanges = 0  # requests sent to the issuer (successful or not)
 
     def _counted(self, ok: bool, cached: bool) -> None:
@@ -157,7 +159,26 @@ class TokenExchanger:
         except StoreError as exc:
             log.warning("exchange cache write failed", extra={"reason": "store_error", "detail": str(exc)})
 
+    async def _endpoint(self, exchange: Exchange) -> str:
+        """The configured token endpoint, or the one the issuer's metadata names (fetched once)."""
+        if exchange.token_endpoint is not None:
+            return exchange.token_endpoint
+        issuer = exchange.issuer or ""
+        known = self._endpoints.get(issuer)
+        if known is not None:
+            return known
+        try:
+            document = await fetch_issuer_metadata(self._http(), issuer, exchange.timeout)
+        except MetadataError as exc:
+            raise Unavailable(REASON, f"issuer metadata: {exc}") from None
+        endpoint = document.get("token_endpoint")
+        if not isinstance(endpoint, str) or urlsplit(endpoint).scheme not in ("https", "http"):
+            raise Unavailable(REASON, "the issuer's metadata names no http(s) token_endpoint")
+        self._endpoints[issuer] = endpoint
+        return endpoint
+
     async def _exchange(self, exchange: Exchange, caller: Caller) -> tuple[str, float]:
+        endpoint = await self._endpoint(exchange)
         form = {
             "grant_type": GRANT_TYPE,
             "subject_token": caller.token or "",
@@ -176,7 +197,7 @@ class TokenExchanger:
         started = time.time()
         try:
             async with self._http().post(
-                exchange.token_endpoint,
+                endpoint,
                 data=form,
                 auth=auth,
                 headers={"Accept": "application/json"},

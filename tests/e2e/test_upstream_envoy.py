@@ -143,7 +143,7 @@ def up(
                 },
                 "credentials": {"header": "X-Api-Key", "value_secret": node_encrypt(key, API_KEY)},
                 "token_exchange": {
-                    "token_endpoint": idp.token_endpoint,
+                    "issuer": "idp",  # the token endpoint from the identity provider's metadata
                     "resource": DOWNSTREAM,
                     "scopes": ["downstream:read"],
                     "client_id": EXCHANGE_CLIENT[0],

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import build_verifier, dev_stack, http_request, make_config, server_spec, tool_call
+from conftest import build_verifier, dev_stack, http_request, issuer_spec, make_config, server_spec, tool_call
 
 from authz.check import Checker
 from authz.config import Config, Exchange
@@ -38,6 +38,15 @@ class TokenEndpoint:
     status: int = 200
     expires_in: int = 300
     delay: float = 0.0
+    metadata_requests: int = 0
+
+    @property
+    def issuer(self) -> str:
+        return self.url.removesuffix("/token")
+
+    async def metadata(self, request: web.Request) -> web.Response:
+        self.metadata_requests += 1
+        return web.json_response({"issuer": self.issuer, "token_endpoint": self.url})
 
     async def handle(self, request: web.Request) -> web.Response:
         form = {k: str(v) for k, v in (await request.post()).items()}
@@ -63,6 +72,7 @@ async def endpoint() -> AsyncIterator[TokenEndpoint]:
     state = TokenEndpoint()
     app = web.Application()
     app.router.add_post("/token", state.handle)
+    app.router.add_get("/.well-known/oauth-authorization-server", state.metadata)
     runner = web.AppRunner(app)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
@@ -243,3 +253,38 @@ async def test_without_wiring_an_exchange_server_fails_closed(tmp_path: Path) ->
     stack = dev_stack(tmp_path, [server_spec(token_exchange=exchange_spec("https://idp.test/token"))])
     decision = await stack.checker.check(http_request(tool_call("search"), token=stack.token()))
     assert not decision.allowed and decision.status == 503 and decision.reason == "token_exchange_failed"
+
+
+async def test_the_token_endpoint_from_the_issuers_metadata(
+    endpoint: TokenEndpoint, http_session: aiohttp.ClientSession
+) -> None:
+    spec = exchange_spec("", issuer="main")
+    del spec["token_endpoint"]
+    config = make_config(
+        [issuer_spec(issuer=endpoint.issuer, jwks_uri="http://127.0.0.1:9/jwks")],
+        [server_spec(token_exchange=spec)],
+    )
+    exchanger = TokenExchanger(lambda: http_session, MemoryStore())
+    await exchanger.token(exchange_of(config), caller())
+    await exchanger.token(exchange_of(config), caller("bob", "bobs-token"))
+    assert len(endpoint.forms) == 2 and endpoint.metadata_requests == 1
+
+
+async def test_unreachable_issuer_metadata_fails_closed(http_session: aiohttp.ClientSession) -> None:
+    spec = exchange_spec("", issuer="main")
+    del spec["token_endpoint"]
+    config = make_config(
+        [issuer_spec(issuer="http://127.0.0.1:9", jwks_uri="http://127.0.0.1:9/jwks")],
+        [server_spec(token_exchange=spec)],
+    )
+    with pytest.raises(Unavailable, match="token_exchange_failed"):
+        await TokenExchanger(lambda: http_session, MemoryStore()).token(exchange_of(config), caller())
+
+
+@pytest.mark.parametrize(
+    ("fields", "problem"),
+    [({"issuer": "main"}, "token_endpoint or issuer"), ({"token_endpoint": None, "issuer": "nope"}, "not in issuers")],
+)
+def test_the_token_endpoint_or_a_known_issuer(fields: dict[str, Any], problem: str) -> None:
+    with pytest.raises(ValueError, match=problem):
+        make_config(servers=[server_spec(token_exchange=exchange_spec("https://idp.test/token", **fields))])
