@@ -235,8 +235,10 @@ class RedisStore:
         """Replace the local copy with what Redis holds (expired token ids left out)."""
         now = self._clock()
         jtis, subjects = await self._call("revocation", self._load(now), timeout=self._slow_timeout)
-        self._jtis = {m.decode(): float(s) for m, s in jtis}
-        self._subjects = {k.decode(): float(v) for k, v in subjects.items()}
+        self._jtis = {m.decode(errors="replace"): float(score) for m, score in jtis}
+        self._subjects = {
+            k.decode(errors="replace"): cut for k, v in subjects.items() if (cut := _number(v)) is not None
+        }
         self._owners.clear()  # session ends may have been missed too
 
     async def _load(self, now: float) -> tuple[list[tuple[bytes, float]], dict[bytes, bytes]]:
@@ -257,7 +259,9 @@ class RedisStore:
                 await self._follow(pubsub)
             except StoreError as exc:
                 self._mark(False, str(exc))  # try again shortly
-            except (RedisError, OSError) as exc:
+            except Exception as exc:  # the connection dropped (RedisError, OSError) or Redis held junk
+                if not isinstance(exc, RedisError | OSError):
+                    log.exception("store background task failed; reconnecting", extra={"store": self.kind})
                 telemetry.count_store_error("revocation")
                 self._mark(False, f"{type(exc).__name__}: {exc}"[:200])
             finally:
@@ -338,11 +342,11 @@ class RedisStore:
         now = self._clock()
         found = []
         for value, ttl in zip(replies[::2], replies[1::2], strict=True):
-            if value is None or ttl < 0:
+            binding = _binding(value, ttl, now)
+            if binding is None:
                 continue
-            s_server, s_id, s_subject = json.loads(value)
-            if (server is None or s_server == server) and (subject is None or s_subject == subject):
-                found.append(SessionBinding(s_server, s_id, s_subject, now + ttl / 1000))
+            if (server is None or binding.server == server) and (subject is None or binding.subject == subject):
+                found.append(binding)
         return found
 
     # --- rate limits
@@ -363,3 +367,23 @@ class RedisStore:
     async def take(self, key: str) -> bytes | None:
         value = await self._call("values", self._redis.getdel(f"{self._prefix}val:{key}"))
         return value if isinstance(value, bytes) else None
+
+
+def _binding(value: bytes | None, ttl_ms: int, now: float) -> SessionBinding | None:
+    """A stored [server, session id, owner] as a binding; None for a vanished key or a value not ours."""
+    if value is None or ttl_ms < 0:
+        return None
+    try:
+        fields = json.loads(value)
+    except ValueError:
+        return None
+    if not (isinstance(fields, list) and len(fields) == 3 and all(isinstance(f, str) for f in fields)):
+        return None
+    return SessionBinding(fields[0], fields[1], fields[2], now + ttl_ms / 1000)
+
+
+def _number(value: bytes) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return None  # not written by this store: ignored

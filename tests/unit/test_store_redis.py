@@ -192,6 +192,21 @@ async def test_new_store_loads_existing_revocations_and_ignores_junk(shared_redi
         assert a.healthy and a.is_revoked(None, "after", None)
 
 
+async def test_foreign_values_in_redis_are_ignored(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    client = RedisClient.from_url(shared_redis.url)
+    try:
+        await client.hset(f"{prefix}rev:sub", mapping={"junk": "not a number", "alice": str(time.time())})
+        await client.set(f"{prefix}sess:foreign", b"\xff{", px=60_000)
+        await client.set(f"{prefix}sess:foreign2", b'{"a": 1}', px=60_000)
+    finally:
+        await client.aclose()
+    async with opened(shared_redis.url, prefix, timeout=1.0) as store:
+        assert store.healthy and store.is_revoked("alice", None, None) and not store.is_revoked("junk", None, 0)
+        await store.bind_session("s", "sid", "bob", 60)
+        assert [b.subject for b in await store.sessions()] == ["bob"]
+
+
 async def test_paused_redis_hits_the_deadline_then_recovers(own_redis: Redis) -> None:
     pid = own_redis.proc.pid
     assert pid is not None
