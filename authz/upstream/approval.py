@@ -108,10 +108,12 @@ class ApprovalGate:
     async def check(self, server: Server, caller: Caller, mcp: McpRequest, rule: str | None, req: HttpRequest) -> None:
         """Return if the call may go on; raise ApprovalRefused (or fail closed) otherwise."""
         policy = server.policy
-        if rule is None or policy is None or rule not in policy.approval_rules:
+        if policy is None or not policy.approval_rules:
             return
-        if mcp.batch or len(mcp.calls) != 1:
-            raise Forbidden("approval_batch", "a call needing approval must come alone, not in a batch")
+        if mcp.batch:  # ``rule`` is the last element's: a call needing approval could hide before it
+            raise Forbidden("approval_batch", "a server with approval rules takes no JSON-RPC batches")
+        if rule is None or rule not in policy.approval_rules or len(mcp.calls) != 1:
+            return
         if mcp.from_headers:  # the arguments are what a person approves: never decide without the body
             raise Forbidden("approval_needs_body", "decided on routing headers alone; the arguments are unknown")
         if caller.anonymous:  # an approval is for someone: anonymous callers would share it

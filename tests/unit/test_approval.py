@@ -332,9 +332,13 @@ async def test_a_batch_with_a_call_needing_approval_is_refused(
     tmp_path: Path, webhook: Webhook, http_session: aiohttp.ClientSession
 ) -> None:
     g = gated(tmp_path, webhook.url, http_session)
-    batch = [tool_call("search", id=1, query="x"), tool_call("delete_repo", id=2, repo="sample")]
-    decision = await g.checker.check(http_request(batch, token=g.token, revision="2025-03-26"))
-    assert not decision.allowed and webhook.requests == []
+    for batch in (
+        [tool_call("delete_repo", id=1, repo="sample"), tool_call("search", id=2, query="x")],  # hidden first
+        [tool_call("search", id=1, query="x"), tool_call("delete_repo", id=2, repo="sample")],
+    ):
+        decision = await g.checker.check(http_request(batch, token=g.token, revision="2025-03-26"))
+        assert not decision.allowed and decision.reason == "approval_batch"
+    assert webhook.requests == []
 
 
 async def test_without_a_gate_an_approval_rule_fails_closed(tmp_path: Path) -> None:
