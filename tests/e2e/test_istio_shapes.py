@@ -371,23 +371,26 @@ async def test_http_provider_discovery_is_not_checked(shared_http: tuple[list[Wo
 # ---------------------------------------------------------------- the sidecar layout
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", params=["grpc", "http"])
 def sidecars(
+    request: pytest.FixtureRequest,
     tmp_path_factory: pytest.TempPathFactory,
     sample_server: Factory[SampleServer],
     envoy: Factory[Envoy],
     authorizer: Factory[Authorizer],
 ) -> Iterator[tuple[list[Workload], dict[str, Authorizer], Path, str]]:
-    """Two pods: each Envoy reaches its own authorizer over loopback (the ``ext-authz-grpc.local``
-    ServiceEntry), each authorizer runs its server's rendered ConfigMap config."""
+    """Two pods: each Envoy reaches its own authorizer over loopback (the ``ext-authz-grpc.local`` or
+    ``ext-authz-http.local`` ServiceEntry), each authorizer runs its server's rendered ConfigMap config."""
+    http = request.param == "http"
     key = ensure_key(tmp_path_factory.mktemp("istio-sidecar") / "key.pem")
     issuer = f"http://127.0.0.1:{free_port()}/dev"
     samples = {name: sample_server(json_response=True) for name in ("north", "south")}
     ports = {name: free_port() for name in samples}
     servers = [server_spec(n, f"http://127.0.0.1:{ports[n]}", s.upstream) for n, s in samples.items()]
-    config, raw, _ = load(authz_spec(key, servers, issuer, http=False))
+    config, raw, _ = load(authz_spec(key, servers, issuer, http=http))
     provider = istio.local_provider(config)
-    assert provider["envoyExtAuthzGrpc"]["service"] == istio.LOCAL_GRPC_HOST
+    kind, settings = ("envoyExtAuthzHttp", "http") if http else ("envoyExtAuthzGrpc", "grpc")
+    assert provider[kind]["service"] == (istio.LOCAL_HTTP_HOST if http else istio.LOCAL_GRPC_HOST)
     maps = {
         d["metadata"]["name"]: d
         for d in istio.sidecar_objects(config, raw, istio.Options())
@@ -397,16 +400,20 @@ def sidecars(
     for name, sample in samples.items():
         pod = yaml.safe_load(maps[f"mcp-authz-{name}"]["data"][k8s.CONFIG_FILE])
         assert [s["name"] for s in pod["servers"]] == [name]
-        assert pod["listen"]["grpc"] == f"127.0.0.1:{provider['envoyExtAuthzGrpc']['port']}"
+        assert pod["listen"][settings] == f"127.0.0.1:{provider[kind]['port']}"  # loopback, the provider's port
         # This machine runs both pods side by side: same config, ports moved off the shared defaults.
-        pod["listen"] = {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}", "http": ""}
+        pod["listen"] = {
+            "grpc": f"127.0.0.1:{free_port()}",
+            "discovery": f"127.0.0.1:{free_port()}",
+            "http": f"127.0.0.1:{free_port()}" if http else "",
+        }
         pod["issuers"][0]["local_key_file"] = str(key)
         running[name] = authorizer(yaml.safe_dump(pod, sort_keys=False))
         proxy = envoy(
             sidecar_envoy(
                 provider,
                 listen=f"127.0.0.1:{ports[name]}",
-                authorizer=pod["listen"]["grpc"],
+                authorizer=pod["listen"][settings],
                 upstream=sample.upstream,
                 discovery=pod["listen"]["discovery"],
                 admin=free_port(),
