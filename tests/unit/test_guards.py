@@ -255,3 +255,45 @@ def test_store_url_password_is_masked_in_the_startup_summary() -> None:
     config = make_config(store={"url": "rediss://:hunter2@redis.internal:6380/2"})
     summary = json.dumps(masked(config.spec.model_dump(mode="json")))
     assert "hunter2" not in summary and "rediss://:***@redis.internal:6380/2" in summary
+
+
+# ---------------------------------------------------------------- wiring: the Authorizer's store across reloads
+
+
+async def test_authorizer_keeps_the_store_across_reloads_unless_its_section_changes(tmp_path: Path) -> None:
+    import yaml
+
+    from authz.app import Authorizer
+    from authz.config import load_config
+
+    key_file = devkey.ensure_key(tmp_path / "dev.pem")
+    path = tmp_path / "config.yaml"
+    doc: dict[str, Any] = {
+        "issuers": [issuer_spec(local_key_file=str(key_file))],
+        "servers": [server_spec()],
+        "listen": {"discovery": ""},
+    }
+    path.write_text(yaml.safe_dump(doc))
+    authorizer = Authorizer(load_config(path), str(path))
+    store = authorizer.store
+    assert authorizer.readiness()["store"] is True
+    await store.revoke_token("j-kept", time.time() + 60)
+    token = devkey.mint(key_file, issuer=ISSUER, audience=RESOURCE, subject="alice", extra={"jti": "j-kept"})
+    req = HttpRequest(
+        "POST",
+        "/mcp",
+        {"authorization": f"Bearer {token}", "content-type": "application/json"},
+        json.dumps(tool_call("echo")).encode(),
+    )
+
+    doc["servers"] = [server_spec(rate_limits=[{"name": "r", "limit": 5, "window": 60}])]
+    path.write_text(yaml.safe_dump(doc))
+    assert await authorizer.reload()
+    assert authorizer.store is store  # unchanged store section: same store, revocations kept
+    assert (await authorizer.checker.check(req)).reason == "token_revoked"
+
+    doc["store"] = {"key_prefix": "other:"}
+    path.write_text(yaml.safe_dump(doc))
+    assert await authorizer.reload()
+    assert authorizer.store is not store and authorizer.checker.guards.store is authorizer.store
+    assert (await authorizer.checker.check(req)).allowed  # a new (empty) memory store
