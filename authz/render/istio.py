@@ -447,8 +447,9 @@ def sidecar_objects(config: Config, raw: dict[str, Any], options: Options) -> li
             "hosts": [LOCAL_HTTP_HOST if http else LOCAL_GRPC_HOST],
             "endpoints": [{"address": "127.0.0.1"}],
             "ports": [
-                {"name": "http" if http else "grpc", "number": ports.http if http else ports.grpc}
-                | {"protocol": "HTTP" if http else "GRPC"}
+                {"name": "http", "number": ports.http, "protocol": "HTTP"}
+                if http
+                else {"name": "grpc", "number": ports.grpc, "protocol": "GRPC"}
             ],
             "resolution": "STATIC",
         },

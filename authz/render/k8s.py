@@ -25,7 +25,6 @@ CONFIG_DIR = "/etc/mcp-authz"
 CONFIG_FILE = "config.yaml"  # the image's ENTRYPOINT reads CONFIG_DIR/CONFIG_FILE
 KEYS_DIR = "/var/run/secrets/mcp-authz"  # local_key_file PEMs from the Secret, one file per issuer
 CONTAINER = "mcp-authz"
-HTTP_PORT_DEFAULT = 9193  # listen.http in a pod when the config leaves it empty but the HTTP provider is used
 _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 
 
@@ -42,13 +41,10 @@ class Ports:
         def port(address: str) -> int:
             return int(address.rpartition(":")[2]) if address else 0
 
-        http = port(config.listen.http)
-        if not http and config.spec.envoy.authorizer == "http":
-            http = HTTP_PORT_DEFAULT
         discovery = port(config.listen.discovery)
         if not discovery:
             raise ValueError("listen.discovery is empty: a pod needs it for /healthz, /readyz and discovery")
-        return cls(grpc=port(config.listen.grpc), discovery=discovery, http=http)
+        return cls(grpc=port(config.listen.grpc), discovery=discovery, http=port(config.listen.http))
 
 
 # ---------------------------------------------------------------- the config a pod runs
