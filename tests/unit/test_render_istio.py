@@ -280,3 +280,10 @@ def test_cli_writes_the_directory_and_refuses_bad_input(
     assert not empty.exists()  # nothing written
     assert main(["render", "kubernetes", "-c", str(good), "-o", str(tmp_path / "k.yaml")]) == 0
     assert "kind: Deployment" in (tmp_path / "k.yaml").read_text(encoding="utf-8")
+
+
+def test_a_pod_needs_the_discovery_port(key: Path) -> None:
+    data = spec(key)
+    data["listen"]["discovery"] = ""
+    with pytest.raises(ValueError, match=r"listen\.discovery is empty"):
+        istio.render_istio(*load(data))
