@@ -108,7 +108,7 @@ class Approvals:
 
 
 def approval_config(base: str, key: Path, sample: SampleServer, webhook: ApprovalWebhook, **top: Any) -> str:
-    """The authorizer config: one server whose delete_repo needs approval (wait 1 s, Envoy's timeout 4 s)."""
+    """The authorizer config: one server whose delete_repo needs approval (wait 2 s, Envoy's timeout 5 s)."""
     spec = {
         "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
         "issuers": [{"name": "dev", "issuer": f"{base}/dev", "local_key_file": str(key)}],
@@ -130,11 +130,11 @@ def approval_config(base: str, key: Path, sample: SampleServer, webhook: Approva
             "webhook_url": webhook.url,
             "webhook_secret": WEBHOOK_SECRET,
             "callback_secret": CALLBACK_SECRET,
-            "wait_ms": 1000,
+            "wait_ms": 2000,  # room for the webhook on two busy cores
             "keep_seconds": 300,
             "include_arguments": True,
         },
-        "envoy": {"listen": base.removeprefix("http://"), "admin_port": free_port(), "timeout_ms": 4000},
+        "envoy": {"listen": base.removeprefix("http://"), "admin_port": free_port(), "timeout_ms": 5000},
         **top,
     }
     return yaml.safe_dump(spec, sort_keys=False)
