@@ -59,16 +59,19 @@ def filter_result(method: str, result: Any, allowed: Allowed) -> tuple[Any, int]
     return {**result, member: kept}, len(entries) - len(kept)
 
 
-def rewrite_message(message: Any, targets: Mapping[IdKey, str], allowed: Allowed) -> tuple[Any, int, set[IdKey]]:
+def rewrite_message(
+    message: Any, targets: Mapping[IdKey, str], allowed: Allowed, any_id: str | None = None
+) -> tuple[Any, int, set[IdKey]]:
     """A JSON-RPC message or batch with the list results of ``targets`` (id → list method) filtered.
 
-    Returns the message (the same object when nothing changed), the entries removed, and the
-    target ids answered in it (with a result or an error).
+    ``any_id``: the list method of the one request whose id is unknown (decided on routing headers):
+    any response is its answer. Returns the message (the same object when nothing changed), the
+    entries removed, and the ids answered in it (with a result or an error).
     """
     if isinstance(message, list):
         out, removed, answered = [], 0, set()
         for item in message:
-            new, n, seen = rewrite_message(item, targets, allowed)
+            new, n, seen = rewrite_message(item, targets, allowed, any_id)
             out.append(new)
             removed += n
             answered |= seen
@@ -76,11 +79,14 @@ def rewrite_message(message: Any, targets: Mapping[IdKey, str], allowed: Allowed
     if not isinstance(message, Mapping) or "method" in message:
         return message, 0, set()
     key = id_key(message.get("id"))
-    if key is None or key not in targets:
+    method = targets.get(key) if key is not None else None
+    if method is None and any_id is not None and ("result" in message or "error" in message):
+        method, key = any_id, key or (False, "")
+    if method is None or key is None:
         return message, 0, set()
     if "result" not in message:
         return message, 0, {key}  # an error answer: nothing listed
-    result, removed = filter_result(targets[key], message["result"], allowed)
+    result, removed = filter_result(method, message["result"], allowed)
     return ({**message, "result": result} if removed else message), removed, {key}
 
 
@@ -88,13 +94,15 @@ def dumps(message: Any) -> bytes:
     return json.dumps(message, ensure_ascii=False, separators=(",", ":")).encode("utf-8")
 
 
-def rewrite_json(body: bytes, targets: Mapping[IdKey, str], allowed: Allowed) -> tuple[bytes | None, set[IdKey]]:
+def rewrite_json(
+    body: bytes, targets: Mapping[IdKey, str], allowed: Allowed, any_id: str | None = None
+) -> tuple[bytes | None, set[IdKey]]:
     """An ``application/json`` body rewritten (None: unchanged) and the target ids it answered."""
     try:
         message = json.loads(body)
     except ValueError as exc:  # also bad UTF-8
         raise ListParseError(f"response is not JSON: {exc}") from None
-    new, removed, answered = rewrite_message(message, targets, allowed)
+    new, removed, answered = rewrite_message(message, targets, allowed, any_id)
     return (dumps(new) if removed else None), answered
 
 

@@ -11,12 +11,13 @@ the claims and the request source only when the server's policy has CEL conditio
 
 from __future__ import annotations
 
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from authz.config import Server
-from authz.model import Caller, McpRequest
+from authz.model import ANONYMOUS, Caller, McpRequest
 
 NAMESPACE = "envoy.filters.http.ext_authz"  # where Envoy puts a CheckResponse's dynamic_metadata
 KEY = "mcp_authz"  # our struct inside it
@@ -49,6 +50,7 @@ class Handover:
     lists: tuple[ListRequest, ...]
     source_address: str = ""
     source_principal: str = ""
+    any_id: bool = False  # decided on the routing headers alone: the id is unknown, the one answer is it
 
     @property
     def first_id(self) -> RequestId:
@@ -56,10 +58,14 @@ class Handover:
 
 
 def encode(server: Server, caller: Caller, mcp: McpRequest, source: tuple[str, str] = ("", "")) -> dict[str, Any]:
-    """The ``mcp_authz`` struct for the CheckResponse (JSON-like values only)."""
-    lists = [{"id": c.id, "method": c.method} for c in mcp.calls if c.method in LIST_METHODS]
+    """The ``mcp_authz`` struct for the CheckResponse: ``server``, ``id`` (the request's, for Envoy's
+    fail-closed local reply) and, only with a list request, ``handover``: the caller and the list
+    requests as compact JSON text (one string is far cheaper than a nested Struct on both sides, and
+    JSON keeps integers integers)."""
+    lists = [[c.id, c.method] for c in mcp.calls if c.method in LIST_METHODS]
+    if not lists:
+        return {KEY: {"server": server.name, "id": mcp.first_id}}
     value: dict[str, Any] = {
-        "server": server.name,
         "sub": caller.subject,
         "client_id": caller.client_id,
         "iss": caller.issuer,
@@ -68,12 +74,14 @@ def encode(server: Server, caller: Caller, mcp: McpRequest, source: tuple[str, s
         "revision": mcp.revision,
         "session_id": mcp.session_id,
         "lists": lists,
-        "id": lists[0]["id"] if lists else None,  # for Envoy's fail-closed local reply
     }
+    if mcp.from_headers:
+        value["any_id"] = True
     if server.policy is not None and server.policy.uses_cel:
         value["claims"] = dict(caller.claims)
-        value["source"] = {"address": source[0], "principal": source[1]}
-    return {KEY: value}
+        value["source"] = [source[0], source[1]]
+    text = json.dumps(value, separators=(",", ":"), default=str)
+    return {KEY: {"server": server.name, "id": mcp.first_id, "handover": text}}
 
 
 class HandoverError(ValueError):
@@ -81,23 +89,9 @@ class HandoverError(ValueError):
 
 
 def _request_id(value: Any) -> RequestId:
-    # protobuf Struct numbers are doubles: integral ones were integers in the request.
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if value is None or isinstance(value, str | int):
+    if value is None or (isinstance(value, str | int) and not isinstance(value, bool)):
         return value
     raise HandoverError(f"bad request id {value!r}")
-
-
-def _plain(value: Any) -> Any:
-    """Struct values back to JSON's: integral doubles become integers again (CEL compares them strictly)."""
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
 
 
 def _text(value: Any) -> str | None:
@@ -105,33 +99,44 @@ def _text(value: Any) -> str | None:
 
 
 def _list_item(item: Any) -> bool:
-    return isinstance(item, Mapping) and item.get("method") in LIST_METHODS
+    return isinstance(item, list) and len(item) == 2 and item[1] in LIST_METHODS
 
 
 def decode(metadata: Mapping[str, Any]) -> Handover:
-    """The handover from Envoy's forwarded metadata (namespace → struct as plain Python values)."""
+    """The handover from Envoy's forwarded metadata (namespace → ``mcp_authz`` → plain values)."""
     value = metadata.get(NAMESPACE, {}).get(KEY)
     if not isinstance(value, Mapping) or not isinstance(value.get("server"), str):
         raise HandoverError(f"no {NAMESPACE}/{KEY} metadata: is the gRPC ext_authz filter before ext_proc?")
-    lists = value.get("lists") or []
-    if not isinstance(lists, list) or not all(_list_item(i) for i in lists):
-        raise HandoverError("bad lists in metadata")
-    claims = value.get("claims")
-    source: Mapping[str, Any] = value["source"] if isinstance(value.get("source"), Mapping) else {}
+    text = value.get("handover")
+    if text is None:  # no list request: nothing to filter, the caller is not handed over
+        return Handover(server=value["server"], caller=ANONYMOUS, revision="", session_id=None, lists=())
+    try:
+        found = json.loads(text) if isinstance(text, str) else None
+    except ValueError:
+        found = None
+    if not isinstance(found, dict):
+        raise HandoverError("handover is not a JSON object")
+    lists = found.get("lists")
+    if not isinstance(lists, list) or not lists or not all(_list_item(i) for i in lists):
+        raise HandoverError("bad lists in the handover")
+    claims = found.get("claims")
+    source = found.get("source")
+    address, principal = source if isinstance(source, list) and len(source) == 2 else ("", "")
     caller = Caller(
-        subject=_text(value.get("sub")),
-        claims=_plain(claims) if isinstance(claims, Mapping) else {},
-        scopes=frozenset(str(value.get("scope") or "").split()),
-        client_id=_text(value.get("client_id")),
-        issuer=_text(value.get("iss")),
-        mode=str(value.get("mode") or "jwt"),
+        subject=_text(found.get("sub")),
+        claims=claims if isinstance(claims, dict) else {},
+        scopes=frozenset(str(found.get("scope") or "").split()),
+        client_id=_text(found.get("client_id")),
+        issuer=_text(found.get("iss")),
+        mode=str(found.get("mode") or "jwt"),
     )
     return Handover(
         server=value["server"],
         caller=caller,
-        revision=str(value.get("revision") or ""),
-        session_id=_text(value.get("session_id")),
-        lists=tuple(ListRequest(_request_id(i.get("id")), str(i["method"])) for i in lists),
-        source_address=str(source.get("address") or ""),
-        source_principal=str(source.get("principal") or ""),
+        revision=str(found.get("revision") or ""),
+        session_id=_text(found.get("session_id")),
+        lists=tuple(ListRequest(_request_id(i[0]), str(i[1])) for i in lists),
+        source_address=str(address or ""),
+        source_principal=str(principal or ""),
+        any_id=found.get("any_id") is True,
     )

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any
 
 import grpc
 from envoy.config.core.v3 import base_pb2
@@ -24,7 +25,7 @@ from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
-from google.protobuf import json_format
+from google.protobuf import struct_pb2
 
 from authz.config import Config, Server
 from authz.errors import Refusal
@@ -76,8 +77,38 @@ def _set(key: str, value: str) -> base_pb2.HeaderValueOption:
     return base_pb2.HeaderValueOption(header=header, append_action=OVERWRITE)
 
 
-def policy_check(server: Server, handover: metadata.Handover, request_headers: Mapping[str, str]) -> Allowed:
-    """The Check's rule engine for one synthetic call of this caller (a list entry is a call it may make)."""
+def _scalar(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value  # a JSON-RPC id: integral doubles were integers
+        return int(number) if number.is_integer() else number
+    return getattr(value, kind) if kind in ("string_value", "bool_value") else None
+
+
+def forwarded_metadata(request: pb.ProcessingRequest) -> dict[str, Any]:
+    """The forwarded ``ext_authz`` namespace, its ``mcp_authz`` scalars as plain values ({} if absent)."""
+    found = request.metadata_context.filter_metadata
+    if metadata.NAMESPACE not in found:
+        return {}
+    ours = found[metadata.NAMESPACE].fields
+    if metadata.KEY not in ours:
+        return {metadata.NAMESPACE: {}}
+    fields = ours[metadata.KEY].struct_value.fields
+    return {metadata.NAMESPACE: {metadata.KEY: {k: _scalar(v) for k, v in fields.items()}}}
+
+
+DecisionCache = dict[tuple[Any, ...], bool]
+CACHE_SIZE = 4096
+
+
+def policy_check(
+    server: Server, handover: metadata.Handover, request_headers: Mapping[str, str], cache: DecisionCache | None = None
+) -> Allowed:
+    """The Check's rule engine for one synthetic call of this caller (a list entry is a call it may make).
+
+    Without CEL conditions a decision depends only on the caller's scopes, whether it is anonymous,
+    and the call: those are remembered in ``cache`` (one per config, bounded).
+    """
     policy = server.policy
     caller = handover.caller
     req = HttpRequest(
@@ -89,13 +120,26 @@ def policy_check(server: Server, handover: metadata.Handover, request_headers: M
         source_principal=handover.source_principal,
     )
 
-    def allowed(call: McpCall) -> bool:
+    def decide(call: McpCall) -> bool:
         mcp = McpRequest(http_method="POST", revision=handover.revision, calls=(call,), session_id=handover.session_id)
         try:
             authorize(policy, caller, mcp, req)
         except Refusal:
             return False
         return True
+
+    if cache is None or (policy is not None and policy.uses_cel):
+        return decide
+    who = (server.name, caller.scopes, caller.anonymous)
+
+    def allowed(call: McpCall) -> bool:
+        key = (*who, call.method, call.name)
+        known = cache.get(key)
+        if known is None:
+            if len(cache) >= CACHE_SIZE:
+                cache.clear()
+            known = cache[key] = decide(call)
+        return known
 
     return allowed
 
@@ -106,10 +150,13 @@ class ListStream:
     def __init__(self, handover: metadata.Handover, allowed: Allowed, max_body: int) -> None:
         self.handover = handover
         self.targets: dict[IdKey, str] = {}
+        self.any_id: str | None = None  # header-only Check: the id is unknown, the single answer is the list
         for item in handover.lists:
             key = id_key(item.id)
             if key is not None:
                 self.targets[key] = item.method
+            elif handover.any_id:
+                self.any_id = item.method
         self.allowed = allowed
         self.max_body = max_body
         self.answered: set[IdKey] = set()
@@ -119,12 +166,14 @@ class ListStream:
     def json(self, body: bytes) -> bytes | None:
         if len(body) > self.max_body:
             raise ListParseError(f"list response over {self.max_body} bytes")
-        new, _ = rewrite_json(body, self.targets, self.allowed)
+        new, _ = rewrite_json(body, self.targets, self.allowed, self.any_id)
         return new
 
     def event(self, data: bytes) -> tuple[bytes | None, bool]:
-        new, answered = rewrite_json(data, self.targets, self.allowed)
+        new, answered = rewrite_json(data, self.targets, self.allowed, self.any_id)
         self.answered |= answered
+        if self.any_id is not None:
+            return new, bool(answered)
         return new, self.answered >= self.targets.keys()
 
     def error_body(self) -> bytes:
@@ -134,8 +183,9 @@ class ListStream:
 class Exchange:
     """The processor's side of one ext_proc stream (one HTTP request and its response)."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, cache: DecisionCache | None = None) -> None:
         self.config = config
+        self.cache = cache
         self.closed = config.spec.ext_proc.failure == "closed"
         self.lists: ListStream | None = None
         self.mode = Mode.NONE
@@ -159,13 +209,8 @@ class Exchange:
     # ---------------------------------------------------------------- phases
 
     def request_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
-        forwarded = request.metadata_context.filter_metadata
-        if metadata.NAMESPACE in forwarded:
-            found = {metadata.NAMESPACE: json_format.MessageToDict(forwarded[metadata.NAMESPACE])}
-        else:
-            found = {}
         try:
-            handover = metadata.decode(found)
+            handover = metadata.decode(forwarded_metadata(request))
         except metadata.HandoverError as exc:
             log.warning("no caller for the list filter", extra={"reason": "extproc_no_handover", "detail": str(exc)})
             if self.closed:
@@ -175,7 +220,7 @@ class Exchange:
         if server is None or not handover.lists:
             return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_DONE)
         headers = _headers(request.request_headers) if server.policy and server.policy.uses_cel else {}
-        allowed = policy_check(server, handover, headers)
+        allowed = policy_check(server, handover, headers, self.cache)
         self.lists = ListStream(handover, allowed, self.config.spec.ext_proc.max_body_bytes)
         return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
 
@@ -268,11 +313,19 @@ class ExtProcService(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
 
     def __init__(self, config: Callable[[], Config]) -> None:
         self._config = config
+        self._cache: tuple[Config | None, DecisionCache] = (None, {})
+
+    def _decisions(self, config: Config) -> DecisionCache:
+        """Policy decisions remembered for this config (a reload starts afresh)."""
+        if self._cache[0] is not config:
+            self._cache = (config, {})
+        return self._cache[1]
 
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        exchange = Exchange(self._config())
+        config = self._config()
+        exchange = Exchange(config, self._decisions(config))
         async for request in request_iterator:
             yield exchange.answer(request)
 

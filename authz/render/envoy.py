@@ -18,7 +18,8 @@ The chain, for each request on ``config.envoy.listen``:
    ``mcp_extproc``, the authorizer's gRPC address) and filters list responses
    (``authz.extproc``); the Check's dynamic metadata reaches it through
    ``metadata_options.forwarding_namespaces``. It is disabled per route everywhere else
-   (discovery, 404, servers without ``filter_lists``). Fail closed (``ext_proc.failure``): an
+   (discovery, 404, servers without ``filter_lists``), and on an earlier route for requests whose
+   ``Mcp-Method`` header names no list method (``<server>/no-list``). Fail closed (``ext_proc.failure``): an
    unreachable or slow processor gets a 503 whose body a local reply mapper turns into a JSON-RPC
    error carrying the request's id (from the metadata).
 
@@ -37,6 +38,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from copy import deepcopy
 from datetime import timedelta
 from typing import Any
 
@@ -336,6 +338,25 @@ def _without_extproc(routes: list[Route]) -> list[Route]:
     return routes
 
 
+def _unless_listing(server: Server, routes: list[Route]) -> list[Route]:
+    """A filter_lists server's routes, preceded by copies that skip ext_proc for requests whose
+    ``Mcp-Method`` names no list method: the Check holds that header to the body (or, header-only,
+    the upstream does), so such a request cannot be answered with a list."""
+    not_a_list = [
+        HeaderMatcher(name="mcp-method", present_match=True),
+        HeaderMatcher(name="mcp-method", string_match=StringMatcher(suffix="/list"), invert_match=True),
+    ]
+    shadowed = [r for r in routes if r.name.endswith("/header-only")] if server.header_only else routes
+    copies = []
+    for route in shadowed:
+        copy = deepcopy(route)
+        copy.name = f"{route.name}/no-list"
+        if copy.match is not None:
+            copy.match.headers = [*copy.match.headers, *not_a_list]
+            copies.append(copy)
+    return _without_extproc(copies) + routes
+
+
 def route_config(config: Config, *, with_discovery: bool) -> RouteConfiguration:
     # Longest path first, so a server at "/" never shadows one at "/a".
     servers = sorted(config.servers.values(), key=lambda s: -len(s.path.rstrip("/")))
@@ -346,7 +367,9 @@ def route_config(config: Config, *, with_discovery: bool) -> RouteConfiguration:
     http_authorizer = config.spec.envoy.authorizer == "http"
     for server in servers:
         own = server_routes(server, http_authorizer=http_authorizer)
-        routes.extend(_without_extproc(own) if lists and not server.filter_lists else own)
+        if lists:
+            own = _unless_listing(server, own) if server.filter_lists else _without_extproc(own)
+        routes.extend(own)
     routes.extend(_without_extproc([not_found_route()]) if lists else [not_found_route()])
     return RouteConfiguration(name="mcp", virtual_hosts=[VirtualHost(name="mcp", domains=["*"], routes=routes)])
 

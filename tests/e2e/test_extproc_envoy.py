@@ -69,7 +69,6 @@ ALL_TOOLS = {"search", "read_file", "delete_repo", "admin_reset", "echo_headers"
 PAGE_SIZE = 3
 
 
-
 @dataclass(frozen=True)
 class Deployment:
     form: str  # "sse" | "json"
@@ -338,6 +337,7 @@ async def test_other_traffic_passes_byte_for_byte(deployment: Deployment) -> Non
             ("notifications/cancelled", {"requestId": 99, "reason": "test"}, None),
         ]
         answers: dict[str, httpx.Response] = {}
+        streams = int(deployment.envoy.stats("ext_proc")["http.mcp.ext_proc.streams_started"])
         for method, params, request_id in calls:
             through = await proxied.post(method, json.loads(json.dumps(params)), request_id)
             straight = await direct.post(method, json.loads(json.dumps(params)), request_id)
@@ -345,6 +345,10 @@ async def test_other_traffic_passes_byte_for_byte(deployment: Deployment) -> Non
             assert through.content == straight.content, method
             assert through.headers.get("content-type") == straight.headers.get("content-type")
             answers[str(params.get("name", method))] = through
+        # Only what needs it is processed: a request whose Mcp-Method names no list skips ext_proc
+        # (2026-07-28 always sends it); without the header (2025-11-25) the processor sees its headers.
+        started = int(deployment.envoy.stats("ext_proc")["http.mcp.ext_proc.streams_started"]) - streams
+        assert started == (0 if deployment.form == "json" else len(calls))
     assert answers["notifications/cancelled"].status_code == 202
     countdown = messages(answers["countdown"])
     assert countdown[-1]["id"] == 12 and countdown[-1]["result"]["content"][0]["text"] == "counted 300"
@@ -377,8 +381,13 @@ async def test_processor_killed_list_responses_fail_closed(deployment: Deploymen
             }
         prompts = await raw.post("prompts/list", {}, 44)
         assert prompts.status_code == 503 and prompts.json()["id"] == 44 and "summarize" not in prompts.text
-    # Fail closed means every filtered route: the list never reached the server, nothing unfiltered left.
-    assert [r for r in deployment.sample.requests() if r["method"] == "POST"] == []
+        if deployment.form == "json":  # Mcp-Method names no list: routed past the processor, still served
+            called = await raw.post("tools/call", {"name": "search", "arguments": {"query": "x"}}, 45)
+            assert called.status_code == 200 and called.json()["result"]["isError"] is False
+    # The lists never reached the server: nothing unfiltered left.
+    assert [r["headers"].get("mcp-method") for r in deployment.sample.requests() if r["method"] == "POST"] == (
+        ["tools/call"] if deployment.form == "json" else []
+    )
     # The SDK client gets the JSON-RPC error (at its first request: on this route, everything fails closed).
     with pytest.raises(BaseException) as caught:
         async with mcp_client(deployment.url, mode=deployment.mode, headers={"authorization": f"Bearer {token}"}) as c:

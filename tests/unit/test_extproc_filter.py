@@ -175,9 +175,26 @@ def test_claims_stay_out_without_cel_and_no_metadata_without_filter_lists() -> N
         {},
         {metadata.NAMESPACE: {}},
         {metadata.NAMESPACE: {"mcp_authz": {"lists": []}}},
-        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "lists": [{"method": "tools/call"}]}}},
+        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[1, "tools/call"]]}'}}},
+        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": []}'}}},
+        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": "{not json"}}},
+        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[true, "tools/list"]]}'}}},
     ],
 )
 def test_missing_or_bad_handover_is_refused(found: dict[str, Any]) -> None:
     with pytest.raises(metadata.HandoverError):
         metadata.decode(found)
+
+
+def test_a_header_only_check_matches_the_one_answer_whatever_its_id() -> None:
+    mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=(McpCall("tools/list"),), from_headers=True)
+    decision = allow(server(), caller("tools:read"), mcp, "lists")
+    struct = to_check_response(decision).dynamic_metadata
+    got = metadata.decode({metadata.NAMESPACE: json_format.MessageToDict(struct)})
+    assert got.any_id and got.lists == (metadata.ListRequest(None, "tools/list"),)
+    who = policy_check(server(), got, {})
+    new, answered = rewrite_json(json.dumps(response({"tools": TOOLS}, 77)).encode(), {}, who, "tools/list")
+    assert new is not None and [t["name"] for t in json.loads(new)["result"]["tools"]] == ["search", "read_file"]
+    assert answered == {id_key(77)}
+    # Without it, an unknown id is not the answer.
+    assert rewrite_json(json.dumps(response({"tools": TOOLS}, 77)).encode(), {}, who) == (None, set())

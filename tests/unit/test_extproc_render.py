@@ -62,8 +62,21 @@ def test_ext_proc_follows_ext_authz_with_headers_only_and_overrides() -> None:
 def test_disabled_where_no_list_can_come_from() -> None:
     routes = hcm(render_envoy(config()))["route_config"]["virtual_hosts"][0]["routes"]
     disabled = {r["name"] for r in routes if r.get("typed_per_filter_config", {}).get(EXT_PROC, {}).get("disabled")}
-    assert disabled == {"discovery/.well-known", "discovery/jwks", "plain", "not-found"}
+    assert disabled == {"discovery/.well-known", "discovery/jwks", "plain", "not-found", "lists/no-list"}
     assert {r["name"] for r in routes} - disabled == {"lists"}
+    # Requests naming a method that is no list skip the processor: that route comes first.
+    names = [r["name"] for r in routes]
+    assert names.index("lists/no-list") < names.index("lists")
+    skip = next(r for r in routes if r["name"] == "lists/no-list")["match"]["headers"]
+    assert {"name": "mcp-method", "string_match": {"suffix": "/list"}, "invert_match": True} in skip
+    assert {"name": "mcp-method", "present_match": True} in skip
+
+
+def test_header_only_servers_skip_the_processor_on_their_header_only_routes() -> None:
+    cfg = make_config(servers=[server_spec(policy=RULES, filter_lists=True, header_only=True)])
+    routes = hcm(render_envoy(cfg))["route_config"]["virtual_hosts"][0]["routes"]
+    names = [r["name"] for r in routes if r["name"].startswith("mcp")]
+    assert names == ["mcp/header-only/no-list"] * 2 + ["mcp/header-only"] * 2 + ["mcp"] * 2
 
 
 def test_without_filter_lists_nothing_changes() -> None:

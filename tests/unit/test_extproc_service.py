@@ -158,3 +158,24 @@ def test_closed_stream_failure_sends_the_error_event_and_withholds_the_rest() ->
     assert error.startswith(b"data: ") and json.loads(error[6:])["id"] == 3
     later = exchange.answer(body(b"data: " + rpc(TOOLS, 3) + b"\n\n")).response_body.response.body_mutation
     assert later.clear_body
+
+
+def test_the_decision_cache_keeps_callers_apart() -> None:
+    cache: dict[Any, bool] = {}
+    cfg = config()
+
+    def listed(scopes: set[str]) -> list[str]:
+        mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=(McpCall("tools/list", id=1),))
+        who = Caller(subject="s", claims={}, scopes=frozenset(scopes))
+        struct = struct_pb2.Struct()
+        struct.update(allow(cfg.servers["mcp"], who, mcp, "lists").metadata or {})
+        exchange = Exchange(cfg, cache)
+        exchange.answer(request_headers(base_pb2.Metadata(filter_metadata={metadata.NAMESPACE: struct})))
+        exchange.answer(response_headers("application/json"))
+        new = exchange.answer(body(rpc(TOOLS))).response_body.response.body_mutation.body
+        return [t["name"] for t in json.loads(new or rpc(TOOLS))["result"]["tools"]]
+
+    assert listed({"r"}) == ["search"]
+    assert listed(set()) == []
+    assert listed({"r"}) == ["search"]
+    assert len(cache) == 4  # (scopes, tool) pairs
