@@ -364,6 +364,21 @@ def measure(ctx: Context, case: Case, round_: int, token: str, args: argparse.Na
         return Result(case, round_, None, rps, p50, p99, requests, bad, cpu)
 
 
+def mean(case: Case, results: list[Result]) -> tuple[float, float, dict[str, float]] | None:
+    """(req/s, p99 ms, CPU µs per call by process) averaged over the measured rounds of ``case``."""
+    runs = [r for r in results if r.case.name == case.name and not r.skipped]
+    if not runs:
+        return None
+    cpus = {k: statistics.fmean((r.cpu_us or {})[k] for r in runs) for k in (runs[0].cpu_us or {})}
+    return statistics.fmean(r.rps for r in runs), statistics.fmean(r.p99_ms for r in runs), cpus
+
+
+def ceiling(cpus: dict[str, float]) -> float:
+    """req/s the CPU per call allows with nothing else on the host: the MCP server (one Python process,
+    one core at most) and all processes together (every core) must both keep up. A model, not a measurement."""
+    return min(1e6 / cpus["server"], (os.cpu_count() or 1) * 1e6 / sum(cpus.values()))
+
+
 def ratio(value: float, base: float | None) -> str:
     return f"{value / base:.2f}x" if base else "-"
 
@@ -399,19 +414,22 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         spent = f"{cpu(r, 'server'):>9} {cpu(r, 'envoy'):>8} {cpu(r, 'authz'):>8} {cpu(r, 'wrk'):>6}"
         total = sum((r.cpu_us or {}).values())
         lines.append(f"{r.case.name:<13} {r.round:>5} {figures} {spent} {total:>8.0f}{bad}")
-    lines += ["", "mean over rounds:"]
-    for case in CASES:
-        runs = [r for r in results if r.case.name == case.name and not r.skipped]
-        if not runs:
+    means = {c.name: mean(c, results) for c in CASES}
+    ceiling_base = means.get(SDK_AUTH)
+    lines += ["", "mean over rounds (ceiling: the req/s these CPU figures allow on an idle host, see ceiling()):"]
+    lines += [
+        f"{'case':<13} {'req/s':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9} {'server µs':>9} {'total µs':>8}"
+        f" {'ceiling':>7} {'vs sdk-auth':>11}"
+    ]
+    for name, m in means.items():
+        if m is None:
             continue
-        rps = statistics.fmean(r.rps for r in runs)
-        p99 = statistics.fmean(r.p99_ms for r in runs)
-        cpus = {k: statistics.fmean((r.cpu_us or {})[k] for r in runs) for k in (runs[0].cpu_us or {})}
-        spent = ", ".join(f"{k} {v:.0f}" for k, v in cpus.items())
-        lines.append(
-            f"  {case.name:<13} {rps:>7.0f} req/s  p99 {p99:6.2f} ms  vs sdk-auth {ratio(rps, rps_of(SDK_AUTH, None))}"
-            f"  vs noauth {ratio(rps, rps_of(NO_AUTH, None))}  µs/call: {spent}  ({case.title})"
-        )
+        rps, p99, cpus = m
+        ratios = f"{ratio(rps, rps_of(SDK_AUTH, None)):>11} {ratio(rps, rps_of(NO_AUTH, None)):>9}"
+        limit = ceiling(cpus)
+        base = ceiling(ceiling_base[2]) if ceiling_base else None
+        figures = f"{cpus['server']:>9.0f} {sum(cpus.values()):>8.0f} {limit:>7.0f} {ratio(limit, base):>11}"
+        lines.append(f"{name:<13} {rps:>7.0f} {p99:>7.2f} {ratios} {figures}")
     return "\n".join(lines)
 
 
