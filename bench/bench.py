@@ -64,6 +64,28 @@ BODY = json.dumps(
     separators=(",", ":"),
 )
 UPSTREAM_BODY = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false}}'
+LIST_BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "method": "tools/list",
+        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": REVISION}},
+    },
+    separators=(",", ":"),
+)
+LIST_TOOLS = [TOOL, *(f"tool_{i}" for i in range(1, 10))]  # the caller may call only the first
+LIST_UPSTREAM_BODY = json.dumps(
+    {
+        "jsonrpc": "2.0",
+        "id": 2,
+        "result": {
+            "tools": [{"name": n, "description": f"Tool {n}.", "inputSchema": {"type": "object"}} for n in LIST_TOOLS],
+            "nextCursor": "10",
+        },
+    },
+    separators=(",", ":"),
+)
+CALLS_PER_LIST = 20  # the mixed load: one tools/list per 20 tools/call
 CLOCK_TICK_US = 1e6 / os.sysconf("SC_CLK_TCK")
 ROUTER = {
     "name": "envoy.filters.http.router",
@@ -165,6 +187,7 @@ class Front:
     headers: dict[str, str]
     envoy_pid: int
     authorizer_pid: int | None = None
+    lua: str | None = None  # a wrk script of its own (mixed load) instead of the one tools/call
 
 
 @dataclass
@@ -239,6 +262,11 @@ class Bench:
     def start_upstream(self, stack: contextlib.ExitStack) -> None:
         """The MCP server stand-in: an Envoy answering every request with a fixed JSON-RPC result."""
         port = free_port()
+        listed = {  # tools/list (the mixed load): a list of its own
+            "match": {"prefix": "/", "headers": [{"name": "mcp-method", "string_match": {"exact": "tools/list"}}]},
+            "direct_response": {"status": 200, "body": {"inline_string": LIST_UPSTREAM_BODY}},
+            "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
+        }
         route = {
             "match": {"prefix": "/"},
             "direct_response": {"status": 200, "body": {"inline_string": UPSTREAM_BODY}},
@@ -248,7 +276,7 @@ class Bench:
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
             ".HttpConnectionManager",
             "stat_prefix": "upstream",
-            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [route]}]},
+            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [listed, route]}]},
             # A direct response sent before the request body is read closes the connection; a real
             # server reads the body first, so does this one (buffer, then answer).
             "http_filters": [BUFFER, ROUTER],
@@ -530,6 +558,75 @@ class ExchangeCase:
 EXCHANGES: dict[str, int] = {}  # case name -> requests its token endpoint got (1 with a warm cache)
 
 
+def mixed_lua(headers: dict[str, str]) -> str:
+    """wrk: one tools/list after every ``CALLS_PER_LIST`` tools/call, on each connection."""
+
+    def table(values: dict[str, str]) -> str:
+        return "{" + ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in values.items()) + "}"
+
+    listed = {k: v for k, v in headers.items() if k != "Mcp-Name"} | {"Mcp-Method": "tools/list"}
+    return "\n".join(
+        [
+            "local n, call, list = 0, nil, nil",
+            "init = function(args)  -- wrk.host is known here, not at load time",
+            f'  call = wrk.format("POST", nil, {table(headers)}, [==[{BODY}]==])',
+            f'  list = wrk.format("POST", nil, {table(listed)}, [==[{LIST_BODY}]==])',
+            "end",
+            "request = function()",
+            "  n = n + 1",
+            f"  if n % {CALLS_PER_LIST + 1} == 0 then return list end",
+            "  return call",
+            "end",
+            "",
+        ]
+    )
+
+
+@dataclass(frozen=True)
+class MixedCase:
+    """mcp-authz (gRPC) with a small policy under the mixed load, with or without the list filter
+    (``filter_lists``: Envoy's ext_proc after ext_authz, served by the same authorizer process)."""
+
+    name: str
+    title: str
+    filter_lists: bool
+
+    def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
+        spec = bench.authz_config(
+            run,
+            policy={
+                "default": "deny",
+                "rules": [
+                    {"name": "protocol", "methods": ["initialize", "ping", "notifications/*", "*/list"]},
+                    {"name": "search", "tools": [TOOL], "scopes": ["tools:read"]},
+                    {"name": "others", "tools": ["tool_*"], "scopes": ["tools:write"]},
+                ],
+            },
+        )
+        spec["servers"][0]["filter_lists"] = self.filter_lists
+        config = bench.path(f"{self.name}.authz.yaml")
+        config.write_text(yaml.safe_dump(spec, sort_keys=False))
+        log = bench.path(f"{self.name}.authz.log")
+        with log.open("wb") as out:
+            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        stack.callback(stop, authz)
+        readyz = f"http://{spec['listen']['discovery']}/readyz"
+        try:
+            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
+        except Skip as exc:
+            raise Skip(f"{exc}: {tail(log)}") from None
+        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        headers = bench.headers(run)
+        listed = {**headers, "Mcp-Method": "tools/list"}
+        listed.pop("Mcp-Name")
+        request = urllib.request.Request(run.resource, data=LIST_BODY.encode(), headers=listed, method="POST")
+        with urllib.request.urlopen(request, timeout=5) as response:  # the list as the client sees it
+            names = [t["name"] for t in json.loads(response.read())["result"]["tools"]]
+        if names != ([TOOL] if self.filter_lists else LIST_TOOLS):
+            raise Skip(f"tools/list gave {names}")
+        return Front(run.resource, headers, pid, authz.pid, lua=mixed_lua(headers))
+
+
 def policy_of(size: int) -> dict[str, Any]:
     """``size`` rules of which only the last one matches the benchmark call (all are evaluated)."""
     rules: list[dict[str, Any]] = [
@@ -570,6 +667,14 @@ CASES += [
     StoreCase("store-redis", "Envoy + mcp-authz, revocation + session + rate limit, Redis store", redis=True),
 ]
 CASES += [ExchangeCase("exchange-warm", "Envoy + mcp-authz, no policy, body sent, token exchange (warm cache)")]
+CASES += [
+    MixedCase("mixed", f"Envoy + mcp-authz, 3 rules, 1 tools/list per {CALLS_PER_LIST} calls", filter_lists=False),
+    MixedCase(
+        "mixed-extproc",
+        f"the same with filter_lists (ext_proc), 1 tools/list per {CALLS_PER_LIST} calls",
+        filter_lists=True,
+    ),
+]
 NO_AUTH = "envoy"
 CACHED = "jwt_authn-cache"
 
@@ -646,6 +751,8 @@ def measure(bench: Bench, case: Case, args: argparse.Namespace) -> Result:
         except Skip as exc:
             return Result(case, skipped=str(exc))
         script = lua_script(bench.path(f"{case.name}.lua"), front.headers)
+        if front.lua is not None:
+            script.write_text(front.lua)
         if args.warmup > 0:
             wrk(front.url, script, args.warmup, args)
         pids = {"envoy": front.envoy_pid, "authz": front.authorizer_pid}
@@ -750,6 +857,9 @@ def main(argv: list[str] | None = None) -> int:
     stores = [median(runs[n]) for n in ("store-redis", "store-memory") if n in runs]
     if len(stores) == 2 and not (stores[0].skipped or stores[1].skipped):
         print(f"store-redis / store-memory req/s: {stores[0].rps / stores[1].rps:.2f}x")
+    mixed = [median(runs[n]) for n in ("mixed-extproc", "mixed") if n in runs]
+    if len(mixed) == 2 and not (mixed[0].skipped or mixed[1].skipped):
+        print(f"mixed-extproc / mixed req/s: {mixed[0].rps / mixed[1].rps:.2f}x")
     pair = [median(runs[n]) for n in ("exchange-warm", "mcp-authz-body") if n in runs]
     if len(pair) == 2 and not (pair[0].skipped or pair[1].skipped):
         exchanges = EXCHANGES.get("exchange-warm")
