@@ -255,7 +255,7 @@ async def test_a_late_approval_given_at_another_replica_works_here(
     webhook: ApprovalWebhook,
 ) -> None:
     """Two replicas sharing Redis: Envoy talks to one, the callback reaches the other."""
-    store = {"store": {"url": redis().url}}
+    store = {"store": {"url": redis().url, "timeout_ms": 2000}}  # two busy cores: no 50 ms deadline
     key = ensure_key(tmp_path / "signing-key.pem")
     sample = sample_server(json_response=True)
     base = f"http://127.0.0.1:{free_port()}"
