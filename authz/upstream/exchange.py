@@ -123,10 +123,9 @@ class TokenExchanger:
     def _remember(self, key: str, entry: tuple[str, float]) -> None:
         if entry[1] <= time.time():
             return
+        self._local.pop(key, None)  # re-inserted last: the oldest entry goes first when full
         if len(self._local) >= LOCAL_CACHE_SIZE:
-            now = time.time()
-            for k in [k for k, (_, until) in self._local.items() if until <= now] or list(self._local)[:1]:
-                del self._local[k]
+            del self._local[next(iter(self._local))]
         self._local[key] = entry
 
     async def _from_store(self, key: str) -> tuple[str, float] | None:
