@@ -73,6 +73,7 @@ class TokenExchanger:
         self._flights: dict[str, asyncio.Task[tuple[str, float]]] = {}
         self._endpoints: dict[str, str] = {}  # issuer -> token endpoint from its metadata
         self.exchanges = 0  # requests sent to the issuer (successful or not)
+        self._warned = False
 
     def _counted(self, ok: bool, cached: bool) -> None:
         try:
@@ -152,6 +153,12 @@ class TokenExchanger:
         if self._store is None or ttl <= 0:
             return
         raw = json.dumps({"token": entry[0], "until": entry[1]}).encode()
+        if self._key is None and self._store.kind != "memory" and not self._warned:
+            self._warned = True
+            log.warning(
+                "exchanged tokens are cached in the shared store unencrypted: configure secrets.keys",
+                extra={"reason": "exchange_cache_plaintext"},
+            )
         value = encrypt(raw, self._key).encode("ascii") if self._key is not None else raw
         try:
             await self._store.put(key, value, ttl)
