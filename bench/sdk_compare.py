@@ -416,10 +416,14 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         lines.append(f"{r.case.name:<13} {r.round:>5} {figures} {spent} {total:>8.0f}{bad}")
     means = {c.name: mean(c, results) for c in CASES}
     ceiling_base = means.get(SDK_AUTH)
-    lines += ["", "mean over rounds (ceiling: the req/s these CPU figures allow on an idle host, see ceiling()):"]
+    lines += [
+        "",
+        "mean over rounds; calls/CPU: calls per CPU-second of all processes (wrk included) over sdk-auth's;",
+        "ceiling: the req/s these CPU figures allow on an otherwise idle host (see ceiling(); a model):",
+    ]
     lines += [
         f"{'case':<13} {'req/s':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9} {'server µs':>9} {'total µs':>8}"
-        f" {'ceiling':>7} {'vs sdk-auth':>11}"
+        f" {'calls/CPU vs sdk-auth':>21} {'ceiling':>7} {'vs sdk-auth':>11}"
     ]
     for name, m in means.items():
         if m is None:
@@ -428,7 +432,9 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         ratios = f"{ratio(rps, rps_of(SDK_AUTH, None)):>11} {ratio(rps, rps_of(NO_AUTH, None)):>9}"
         limit = ceiling(cpus)
         base = ceiling(ceiling_base[2]) if ceiling_base else None
-        figures = f"{cpus['server']:>9.0f} {sum(cpus.values()):>8.0f} {limit:>7.0f} {ratio(limit, base):>11}"
+        total = sum(cpus.values())
+        efficiency = ratio(1 / total, 1 / sum(ceiling_base[2].values()) if ceiling_base else None)
+        figures = f"{cpus['server']:>9.0f} {total:>8.0f} {efficiency:>21} {limit:>7.0f} {ratio(limit, base):>11}"
         lines.append(f"{name:<13} {rps:>7.0f} {p99:>7.2f} {ratios} {figures}")
     return "\n".join(lines)
 
