@@ -25,10 +25,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
+import httpx
 import jwt
 import pytest
 import yaml
 from harness import VENV_BIN, Authorizer, Envoy, Factory, IdP, RawMcp, SampleServer, free_port
+from stack import call_body
 
 from authz.audit import STREAM
 from authz.config import parse_config
@@ -197,6 +199,26 @@ async def test_the_mcp_server_gets_an_exchanged_token_and_the_integration_secret
     assert claims["aud"] == DOWNSTREAM and claims["act"] == {"sub": EXCHANGE_CLIENT[0]}
     assert claims["scope"] == "downstream:read"
     assert [(e["sub"], e["aud"]) for e in up.exchanges()] == [("m2m-reader", DOWNSTREAM)]
+
+
+async def test_every_client_copy_of_the_injected_headers_is_replaced(up: Upstream) -> None:
+    token = up.caller_token("m2m-reader")
+    headers = [
+        ("content-type", "application/json"),
+        ("accept", "application/json, text/event-stream"),
+        ("mcp-protocol-version", "2026-07-28"),
+        ("mcp-method", "tools/call"),
+        ("mcp-name", "echo_headers"),
+        ("authorization", f"Bearer {token}"),
+        ("x-api-key", "forged-1"),
+        ("x-api-key", "forged-2"),
+    ]
+    async with httpx.AsyncClient(timeout=10.0) as http:
+        response = await http.post(up.url, content=json.dumps(call_body("echo_headers", {})), headers=headers)
+    assert response.status_code == 200, response.text
+    received = up.upstream_headers()[-1]
+    assert received["x-api-key"] == API_KEY
+    assert received["authorization"].startswith("Bearer ") and token not in received["authorization"]
 
 
 async def test_a_second_call_in_the_tokens_life_makes_no_new_exchange(up: Upstream) -> None:
