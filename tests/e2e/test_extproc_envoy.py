@@ -367,12 +367,14 @@ async def test_processor_killed_list_responses_fail_closed(deployment: Deploymen
         assert before.status_code == 200 and "delete_repo" in before.text
 
         # A processor that stops answering: Envoy gives up after ext_proc.message_timeout_ms, no hang.
-        os.kill(deployment.processor.proc.pid or 0, signal.SIGSTOP)
+        pid = deployment.processor.proc.pid
+        assert pid is not None and deployment.processor.proc.alive
+        os.kill(pid, signal.SIGSTOP)
         stuck = await raw.post("tools/list", {}, 40)
         assert stuck.status_code == 504, stuck.text  # Envoy's status for a message timeout
         assert stuck.json()["id"] == 40 and stuck.json()["error"]["message"] == "list filtering unavailable"
 
-        os.kill(deployment.processor.proc.pid or 0, signal.SIGKILL)
+        os.kill(pid, signal.SIGKILL)
         deployment.processor.proc.stop()
         deployment.sample.clear_logs()
 
