@@ -239,6 +239,15 @@ async def test_wider_rights_see_more(
             await client.call_tool("echo_headers", {})
 
 
+async def test_refusals_keep_their_challenge(deployment: Deployment) -> None:
+    body = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/list"})
+    async with httpx.AsyncClient(timeout=30.0) as http:
+        refused = await http.post(deployment.url, content=body, headers={"content-type": "application/json"})
+    assert refused.status_code == 401
+    assert refused.headers["www-authenticate"].startswith("Bearer ")
+    assert "resource_metadata=" in refused.headers["www-authenticate"]
+
+
 # ---------------------------------------------------------------- the bytes on the wire
 
 
