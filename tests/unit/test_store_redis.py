@@ -20,7 +20,7 @@ from authz.config import StoreSpec
 from authz.store import MemoryStore, open_store
 from authz.store.base import StoreError
 from authz.store.redis import RedisStore
-from tests.e2e.harness import Redis, start_redis
+from tests.e2e.harness import Proc, Redis, free_port, start_redis
 
 WAIT = 10.0  # seconds a test waits for something asynchronous before it fails (never a speed assertion)
 
@@ -251,10 +251,97 @@ async def test_reconnects_after_restart_and_reloads(own_redis: Redis, tmp_path: 
 
 
 async def test_unreachable_at_start_does_not_fail_start(tmp_path: Path) -> None:
-    from tests.e2e.harness import free_port
-
     async with opened(f"redis://127.0.0.1:{free_port()}/0", "u:", timeout=0.05) as store:
         assert not store.healthy
         assert not store.is_revoked("alice", "j", None)
         with pytest.raises(StoreError):
             await store.get("x")
+
+
+def _tls_files(directory: Path) -> tuple[Path, Path, Path]:
+    """A throwaway CA and a server certificate for 127.0.0.1 signed by it: (ca, cert, key) PEM files."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    def name(cn: str) -> x509.Name:
+        return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+    def builder(subject: str, issuer: x509.Name, public: ec.EllipticCurvePublicKey) -> x509.CertificateBuilder:
+        now = datetime.datetime.now(datetime.UTC)
+        return (
+            x509.CertificateBuilder()
+            .subject_name(name(subject))
+            .issuer_name(issuer)
+            .public_key(public)
+            .serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(minutes=5))
+            .not_valid_after(now + datetime.timedelta(days=1))
+        )
+
+    ca_key, key = ec.generate_private_key(ec.SECP256R1()), ec.generate_private_key(ec.SECP256R1())
+    ca = (
+        builder("store test ca", name("store test ca"), ca_key.public_key())
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    cert = (
+        builder("127.0.0.1", ca.subject, key.public_key())
+        .add_extension(x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_key.public_key()), critical=False)
+        .sign(ca_key, hashes.SHA256())
+    )
+    paths = directory / "ca.pem", directory / "server.pem", directory / "server.key"
+    paths[0].write_bytes(ca.public_bytes(serialization.Encoding.PEM))
+    paths[1].write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    paths[2].write_bytes(
+        key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    )
+    return paths
+
+
+async def test_rediss_url_with_password_and_database(tmp_path: Path) -> None:
+    ca, cert, key = _tls_files(tmp_path)
+    port = free_port()
+    argv = [
+        "redis-server",
+        "--port",
+        "0",
+        "--tls-port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+    ]
+    argv += ["--tls-cert-file", str(cert), "--tls-key-file", str(key), "--tls-ca-cert-file", str(ca)]
+    argv += ["--tls-auth-clients", "no", "--requirepass", "s3cret-pw", "--dir", str(tmp_path)]
+    proc = Proc("redis-tls", argv, log_dir=tmp_path).start()
+    try:
+        proc.wait_port(port)
+        url = f"rediss://:s3cret-pw@127.0.0.1:{port}/3?ssl_ca_certs={ca}"
+        async with opened(url, "tls:", timeout=1.0) as store:
+            assert store.healthy
+            await store.put("k", b"v", 60)
+            assert await store.get("k") == b"v"
+        plain = RedisClient.from_url(url)
+        try:
+            assert await plain.get("tls:val:k") == b"v"  # in database 3, over TLS
+            assert await plain.execute_command("SELECT", 0) and await plain.get("tls:val:k") is None  # type: ignore[no-untyped-call]
+        finally:
+            await plain.aclose()
+        async with opened(f"rediss://:wrong@127.0.0.1:{port}/3?ssl_ca_certs={ca}", "tls:", timeout=0.5) as refused:
+            assert not refused.healthy
+            with pytest.raises(StoreError):
+                await refused.get("k")
+        async with opened(f"rediss://:s3cret-pw@127.0.0.1:{port}/3", "tls:", timeout=0.5) as untrusted:
+            assert not untrusted.healthy  # the server's certificate is not trusted without its CA
+    finally:
+        proc.stop()
