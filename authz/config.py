@@ -675,8 +675,9 @@ class StoreFailureSpec(_Spec):
 class StoreSpec(_Spec):
     url: str | None = Field(
         None,
-        description="Redis URL shared by replicas: `redis://[:password@]host:port/db`, `rediss://` (TLS) or "
-        "`unix://path?db=N`; usually `${ENV}`. Unset: the in-memory store of this process.",
+        description="Redis URL shared by replicas: `redis://[:password@]host:port/db`, `rediss://` (TLS; a private "
+        "CA with `?ssl_ca_certs=/path/ca.pem`) or `unix://path?db=N`; usually `${ENV}`. Unset: the in-memory store "
+        "of this process.",
     )
     key_prefix: str = Field("mcp-authz:", description="Prefix of every Redis key and the pub/sub channel.")
     timeout_ms: int = Field(
