@@ -272,7 +272,7 @@ class RedisStore:
             await asyncio.sleep(RECONNECT_DELAY)
 
     async def _follow(self, pubsub: PubSub) -> None:
-        """Apply channel messages; ping every second; reload on schedule and after a blip."""
+        """Apply channel messages; ping every second; reload every ``resync`` seconds."""
         next_resync = time.monotonic() + self._resync
         next_probe = time.monotonic() + PROBE_INTERVAL
         while True:
@@ -282,19 +282,13 @@ class RedisStore:
                     self._apply(json.loads(message["data"]))
             now = time.monotonic()
             if now >= next_probe:
-                next_probe = now + PROBE_INTERVAL
-                was_healthy = self.healthy
-                try:
-                    await self._call("revocation", self._watch.ping(), timeout=self._slow_timeout)
-                except StoreError as exc:
-                    self._mark(False, str(exc))  # a paused Redis answers no ping but keeps the socket
-                    continue
-                if not was_healthy:
-                    next_resync = now  # changes may have been missed while it was away
+                # A paused or cut-off Redis may keep the sockets open and silent: an unanswered ping
+                # (StoreError) ends this connection, and the caller subscribes and reloads afresh.
+                await self._call("revocation", self._watch.ping(), timeout=self._slow_timeout)
+                next_probe = time.monotonic() + PROBE_INTERVAL
             if now >= next_resync:
                 await self._reload()
                 next_resync = time.monotonic() + self._resync
-                self._mark(True)
 
     # --- sessions
 
