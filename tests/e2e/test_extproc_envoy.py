@@ -91,7 +91,7 @@ class Deployment:
         return {"authorization": f"Bearer {self.token(client_id, scope)}"}
 
 
-def authz_config(sample: SampleServer, envoy_port: int, idp: IdP) -> dict[str, Any]:
+def authz_config(sample: SampleServer, envoy_port: int, idp: IdP, failure: str = "closed") -> dict[str, Any]:
     return {
         "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
         "issuers": [{"name": "idp", "issuer": idp.issuer, "algorithms": ["RS256"], "token_type": "at+jwt"}],
@@ -106,7 +106,7 @@ def authz_config(sample: SampleServer, envoy_port: int, idp: IdP) -> dict[str, A
             }
         ],
         "envoy": {"listen": f"127.0.0.1:{envoy_port}", "admin_port": free_port(), "timeout_ms": 2000},
-        "ext_proc": {"failure": "closed", "message_timeout_ms": 2000},
+        "ext_proc": {"failure": failure, "message_timeout_ms": 2000},
     }
 
 
@@ -127,15 +127,16 @@ def start_deployment(
     sample_server: Factory[SampleServer],
     authorizer: Factory[Authorizer],
     envoy: Factory[Envoy],
+    failure: str = "closed",
 ) -> Deployment:
     sample = sample_server(page_size=PAGE_SIZE, json_response=form == "json", env={"SAMPLE_COUNTDOWN_TOOL": "1"})
     port = free_port()
-    spec = authz_config(sample, port, idp)
-    checker_path = log_dir / f"extproc-{form}-checker.yaml"
+    spec = authz_config(sample, port, idp, failure)
+    checker_path = log_dir / f"extproc-{form}-{failure}-checker.yaml"
     checker_path.write_text(yaml.safe_dump(spec, sort_keys=False), encoding="utf-8")
     # The processor: the same config on its own ports, so the test can kill it alone.
     spec_p = {**spec, "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"}}
-    processor_path = log_dir / f"extproc-{form}-processor.yaml"
+    processor_path = log_dir / f"extproc-{form}-{failure}-processor.yaml"
     processor_path.write_text(yaml.safe_dump(spec_p, sort_keys=False), encoding="utf-8")
     checker = authorizer(checker_path)
     processor = authorizer(processor_path)
@@ -417,3 +418,25 @@ def flatten(error: BaseException) -> list[BaseException]:
     if isinstance(error, BaseExceptionGroup):
         return [leaf for inner in error.exceptions for leaf in flatten(inner)]
     return [error]
+
+
+async def test_failure_open_passes_lists_unfiltered_when_the_processor_is_gone(
+    e2e_log_dir: Path,
+    idp_server: IdP,
+    sample_server: Factory[SampleServer],
+    authorizer: Factory[Authorizer],
+    envoy: Factory[Envoy],
+) -> None:
+    """`ext_proc.failure: open`, chosen by the operator: Envoy's failure_mode_allow lets answers through."""
+    open_ = start_deployment("json", e2e_log_dir, idp_server, sample_server, authorizer, envoy, failure="open")
+    try:
+        headers = open_.headers("m2m-reader", "tools:read")
+        async with mcp_client(open_.url, mode=open_.mode, headers=headers) as client:
+            assert (await list_all(client, "tools"))[0] == ["search", "read_file"]  # filtered while it runs
+        open_.processor.proc.stop()
+        async with mcp_client(open_.url, mode=open_.mode, headers=headers) as client:
+            names, cursors = await list_all(client, "tools")
+        assert sorted(names) == sorted(ALL_TOOLS) and cursors == ["3", None]
+    finally:
+        for proc in (open_.envoy.proc, open_.processor.proc, open_.checker.proc, open_.sample.proc):
+            proc.stop()
