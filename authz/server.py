@@ -14,6 +14,7 @@ from google.rpc import code_pb2, status_pb2
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from authz.check import Checker
+from authz.extproc.service import SERVICE_NAME as EXTPROC_SERVICE_NAME
 from authz.extproc.service import ExtProcService
 from authz.extproc.service import add_to_server as add_extproc_to_server
 from authz.model import Decision, HttpRequest
@@ -115,5 +116,5 @@ async def start_grpc(
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("envoy.service.auth.v3.Authorization", health_pb2.HealthCheckResponse.SERVING)
     if processor is not None:
-        await health_servicer.set("envoy.service.ext_proc.v3.ExternalProcessor", health_pb2.HealthCheckResponse.SERVING)
+        await health_servicer.set(EXTPROC_SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return server, health_servicer

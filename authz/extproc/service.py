@@ -38,7 +38,7 @@ from authz.policy.rules import authorize
 log = logging.getLogger("mcp_authz.extproc")
 Mode = processing_mode_pb2.ProcessingMode
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
-SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"
+SERVICE_NAME = "envoy.service.ext_proc.v3.ExternalProcessor"  # for grpc.health.v1
 
 # No more messages for this stream: what an ordinary (non-list) request gets after its headers.
 _DONE = Mode(
@@ -293,15 +293,15 @@ class Exchange:
         return pb.ProcessingResponse()
 
     def failed(self, phase: str | None) -> pb.ProcessingResponse:
+        """Open: the message goes on (and nothing more is asked). Closed: the list answer becomes the
+        JSON-RPC error; before anything is known about the request, the request is refused."""
         lists = self.lists
-        if not self.closed or lists is None:
+        if not self.closed:
             if phase in ("request_headers", "response_headers"):
                 return pb.ProcessingResponse(**{phase: pb.HeadersResponse()}, mode_override=_DONE)
-            if self.closed and phase is not None:
-                return self.immediate(None)
             return self.passed(phase)
-        if phase != "response_body":
-            return self.immediate(lists.handover.first_id)
+        if phase != "response_body" or lists is None:
+            return self.immediate(lists.handover.first_id if lists is not None else None)
         if self.mode == Mode.BUFFERED:
             return self.body(lists.error_body(), content_length=True)
         self.dropping = True  # the error event replaces the rest of the stream

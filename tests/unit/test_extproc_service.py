@@ -179,3 +179,16 @@ def test_the_decision_cache_keeps_callers_apart() -> None:
     assert listed(set()) == []
     assert listed({"r"}) == ["search"]
     assert len(cache) == 4  # (scopes, tool) pairs
+
+
+def test_closed_an_internal_error_before_anything_is_known_refuses_the_request(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def broken(*args: Any) -> Any:
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(metadata, "decode", broken)
+    closed = Exchange(config()).answer(request_headers(forwarded(McpCall("tools/list", id=1))))
+    assert closed.immediate_response.status.code == 503
+    opened = Exchange(config("open")).answer(request_headers(forwarded(McpCall("tools/list", id=1))))
+    assert opened.HasField("request_headers") and opened.mode_override.response_header_mode == Mode.SKIP
