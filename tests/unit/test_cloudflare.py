@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 from typing import Any
 
 import aiohttp
@@ -189,31 +190,36 @@ async def test_leeway_accepts_a_token_that_expired_seconds_ago(
 # ---------------------------------------------------------------- refused assertions
 
 
-def _bad_assertions() -> list[tuple[str, str, str]]:
-    now = int(time.time())
+def _bad_assertions() -> list[tuple[str, Callable[[], str], str]]:
+    """Each token is minted when its test runs (not at collection), so the time claims stay as meant."""
+    now = lambda: int(time.time())  # noqa: E731
     return [
-        ("expired", assertion(exp=now - 120), "proxy_assertion_expired"),
-        ("not yet valid", assertion(nbf=now + 120), "proxy_assertion_not_yet_valid"),
-        ("issued in the future", assertion(iat=now + 120), "proxy_assertion_not_yet_valid"),
-        ("other application", assertion(aud=["another-aud-tag"]), "proxy_assertion_audience"),
-        ("other team", assertion(iss="https://evil.cloudflareaccess.com"), "proxy_assertion_issuer"),
-        ("no exp", assertion(exp=REMOVE), "proxy_assertion_claim_missing"),
-        ("no email (service token)", assertion(email=REMOVE), "proxy_assertion_claim_missing"),
-        ("forged signature", assertion(key=keys().rsa_twin), "proxy_assertion_signature"),
-        ("unknown kid", assertion(header={"kid": "nope"}), "proxy_assertion_kid_unknown"),
-        ("PS256", assertion(key=keys().ps256, header={"kid": "rsa-1"}), "proxy_assertion_invalid"),
-        ("HS256", sign({"alg": "HS256", "kid": "rsa-1"}, {"iss": TEAM}, b"k" * 32, "HS256"), "proxy_assertion_invalid"),
-        ("none", "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0.", "proxy_assertion_invalid"),
-        ("garbage", "not-a-jwt", "proxy_assertion_invalid"),
+        ("expired", lambda: assertion(exp=now() - 120), "proxy_assertion_expired"),
+        ("not yet valid", lambda: assertion(nbf=now() + 120), "proxy_assertion_not_yet_valid"),
+        ("issued in the future", lambda: assertion(iat=now() + 120), "proxy_assertion_not_yet_valid"),
+        ("other application", lambda: assertion(aud=["another-aud-tag"]), "proxy_assertion_audience"),
+        ("other team", lambda: assertion(iss="https://evil.cloudflareaccess.com"), "proxy_assertion_issuer"),
+        ("no exp", lambda: assertion(exp=REMOVE), "proxy_assertion_claim_missing"),
+        ("no email (service token)", lambda: assertion(email=REMOVE), "proxy_assertion_claim_missing"),
+        ("forged signature", lambda: assertion(key=keys().rsa_twin), "proxy_assertion_signature"),
+        ("unknown kid", lambda: assertion(header={"kid": "nope"}), "proxy_assertion_kid_unknown"),
+        ("PS256", lambda: assertion(key=keys().ps256, header={"kid": "rsa-1"}), "proxy_assertion_invalid"),
+        (
+            "HS256",
+            lambda: sign({"alg": "HS256", "kid": "rsa-1"}, {"iss": TEAM}, b"k" * 32, "HS256"),
+            "proxy_assertion_invalid",
+        ),
+        ("none", lambda: "eyJhbGciOiJub25lIn0.eyJpc3MiOiJ4In0.", "proxy_assertion_invalid"),
+        ("garbage", lambda: "not-a-jwt", "proxy_assertion_invalid"),
     ]
 
 
 @pytest.mark.parametrize(("case", "token", "reason"), _bad_assertions(), ids=[c[0] for c in _bad_assertions()])
 async def test_invalid_assertion_is_401_with_its_reason(
-    team: JwksServer, http_session: aiohttp.ClientSession, case: str, token: str, reason: str
+    team: JwksServer, http_session: aiohttp.ClientSession, case: str, token: Callable[[], str], reason: str
 ) -> None:
     authz = checker(cloudflare_config(team), http_session)
-    decision = await authz.check(request({ASSERTION: token, EMAIL_HEADER: "alice@example.org"}))
+    decision = await authz.check(request({ASSERTION: token(), EMAIL_HEADER: "alice@example.org"}))
     assert refused(decision) == (False, 401, reason), (case, decision.detail)
     assert decision.caller is None and decision.set_headers == ()
 
