@@ -13,6 +13,8 @@ token (signature, ``typ``, ``iss``, ``aud``, ``exp``, scope ``tools:read``). Cas
 - ``sdk-auth``: the sample server with the SDK's in-process bearer auth (``--auth-issuer``), hit
   directly: what users run without an authorizer (the ``vs sdk-auth`` baseline);
 - ``envoy-noauth``: Envoy (the rendered listener, no auth filter) in front of the server without auth;
+- ``envoy-sdk-auth``: the same Envoy in front of the server with the SDK's auth (users who run Envoy
+  anyway, as an ingress or a mesh sidecar, and keep auth in the server);
 - ``authz-grpc``: Envoy + ``mcp-authz serve`` as gRPC ext_authz (body sent, one rule requiring
   ``tools:read`` for the tool) in front of the server without auth;
 - ``authz-http``: the same with ``envoy.authorizer: http`` (Envoy's HTTP ext_authz).
@@ -86,6 +88,7 @@ BODY = json.dumps(
 POLICY = {"default": "deny", "rules": [{"name": "search", "tools": [TOOL], "scopes": [SCOPE]}]}
 SDK_AUTH = "sdk-auth"
 NO_AUTH = "sdk-noauth"
+ENVOY_SDK_AUTH = "envoy-sdk-auth"
 
 
 # ---------------------------------------------------------------- the issuer and its token
@@ -243,13 +246,18 @@ def direct(auth: bool) -> Callable[[Context, contextlib.ExitStack], Front]:
     return start
 
 
-def envoy_only(ctx: Context, stack: contextlib.ExitStack) -> Front:
-    name = ctx.name("envoy-noauth")
-    address, pid = start_sample_server(ctx, name, stack, auth=False)
-    run = bench.Run(name)
-    bootstrap = bench.with_filters(ctx.bench.rendered(authz_spec(ctx, run, address, http=False)), [])
-    envoy = ctx.bench.start_envoy(name, bootstrap, stack)
-    return Front(run.base + bench.MCP_PATH, pid, envoy, auth=False)
+def envoy_only(auth: bool) -> Callable[[Context, contextlib.ExitStack], Front]:
+    """Envoy with the rendered listener and routes but no auth filter, in front of the server."""
+
+    def start(ctx: Context, stack: contextlib.ExitStack) -> Front:
+        name = ctx.name("envoy-sdk-auth" if auth else "envoy-noauth")
+        address, pid = start_sample_server(ctx, name, stack, auth=auth)
+        run = bench.Run(name)
+        bootstrap = bench.with_filters(ctx.bench.rendered(authz_spec(ctx, run, address, http=False)), [])
+        envoy = ctx.bench.start_envoy(name, bootstrap, stack)
+        return Front(run.base + bench.MCP_PATH, pid, envoy, auth=auth)
+
+    return start
 
 
 def with_authz(http: bool) -> Callable[[Context, contextlib.ExitStack], Front]:
@@ -286,7 +294,8 @@ class Case:
 CASES = [
     Case(NO_AUTH, "SDK server, no auth, direct", direct(auth=False)),
     Case(SDK_AUTH, "SDK server, SDK's in-process RS256 bearer auth, direct", direct(auth=True)),
-    Case("envoy-noauth", "Envoy (no auth filter) -> SDK server, no auth", envoy_only),
+    Case("envoy-noauth", "Envoy (no auth filter) -> SDK server, no auth", envoy_only(auth=False)),
+    Case(ENVOY_SDK_AUTH, "Envoy (no auth filter) -> SDK server with its in-process auth", envoy_only(auth=True)),
     Case("authz-grpc", "Envoy + mcp-authz (gRPC ext_authz) -> SDK server, no auth", with_authz(http=False)),
     Case("authz-http", "Envoy + mcp-authz (HTTP ext_authz) -> SDK server, no auth", with_authz(http=True)),
 ]
@@ -395,7 +404,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         return f"{value:.0f}" if value is not None else "-"
 
     head = (
-        f"{'case':<13} {'round':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9}"
+        f"{'case':<14} {'round':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9}"
         f" {'server µs':>9} {'envoy µs':>8} {'authz µs':>8} {'wrk µs':>6} {'total µs':>8}"
     )
     lines = [
@@ -406,14 +415,14 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     ]
     for r in sorted(results, key=lambda r: ([c.name for c in CASES].index(r.case.name), r.round)):
         if r.skipped:
-            lines.append(f"{r.case.name:<13} {r.round:>5} skipped: {r.skipped}")
+            lines.append(f"{r.case.name:<14} {r.round:>5} skipped: {r.skipped}")
             continue
         ratios = f"{ratio(r.rps, rps_of(SDK_AUTH, r.round)):>11} {ratio(r.rps, rps_of(NO_AUTH, r.round)):>9}"
         figures = f"{r.rps:>7.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {ratios}"
         bad = f"  ({r.bad} bad responses/errors)" if r.bad else ""
         spent = f"{cpu(r, 'server'):>9} {cpu(r, 'envoy'):>8} {cpu(r, 'authz'):>8} {cpu(r, 'wrk'):>6}"
         total = sum((r.cpu_us or {}).values())
-        lines.append(f"{r.case.name:<13} {r.round:>5} {figures} {spent} {total:>8.0f}{bad}")
+        lines.append(f"{r.case.name:<14} {r.round:>5} {figures} {spent} {total:>8.0f}{bad}")
     means = {c.name: mean(c, results) for c in CASES}
     ceiling_base = means.get(SDK_AUTH)
     lines += [
@@ -422,8 +431,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "ceiling: the req/s these CPU figures allow on an otherwise idle host (see ceiling(); a model):",
     ]
     lines += [
-        f"{'case':<13} {'req/s':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9} {'server µs':>9} {'total µs':>8}"
-        f" {'calls/CPU vs sdk-auth':>21} {'ceiling':>7} {'vs sdk-auth':>11}"
+        f"{'case':<14} {'req/s':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9} {'server µs':>9} {'total µs':>8}"
+        f" {'calls/CPU vs sdk-auth':>21} {'ceiling':>7} {'vs sdk-auth':>11} {'req/s vs envoy-sdk-auth':>23}"
     ]
     for name, m in means.items():
         if m is None:
@@ -435,7 +444,8 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         total = sum(cpus.values())
         efficiency = ratio(1 / total, 1 / sum(ceiling_base[2].values()) if ceiling_base else None)
         figures = f"{cpus['server']:>9.0f} {total:>8.0f} {efficiency:>21} {limit:>7.0f} {ratio(limit, base):>11}"
-        lines.append(f"{name:<13} {rps:>7.0f} {p99:>7.2f} {ratios} {figures}")
+        figures += f" {ratio(rps, rps_of(ENVOY_SDK_AUTH, None)):>23}"
+        lines.append(f"{name:<14} {rps:>7.0f} {p99:>7.2f} {ratios} {figures}")
     return "\n".join(lines)
 
 
