@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from authz import request, response
+from authz import request, response, routing
 from authz.config import Config, Server
 from authz.errors import Forbidden, Refusal, Unavailable
 from authz.identity.bearer import identify
@@ -55,7 +55,12 @@ class Checker:
         if name is None:
             if self._only is not None:
                 return self._only
-            raise Forbidden("server_unknown", "no mcp_server context extension")
+            authority = req.headers.get(":authority") or req.headers.get("host") or ""
+            found = routing.by_host_and_path(self.config.servers.values(), authority, req.path)
+            if len(found) != 1:
+                what = "several servers match" if found else "no server's resource matches"
+                raise Forbidden("server_unknown", f"no mcp_server context extension; {what} {authority}{req.path}")
+            return found[0]
         server = self.config.servers.get(name)
         if server is None:
             raise Forbidden("server_unknown", f"mcp_server {name!r} is not configured")

@@ -378,6 +378,11 @@ class ServerSpec(_Spec):
     name: str = Field(description="Name Envoy sends in the `mcp_server` context extension.")
     resource: str = Field(description="Public URL of the MCP endpoint; the audience tokens must carry.")
     upstream: str = Field("127.0.0.1:8000", description="host:port of the MCP server (used by `render`).")
+    hosts: list[str] | None = Field(
+        None,
+        description="Host names (no port; `*` for any) that select this server, with the resource's path, when "
+        "Envoy sends no `mcp_server` context extension (Istio's gRPC provider). Default: the resource's host.",
+    )
     issuers: list[str] | None = Field(None, description="Issuer names trusted for this server. Default: all.")
     scopes_supported: list[str] = Field([], description="Advertised in RFC 9728 metadata and 401 challenges.")
     resource_name: str | None = Field(None, description="Human-readable name in RFC 9728 metadata.")
@@ -1010,6 +1015,7 @@ class Server:
     exchange: Exchange | None = None
     sessions: Sessions = Sessions()
     rate_limits: tuple[RateLimit, ...] = ()
+    hosts: frozenset[str] = frozenset({"*"})  # lower-case host names that select it without a context extension
 
     @property
     def injected_headers(self) -> tuple[str, ...]:
@@ -1114,6 +1120,7 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
             RateLimit(r.name, r.per == "subject_tool", _globs(r.tools), r.limit, r.window) for r in spec.rate_limits
         ),
         filter_lists=spec.filter_lists,
+        hosts=frozenset(h.lower() for h in (spec.hosts or [urlsplit(spec.resource).hostname or "*"])),
     )
 
 

@@ -298,6 +298,56 @@ async def test_grpc_provider_body_bound_is_413_before_any_check(
     assert response.status == 413
 
 
+# ---------------------------------------------------------------- shared authorizer, gRPC provider, two servers
+
+
+@pytest.fixture(scope="module")
+def shared_grpc_two(
+    tmp_path_factory: pytest.TempPathFactory,
+    sample_server: Factory[SampleServer],
+    envoy: Factory[Envoy],
+    authorizer: Factory[Authorizer],
+) -> Iterator[tuple[list[Workload], Path, str]]:
+    """Two MCP workloads behind one gRPC provider: no context extension, so the authorizer tells them
+    apart by host and path (``authz/routing.py``): one is addressed as 127.0.0.1, the other as localhost."""
+    key = ensure_key(tmp_path_factory.mktemp("istio-grpc-two") / "key.pem")
+    issuer = f"http://127.0.0.1:{free_port()}/dev"
+    hosts = {"alpha": "127.0.0.1", "beta": "localhost"}
+    samples = {name: sample_server(json_response=True) for name in hosts}
+    ports = {name: free_port() for name in hosts}
+    bases = {name: f"http://{hosts[name]}:{ports[name]}" for name in hosts}
+    servers = [server_spec(n, bases[n], s.upstream) for n, s in samples.items()]
+    config, _raw, text = load(authz_spec(key, servers, issuer, http=False))
+    [provider] = istio.shared_providers(config, istio.Options())
+    assert provider["name"] == istio.PROVIDER and "envoyExtAuthzGrpc" in provider
+    authorizer(text)
+    workloads = []
+    for name, sample in samples.items():
+        proxy = envoy(
+            sidecar_envoy(
+                provider,
+                listen=f"127.0.0.1:{ports[name]}",
+                authorizer=config.listen.grpc,
+                upstream=sample.upstream,
+                discovery=config.listen.discovery,
+                admin=free_port(),
+            )
+        )
+        workloads.append(Workload(name, bases[name], sample, proxy))
+    yield workloads, key, issuer
+
+
+async def test_grpc_provider_tells_servers_apart_by_host_and_path(
+    shared_grpc_two: tuple[list[Workload], Path, str],
+) -> None:
+    workloads, key, issuer = shared_grpc_two
+    for workload in workloads:
+        await assert_allowed_with_identity(workload, key, issuer)
+    alpha, beta = workloads
+    # alpha's token at beta: beta's server was selected, so the audience does not match
+    await assert_bad_token_is_401(beta, key, issuer, alpha.url)
+
+
 # ---------------------------------------------------------------- shared authorizer, HTTP provider per server
 
 

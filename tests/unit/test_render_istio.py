@@ -145,10 +145,13 @@ def test_http_provider_per_server_with_the_header_lists_of_the_envoy_chain(key: 
     assert service_ports == {"grpc-authz", "http-discovery", "http-authz"}
 
 
-def test_grpc_with_several_servers_is_refused_unless_sidecar_only(key: Path) -> None:
+def test_grpc_with_several_servers_shares_one_provider_and_sidecar_only_has_none(key: Path) -> None:
     config, raw = load(spec(key, servers=2))
-    with pytest.raises(ValueError, match=r"envoy\.authorizer: http"):
-        istio.render_istio(config, raw)
+    shared = istio.render_istio(config, raw)  # the authorizer tells them apart by host and path
+    assert set(providers(shared)) == {istio.PROVIDER, istio.LOCAL_PROVIDER}
+    policies = [d for d in docs(shared["authorization-policy.yaml"]) if d["kind"] == "AuthorizationPolicy"]
+    assert {p["spec"]["provider"]["name"] for p in policies} == {istio.PROVIDER}
+    assert len(policies) == 2
     files = istio.render_istio(config, raw, istio.Options(sidecar_only=True))
     assert "authorization-policy.yaml" not in files and "mcp-servers.yaml" not in files
     assert set(providers(files)) == {istio.LOCAL_PROVIDER}
@@ -273,10 +276,12 @@ def test_cli_writes_the_directory_and_refuses_bad_input(
     assert {p.name for p in out.iterdir()} == set(istio.render_istio(*load(spec(key))))
     assert "registry.example/authz:1" in (out / "authorizer.yaml").read_text(encoding="utf-8")
     bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump(spec(key, servers=2)), encoding="utf-8")
+    no_discovery = spec(key)
+    no_discovery["listen"]["discovery"] = ""
+    bad.write_text(yaml.safe_dump(no_discovery), encoding="utf-8")
     empty = tmp_path / "nothing"
     assert main(["render", "istio", "-c", str(bad), "-o", str(empty)]) == 2
-    assert "envoy.authorizer: http" in capsys.readouterr().err
+    assert "listen.discovery is empty" in capsys.readouterr().err
     assert not empty.exists()  # nothing written
     assert main(["render", "kubernetes", "-c", str(good), "-o", str(tmp_path / "k.yaml")]) == 0
     assert "kind: Deployment" in (tmp_path / "k.yaml").read_text(encoding="utf-8")
