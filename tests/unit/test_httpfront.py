@@ -373,8 +373,12 @@ async def test_real_checker_selects_the_server_from_the_envoy_header(tmp_path: P
         assert ok.header("x-mcp-subject") == "alice"
         assert "authorization" in (ok.header("x-envoy-auth-headers-to-remove") or "")
 
-        [unknown] = await front.exchange(request(body=body, headers={**headers, "authorization": f"Bearer {token}"}))
-        assert unknown.status == 403  # two servers and no x-mcp-authz-server: server_unknown
+        # No x-mcp-authz-server: the server is the one whose resource matches host and path (authz/routing.py)
+        bearer = {**headers, "authorization": f"Bearer {token}"}
+        [by_route] = await front.exchange(request(body=body, headers=bearer))
+        assert by_route.status == 200 and by_route.header("x-mcp-subject") == "alice"
+        [unknown] = await front.exchange(request(path="/elsewhere", body=body, headers=bearer))
+        assert unknown.status == 403  # two servers, no header, no resource matches: server_unknown
 
         token_two = stack.token(audience=other, scopes=["tools:read"])
         two = {**headers, "authorization": f"Bearer {token_two}", "x-mcp-authz-server": "two"}
