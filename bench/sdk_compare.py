@@ -1,6 +1,6 @@
 """Does moving auth out of a Python MCP server into Envoy + mcp-authz make the server faster?
 
-    .venv/bin/python bench/sdk_compare.py [--duration 8] [--warmup 2] [--repeat 2] [--connections 16] [--cases a,b]
+    .venv/bin/python bench/sdk_compare.py [--duration 5] [--warmup 1] [--repeat 4] [--connections 16] [--cases a,b]
     .venv/bin/python bench/sdk_compare.py --profile sdk-auth [--profile-process server|authz] [--duration 10]
 
 One run, one RS256 key, one token, one request: a 2026-07-28 ``tools/call`` of the sample MCP server's
@@ -19,11 +19,13 @@ token (signature, ``typ``, ``iss``, ``aud``, ``exp``, scope ``tools:read``). Cas
   ``tools:read`` for the tool) in front of the server without auth;
 - ``authz-http``: the same with ``envoy.authorizer: http`` (Envoy's HTTP ext_authz).
 
-Every case starts its own processes, checks that the request gets a 200 with a tool result and that
-the same request without the token gets a 401, warms up, then runs ``wrk --latency``. Rounds
-interleave the cases; every round's figures are printed, with ratios to the baselines of the same
-round. CPU per call (utime+stime from /proc of each process and its children over the measured run,
-divided by requests) is given for the MCP server, Envoy and the authorizer.
+Every case has its own processes, all started first (idle while other cases run); each is checked: the
+request gets a 200 with a tool result, and the same request without the token a 401 where auth is on.
+Then ``--repeat`` rounds run every case in turn (warm-up, then ``wrk --latency``), the order reversed in
+every other round. Every run is printed with ratios to the baselines of the same round, then per case
+the median and range of those ratios. CPU per call (utime+stime from /proc of each process and its
+children over the measured run, divided by requests) is given for the MCP server, Envoy, the authorizer
+and wrk: on a shared host req/s moves with the neighbours, CPU per call much less.
 """
 
 from __future__ import annotations
@@ -351,26 +353,40 @@ def children_cpu_s() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def measure(ctx: Context, case: Case, round_: int, token: str, args: argparse.Namespace) -> Result:
-    with contextlib.ExitStack() as stack:
+def start(ctx: Context, case: Case, token: str, stack: contextlib.ExitStack) -> Front | str:
+    """Start ``case`` (its processes stay up until ``stack`` closes) and smoke-test it; a reason if it
+    cannot run. Tried twice: a port can be taken between free_port() and the bind."""
+    reason = ""
+    for attempt in (1, 2):
+        processes = contextlib.ExitStack()
         try:
-            front = case.start(ctx, stack)
+            front = case.start(ctx, processes)
             smoke(front, token)
         except bench.Skip as exc:
-            return Result(case, round_, skipped=str(exc))
-        script = lua_script(ctx.workdir / f"{case.name}.lua", token)
-        if args.warmup > 0:
-            bench.wrk(front.url, script, args.warmup, args)
-        pids = {"server": front.server_pid, "envoy": front.envoy_pid, "authz": front.authz_pid}
-        before = {k: bench.tree_cpu_ticks(p) for k, p in pids.items() if p}
-        wrk_before = children_cpu_s()
-        output = bench.wrk(front.url, script, args.duration, args)
-        wrk_s = children_cpu_s() - wrk_before
-        after = {k: bench.tree_cpu_ticks(p) for k, p in pids.items() if p}
-        rps, p50, p99, requests, bad = bench.parse_wrk(output)
-        cpu = {k: (after[k] - before[k]) * bench.CLOCK_TICK_US / max(requests, 1) for k in before}
-        cpu["wrk"] = wrk_s * 1e6 / max(requests, 1)
-        return Result(case, round_, None, rps, p50, p99, requests, bad, cpu)
+            processes.close()
+            reason = str(exc)
+            if attempt == 1:
+                print(f"  retrying {case.name}: {reason[:200]}", file=sys.stderr, flush=True)
+            continue
+        stack.enter_context(processes)
+        return front
+    return reason
+
+
+def measure(front: Front, script: Path, case: Case, round_: int, args: argparse.Namespace) -> Result:
+    """Warm-up, then the measured wrk run, with CPU per call of every process of the case."""
+    if args.warmup > 0:
+        bench.wrk(front.url, script, args.warmup, args)
+    pids = {"server": front.server_pid, "envoy": front.envoy_pid, "authz": front.authz_pid}
+    before = {k: bench.tree_cpu_ticks(p) for k, p in pids.items() if p}
+    wrk_before = children_cpu_s()
+    output = bench.wrk(front.url, script, args.duration, args)
+    wrk_s = children_cpu_s() - wrk_before
+    after = {k: bench.tree_cpu_ticks(p) for k, p in pids.items() if p}
+    rps, p50, p99, requests, bad = bench.parse_wrk(output)
+    cpu = {k: (after[k] - before[k]) * bench.CLOCK_TICK_US / max(requests, 1) for k in before}
+    cpu["wrk"] = wrk_s * 1e6 / max(requests, 1)
+    return Result(case, round_, None, rps, p50, p99, requests, bad, cpu)
 
 
 def mean(case: Case, results: list[Result]) -> tuple[float, float, dict[str, float]] | None:
@@ -393,7 +409,7 @@ def ratio(value: float, base: float | None) -> str:
 
 
 def table(results: list[Result], args: argparse.Namespace) -> str:
-    """Every measured run, then the mean of each case; ratios are to the baselines of the same round."""
+    """Every measured run (ratios to the baselines of the same round), then a summary per case."""
 
     def rps_of(name: str, round_: int | None) -> float | None:
         values = [r.rps for r in results if r.case.name == name and not r.skipped and round_ in (None, r.round)]
@@ -423,29 +439,34 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         spent = f"{cpu(r, 'server'):>9} {cpu(r, 'envoy'):>8} {cpu(r, 'authz'):>8} {cpu(r, 'wrk'):>6}"
         total = sum((r.cpu_us or {}).values())
         lines.append(f"{r.case.name:<14} {r.round:>5} {figures} {spent} {total:>8.0f}{bad}")
+
+    def per_round(name: str, base: str) -> str:
+        """Median (min-max) over the rounds of req/s over ``base``'s req/s in the same round."""
+        values = [r.rps / b for r in results if r.case.name == name and not r.skipped and (b := rps_of(base, r.round))]
+        if not values:
+            return "-"
+        return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
+
     means = {c.name: mean(c, results) for c in CASES}
-    ceiling_base = means.get(SDK_AUTH)
+    base_cpus = (means.get(SDK_AUTH) or (0.0, 0.0, None))[2]
     lines += [
         "",
-        "mean over rounds; calls/CPU: calls per CPU-second of all processes (wrk included) over sdk-auth's;",
-        "ceiling: the req/s these CPU figures allow on an otherwise idle host (see ceiling(); a model):",
-    ]
-    lines += [
-        f"{'case':<14} {'req/s':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9} {'server µs':>9} {'total µs':>8}"
-        f" {'calls/CPU vs sdk-auth':>21} {'ceiling':>7} {'vs sdk-auth':>11} {'req/s vs envoy-sdk-auth':>23}"
+        "over the rounds: req/s, p99, CPU means; vs: median (min-max) of the per-round ratios of req/s;",
+        "calls/CPU: calls per CPU-second of all processes (wrk included), over sdk-auth's; ceiling: the req/s",
+        "these CPU figures would allow on an otherwise idle host (see ceiling(); a model), over sdk-auth's:",
+        f"{'case':<14} {'req/s':>6} {'p99 ms':>7} {'vs sdk-auth':>19} {'vs noauth':>19} {'vs envoy-sdk-auth':>19}"
+        f" {'server µs':>9} {'total µs':>8} {'calls/CPU':>9} {'ceiling':>7}",
     ]
     for name, m in means.items():
         if m is None:
             continue
         rps, p99, cpus = m
-        ratios = f"{ratio(rps, rps_of(SDK_AUTH, None)):>11} {ratio(rps, rps_of(NO_AUTH, None)):>9}"
-        limit = ceiling(cpus)
-        base = ceiling(ceiling_base[2]) if ceiling_base else None
+        ratios = f"{per_round(name, SDK_AUTH):>19} {per_round(name, NO_AUTH):>19} {per_round(name, ENVOY_SDK_AUTH):>19}"
         total = sum(cpus.values())
-        efficiency = ratio(1 / total, 1 / sum(ceiling_base[2].values()) if ceiling_base else None)
-        figures = f"{cpus['server']:>9.0f} {total:>8.0f} {efficiency:>21} {limit:>7.0f} {ratio(limit, base):>11}"
-        figures += f" {ratio(rps, rps_of(ENVOY_SDK_AUTH, None)):>23}"
-        lines.append(f"{name:<14} {rps:>7.0f} {p99:>7.2f} {ratios} {figures}")
+        efficiency = ratio(1 / total, 1 / sum(base_cpus.values()) if base_cpus else None)
+        limit = ratio(ceiling(cpus), ceiling(base_cpus) if base_cpus else None)
+        spent = f"{cpus['server']:>9.0f} {total:>8.0f} {efficiency:>9} {limit:>7}"
+        lines.append(f"{name:<14} {rps:>6.0f} {p99:>7.2f} {ratios} {spent}")
     return "\n".join(lines)
 
 
@@ -494,11 +515,11 @@ def profile(ctx: Context, case: Case, token: str, args: argparse.Namespace) -> i
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--duration", type=int, default=8, help="seconds of measured load per case and round")
-    parser.add_argument("--warmup", type=int, default=2, help="seconds of unmeasured load first (0: none)")
+    parser.add_argument("--duration", type=int, default=5, help="seconds of measured load per case and round")
+    parser.add_argument("--warmup", type=int, default=1, help="seconds of unmeasured load first (0: none)")
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--repeat", type=int, default=2, help="rounds over all cases (interleaved)")
+    parser.add_argument("--repeat", type=int, default=4, help="rounds over all cases (interleaved)")
     names = [c.name for c in CASES]
     parser.add_argument("--cases", default=",".join(names), help=f"comma-separated subset of {names}")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
@@ -542,16 +563,22 @@ def main(argv: list[str] | None = None) -> int:
         token = issuer.token()
         if args.profile:
             return profile(ctx, next(c for c in CASES if c.name == args.profile), token, args)
-        for round_ in range(1, args.repeat + 1):
-            for case in CASES:
-                if case.name not in args.cases:
-                    continue
-                print(f"running {case.name} (round {round_}/{args.repeat})", file=sys.stderr, flush=True)
-                result = measure(ctx, case, round_, token, args)
-                if result.skipped:  # a port taken between free_port() and bind: try once more
-                    print(f"  retrying: {result.skipped[:200]}", file=sys.stderr, flush=True)
-                    result = measure(ctx, case, round_, token, args)
-                results.append(result)
+        cases = [c for c in CASES if c.name in args.cases]
+        with contextlib.ExitStack() as stack:
+            fronts: dict[str, Front] = {}
+            for case in cases:  # all up at once (idle between their runs): rounds only run wrk
+                print(f"starting {case.name}", file=sys.stderr, flush=True)
+                front = start(ctx, case, token, stack)
+                if isinstance(front, str):
+                    results.append(Result(case, 1, skipped=front))
+                else:
+                    fronts[case.name] = front
+            scripts = {name: lua_script(path / f"{name}.lua", token) for name in fronts}
+            for round_ in range(1, args.repeat + 1):
+                order = cases if round_ % 2 else cases[::-1]  # alternate the order: no case always runs first
+                for case in (c for c in order if c.name in fronts):
+                    print(f"running {case.name} (round {round_}/{args.repeat})", file=sys.stderr, flush=True)
+                    results.append(measure(fronts[case.name], scripts[case.name], case, round_, args))
     print(table(results, args))
     print(
         f"load average (1 min) {load:.1f} at start, {os.getloadavg()[0]:.1f} at end;"
