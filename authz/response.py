@@ -143,6 +143,9 @@ def allow(
         remove += tuple(h for h in server.proxy.headers if h not in values)
         if caller.mode != "proxy":  # the proxy's other headers are believed only with its identity
             remove += tuple(h for h in server.proxy.passthrough if h not in values and h not in remove)
+    if server.filter_lists:  # routes the request past ext_proc unless it lists (see the Envoy renderer)
+        listing = any(c.method in handover.LIST_METHODS for c in mcp.calls)
+        set_headers += ((handover.ROUTE_HEADER, "1" if listing else "0"),)
     return Decision(
         allowed=True,
         status=200,

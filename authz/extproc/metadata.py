@@ -21,6 +21,10 @@ from authz.model import ANONYMOUS, Caller, McpRequest
 
 NAMESPACE = "envoy.filters.http.ext_authz"  # where Envoy puts a CheckResponse's dynamic_metadata
 KEY = "mcp_authz"  # our struct inside it
+# Set by the Check on every allowed request of a filter_lists server ("1": it has a list request,
+# "0": none), replacing any client copy; Envoy re-picks the route (ext_authz clear_route_cache) and a
+# "0" route has ext_proc disabled. Removed before the request goes upstream.
+ROUTE_HEADER = "x-mcp-authz-list"
 LIST_METHODS: Mapping[str, str] = {  # list method → the member of its result holding the entries
     "tools/list": "tools",
     "prompts/list": "prompts",

@@ -1,9 +1,10 @@
 """The Envoy ``ExternalProcessor`` gRPC service: list responses filtered to what the caller may use.
 
-Per HTTP stream (Envoy's processing mode: request and response headers, no bodies):
+Per HTTP stream (Envoy's processing mode: request headers only; the renderer routes requests
+that cannot be answered with a list past the filter):
 
-1. request headers: the Check's handover is read from the forwarded metadata. No list request in
-   the message → ``mode_override`` skips the rest (one message per ordinary request).
+1. request headers: the Check's handover is read from the forwarded metadata. A list request →
+   ``mode_override`` asks for the response headers; anything else → nothing more is asked.
 2. response headers of a list request: a 2xx ``application/json`` answer is asked for BUFFERED,
    ``text/event-stream`` STREAMED (``mode_override``; the filter needs ``allow_mode_override``).
 3. response body: list results filtered (``lists``), events rewritten as they complete (``sse``).
@@ -222,7 +223,7 @@ class Exchange:
         headers = _headers(request.request_headers) if server.policy and server.policy.uses_cel else {}
         allowed = policy_check(server, handover, headers, self.cache)
         self.lists = ListStream(handover, allowed, self.config.spec.ext_proc.max_body_bytes)
-        return pb.ProcessingResponse(request_headers=pb.HeadersResponse())
+        return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_body_mode(Mode.NONE))
 
     def response_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         headers = _headers(request.response_headers)

@@ -338,23 +338,39 @@ def _without_extproc(routes: list[Route]) -> list[Route]:
     return routes
 
 
+def _copies(routes: list[Route], suffix: str, headers: list[HeaderMatcher]) -> list[Route]:
+    copies = []
+    for route in routes:
+        copy = deepcopy(route)
+        copy.name = f"{route.name}/{suffix}"
+        if copy.match is not None:
+            copy.match.headers = [*copy.match.headers, *headers]
+            copies.append(copy)
+    return _without_extproc(copies)
+
+
 def _unless_listing(server: Server, routes: list[Route]) -> list[Route]:
-    """A filter_lists server's routes, preceded by copies that skip ext_proc for requests whose
-    ``Mcp-Method`` names no list method: the Check holds that header to the body (or, header-only,
-    the upstream does), so such a request cannot be answered with a list."""
+    """A filter_lists server's routes, preceded by copies with ext_proc disabled for requests that
+    cannot be answered with a list:
+
+    - ``<route>/no-list``: ``Mcp-Method`` names no list method (picked before the Check; the Check
+      holds that header to the body, or, header-only, the upstream does);
+    - ``<route>/checked-no-list``: the Check found no list request and said so in
+      ``x-mcp-authz-list: 0`` (it overwrites any client copy; ext_authz ``clear_route_cache`` makes
+      Envoy pick the route again): clients that send no ``Mcp-Method`` (session-based revisions).
+
+    The header never reaches the MCP server.
+    """
     not_a_list = [
         HeaderMatcher(name="mcp-method", present_match=True),
         HeaderMatcher(name="mcp-method", string_match=StringMatcher(suffix="/list"), invert_match=True),
     ]
+    checked = [HeaderMatcher(name=handover.ROUTE_HEADER, string_match=StringMatcher(exact="0"))]
     shadowed = [r for r in routes if r.name.endswith("/header-only")] if server.header_only else routes
-    copies = []
-    for route in shadowed:
-        copy = deepcopy(route)
-        copy.name = f"{route.name}/no-list"
-        if copy.match is not None:
-            copy.match.headers = [*copy.match.headers, *not_a_list]
-            copies.append(copy)
-    return _without_extproc(copies) + routes
+    result = _copies(shadowed, "no-list", not_a_list) + _copies(routes, "checked-no-list", checked) + routes
+    for route in result:
+        route.request_headers_to_remove = [*route.request_headers_to_remove, handover.ROUTE_HEADER]
+    return result
 
 
 def route_config(config: Config, *, with_discovery: bool) -> RouteConfiguration:
@@ -469,15 +485,17 @@ def ext_authz_filter(config: Config) -> HttpFilter:
         # Headers as a list in attributes.request.http.header_map, one entry per header line:
         # a header sent twice (two Mcp-Name) reaches the authorizer as two values, not joined.
         encode_raw_headers=True,
+        # The list filter: the route is picked again after the Check's x-mcp-authz-list header.
+        clear_route_cache=filters_lists(config),
     )
     return HttpFilter(name=EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
 
 
 def ext_proc_filter(config: Config) -> HttpFilter:
-    """The list filter (``authz.extproc``): request and response headers only, bodies on demand.
+    """The list filter (``authz.extproc``): request headers, then response headers and body on demand.
 
-    The processor asks for a response body (``mode_override``, hence ``allow_mode_override``) only
-    for the answer to a list request; the Check's handover arrives with each message
+    The processor asks for the response headers and body (``mode_override``, hence
+    ``allow_mode_override``) only for the answer to a list request; the Check's handover arrives with each message
     (``forwarding_namespaces``). Failure as ``ext_proc.failure`` says; ``message_timeout`` bounds
     every wait, so a stuck processor never hangs a request longer.
     """
@@ -490,7 +508,9 @@ def ext_proc_filter(config: Config) -> HttpFilter:
         allow_mode_override=True,
         processing_mode=ProcessingMode(
             request_header_mode=ProcessingModeHeaderSendMode.SEND,
-            response_header_mode=ProcessingModeHeaderSendMode.SEND,
+            # Response headers only when the processor asks (a list request): a local reply of an
+            # earlier filter (a 401 challenge) never goes to the processor, so it works while it is down.
+            response_header_mode=ProcessingModeHeaderSendMode.SKIP,
             request_body_mode=ProcessingModeBodySendMode.NONE,
             response_body_mode=ProcessingModeBodySendMode.NONE,
             request_trailer_mode=ProcessingModeHeaderSendMode.SKIP,

@@ -253,6 +253,8 @@ async def test_refusals_keep_their_challenge(deployment: Deployment) -> None:
 
 
 CLIENT_INFO = {"name": "raw", "version": "0"}
+JSON_ONLY = {"content-type": "application/json"}
+call_body = {"jsonrpc": "2.0", "id": 5, "method": "tools/call", "params": {"name": "search", "arguments": {}}}
 
 
 class Raw:
@@ -355,10 +357,11 @@ async def test_other_traffic_passes_byte_for_byte(deployment: Deployment) -> Non
             assert through.content == straight.content, method
             assert through.headers.get("content-type") == straight.headers.get("content-type")
             answers[str(params.get("name", method))] = through
-        # Only what needs it is processed: a request whose Mcp-Method names no list skips ext_proc
-        # (2026-07-28 always sends it); without the header (2025-11-25) the processor sees its headers.
+        # Only what needs it is processed: a request whose Mcp-Method names no list (2026-07-28), or
+        # that the Check found no list in (x-mcp-authz-list: 0, 2025-11-25), never reaches ext_proc.
         started = int(deployment.envoy.stats("ext_proc")["http.mcp.ext_proc.streams_started"]) - streams
-        assert started == (0 if deployment.form == "json" else len(calls))
+        assert started == 0
+    assert not any("x-mcp-authz-list" in r["headers"] for r in deployment.sample.requests())
     assert answers["notifications/cancelled"].status_code == 202
     countdown = messages(answers["countdown"])
     assert countdown[-1]["id"] == 12 and countdown[-1]["result"]["content"][0]["text"] == "counted 300"
@@ -399,13 +402,16 @@ async def test_processor_killed_list_responses_fail_closed(deployment: Deploymen
             }
         prompts = await raw.post("prompts/list", {}, 44)
         assert prompts.status_code == 503 and prompts.json()["id"] == 44 and "summarize" not in prompts.text
-        if deployment.form == "json":  # Mcp-Method names no list: routed past the processor, still served
-            called = await raw.post("tools/call", {"name": "search", "arguments": {"query": "x"}}, 45)
-            assert called.status_code == 200 and called.json()["result"]["isError"] is False
-    # The lists never reached the server: nothing unfiltered left.
-    assert [r["headers"].get("mcp-method") for r in deployment.sample.requests() if r["method"] == "POST"] == (
-        ["tools/call"] if deployment.form == "json" else []
-    )
+        async with httpx.AsyncClient(timeout=30.0) as anonymous:
+            refused = await anonymous.post(deployment.url, content=json.dumps(call_body), headers=JSON_ONLY)
+        # A refusal by the Check never goes to the processor: the challenge works while it is gone.
+        assert refused.status_code == 401 and "resource_metadata=" in refused.headers["www-authenticate"]
+        # A request that lists nothing is routed past the processor, and still served.
+        called = await raw.post("tools/call", {"name": "search", "arguments": {"query": "x"}}, 45)
+        assert called.status_code == 200 and messages(called)[-1]["result"]["isError"] is False
+    # The lists never reached the server: nothing unfiltered left; the call did.
+    assert [r["method"] for r in deployment.sample.requests()] == ["POST"]
+    assert deployment.sample.tool_calls() == ["search"]
     # The SDK client gets the JSON-RPC error (at its first request: on this route, everything fails closed).
     with pytest.raises(BaseException) as caught:
         async with mcp_client(deployment.url, mode=deployment.mode, headers={"authorization": f"Bearer {token}"}) as c:

@@ -198,3 +198,12 @@ def test_a_header_only_check_matches_the_one_answer_whatever_its_id() -> None:
     assert answered == {id_key(77)}
     # Without it, an unknown id is not the answer.
     assert rewrite_json(json.dumps(response({"tools": TOOLS}, 77)).encode(), {}, who) == (None, set())
+
+
+def test_the_check_names_the_route_by_whether_the_request_lists() -> None:
+    for calls, value in (((McpCall("tools/list", id=1),), "1"), ((McpCall("tools/call", id=1, tool="search"),), "0")):
+        mcp = McpRequest(http_method="POST", revision="2025-11-25", calls=calls)
+        assert ("x-mcp-authz-list", value) in allow(server(), caller("tools:read"), mcp, "r").set_headers
+    off = make_config(servers=[server_spec(policy=RULES)]).servers["mcp"]
+    mcp = McpRequest(http_method="POST", revision="2025-11-25", calls=(McpCall("tools/list", id=1),))
+    assert all(k != "x-mcp-authz-list" for k, _ in allow(off, caller(), mcp, "r").set_headers)

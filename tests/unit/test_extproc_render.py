@@ -54,7 +54,7 @@ def test_ext_proc_follows_ext_authz_with_headers_only_and_overrides() -> None:
     assert proc["metadata_options"] == {"forwarding_namespaces": {"untyped": ["envoy.filters.http.ext_authz"]}}
     mode = proc["processing_mode"]
     assert mode.get("request_body_mode", "NONE") == mode.get("response_body_mode", "NONE") == "NONE"
-    assert (mode["request_header_mode"], mode["response_header_mode"]) == ("SEND", "SEND")
+    assert (mode["request_header_mode"], mode["response_header_mode"]) == ("SEND", "SKIP")  # asked per list
     (extproc,) = [c for c in boot["static_resources"]["clusters"] if c["name"] == EXTPROC_CLUSTER]
     assert "http2_protocol_options" in str(extproc)
 
@@ -62,21 +62,43 @@ def test_ext_proc_follows_ext_authz_with_headers_only_and_overrides() -> None:
 def test_disabled_where_no_list_can_come_from() -> None:
     routes = hcm(render_envoy(config()))["route_config"]["virtual_hosts"][0]["routes"]
     disabled = {r["name"] for r in routes if r.get("typed_per_filter_config", {}).get(EXT_PROC, {}).get("disabled")}
-    assert disabled == {"discovery/.well-known", "discovery/jwks", "plain", "not-found", "lists/no-list"}
+    assert disabled == {
+        "discovery/.well-known",
+        "discovery/jwks",
+        "plain",
+        "not-found",
+        "lists/no-list",
+        "lists/checked-no-list",
+    }
     assert {r["name"] for r in routes} - disabled == {"lists"}
-    # Requests naming a method that is no list skip the processor: that route comes first.
+    # Requests that cannot be answered with a list skip the processor: those routes come first.
     names = [r["name"] for r in routes]
-    assert names.index("lists/no-list") < names.index("lists")
-    skip = next(r for r in routes if r["name"] == "lists/no-list")["match"]["headers"]
+    assert names.index("lists/no-list") < names.index("lists/checked-no-list") < names.index("lists")
+    by_name = {r["name"]: r for r in routes}
+    skip = by_name["lists/no-list"]["match"]["headers"]
     assert {"name": "mcp-method", "string_match": {"suffix": "/list"}, "invert_match": True} in skip
     assert {"name": "mcp-method", "present_match": True} in skip
+    checked = by_name["lists/checked-no-list"]["match"]["headers"]
+    assert checked == [{"name": "x-mcp-authz-list", "string_match": {"exact": "0"}}]
+    # The Check's routing header never reaches the MCP server; the route is picked again after the Check.
+    for name in ("lists", "lists/no-list", "lists/checked-no-list"):
+        assert by_name[name]["request_headers_to_remove"] == ["x-mcp-authz-list"]
+    authz = hcm(render_envoy(config()))["http_filters"][0]["typed_config"]
+    assert authz["clear_route_cache"] is True
+    assert "clear_route_cache" not in hcm(render_envoy(config(filtered=False)))["http_filters"][0]["typed_config"]
 
 
 def test_header_only_servers_skip_the_processor_on_their_header_only_routes() -> None:
     cfg = make_config(servers=[server_spec(policy=RULES, filter_lists=True, header_only=True)])
     routes = hcm(render_envoy(cfg))["route_config"]["virtual_hosts"][0]["routes"]
     names = [r["name"] for r in routes if r["name"].startswith("mcp")]
-    assert names == ["mcp/header-only/no-list"] * 2 + ["mcp/header-only"] * 2 + ["mcp"] * 2
+    assert names == (
+        ["mcp/header-only/no-list"] * 2
+        + ["mcp/header-only/checked-no-list"] * 2
+        + ["mcp/checked-no-list"] * 2
+        + ["mcp/header-only"] * 2
+        + ["mcp"] * 2
+    )
 
 
 def test_without_filter_lists_nothing_changes() -> None:

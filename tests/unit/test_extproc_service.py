@@ -78,7 +78,9 @@ def test_an_ordinary_request_is_done_after_its_headers() -> None:
 def test_a_list_answer_asks_for_its_body(content_type: str, mode: int) -> None:
     exchange = Exchange(config())
     first = exchange.answer(request_headers(forwarded(McpCall("tools/list", id=1))))
-    assert first.HasField("request_headers") and not first.HasField("mode_override")
+    assert first.HasField("request_headers")
+    assert first.mode_override.response_header_mode == Mode.SEND  # the answer's headers, please
+    assert first.mode_override.response_body_mode == Mode.NONE
     second = exchange.answer(response_headers(content_type + "; charset=utf-8"))
     assert second.mode_override.response_body_mode == mode
     removed = list(second.response_headers.response.header_mutation.remove_headers)
