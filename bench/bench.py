@@ -267,6 +267,7 @@ class Bench:
             "direct_response": {"status": 200, "body": {"inline_string": LIST_UPSTREAM_BODY}},
             "response_headers_to_add": [{"header": {"key": "content-type", "value": "application/json"}}],
         }
+        legacy_list = {**listed, "match": {"prefix": "/", "headers": [{"name": "x-bench-list", "present_match": True}]}}
         route = {
             "match": {"prefix": "/"},
             "direct_response": {"status": 200, "body": {"inline_string": UPSTREAM_BODY}},
@@ -276,7 +277,9 @@ class Bench:
             "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3"
             ".HttpConnectionManager",
             "stat_prefix": "upstream",
-            "route_config": {"virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [listed, route]}]},
+            "route_config": {
+                "virtual_hosts": [{"name": "all", "domains": ["*"], "routes": [listed, legacy_list, route]}]
+            },
             # A direct response sent before the request body is read closes the connection; a real
             # server reads the body first, so does this one (buffer, then answer).
             "http_filters": [BUFFER, ROUTER],
@@ -558,13 +561,12 @@ class ExchangeCase:
 EXCHANGES: dict[str, int] = {}  # case name -> requests its token endpoint got (1 with a warm cache)
 
 
-def mixed_lua(headers: dict[str, str]) -> str:
+def mixed_lua(headers: dict[str, str], listed: dict[str, str]) -> str:
     """wrk: one tools/list after every ``CALLS_PER_LIST`` tools/call, on each connection."""
 
     def table(values: dict[str, str]) -> str:
         return "{" + ", ".join(f'["{k}"] = [==[{v}]==]' for k, v in values.items()) + "}"
 
-    listed = {k: v for k, v in headers.items() if k != "Mcp-Name"} | {"Mcp-Method": "tools/list"}
     return "\n".join(
         [
             "local n, call, list = 0, nil, nil",
@@ -590,6 +592,7 @@ class MixedCase:
     name: str
     title: str
     filter_lists: bool
+    legacy: bool = False  # 2025-11-25 requests (a session, no Mcp-Method): the Check routes them
 
     def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
         spec = bench.authz_config(
@@ -619,12 +622,16 @@ class MixedCase:
         headers = bench.headers(run)
         listed = {**headers, "Mcp-Method": "tools/list"}
         listed.pop("Mcp-Name")
+        if self.legacy:  # the stand-in upstream finds the list request by a header of its own
+            headers = {k: v for k, v in headers.items() if k not in ("Mcp-Method", "Mcp-Name")}
+            headers.update({"MCP-Protocol-Version": "2025-11-25", "Mcp-Session-Id": "bench-session-0001"})
+            listed = {**headers, "X-Bench-List": "1"}
         request = urllib.request.Request(run.resource, data=LIST_BODY.encode(), headers=listed, method="POST")
         with urllib.request.urlopen(request, timeout=5) as response:  # the list as the client sees it
             names = [t["name"] for t in json.loads(response.read())["result"]["tools"]]
         if names != ([TOOL] if self.filter_lists else LIST_TOOLS):
             raise Skip(f"tools/list gave {names}")
-        return Front(run.resource, headers, pid, authz.pid, lua=mixed_lua(headers))
+        return Front(run.resource, headers, pid, authz.pid, lua=mixed_lua(headers, listed))
 
 
 def policy_of(size: int) -> dict[str, Any]:
@@ -674,6 +681,8 @@ CASES += [
         f"the same with filter_lists (ext_proc), 1 tools/list per {CALLS_PER_LIST} calls",
         filter_lists=True,
     ),
+    MixedCase("mixed-legacy", "as mixed, 2025-11-25 requests (no Mcp-Method)", filter_lists=False, legacy=True),
+    MixedCase("mixed-legacy-extproc", "as mixed-extproc, 2025-11-25 requests", filter_lists=True, legacy=True),
 ]
 NO_AUTH = "envoy"
 CACHED = "jwt_authn-cache"
@@ -857,9 +866,10 @@ def main(argv: list[str] | None = None) -> int:
     stores = [median(runs[n]) for n in ("store-redis", "store-memory") if n in runs]
     if len(stores) == 2 and not (stores[0].skipped or stores[1].skipped):
         print(f"store-redis / store-memory req/s: {stores[0].rps / stores[1].rps:.2f}x")
-    mixed = [median(runs[n]) for n in ("mixed-extproc", "mixed") if n in runs]
-    if len(mixed) == 2 and not (mixed[0].skipped or mixed[1].skipped):
-        print(f"mixed-extproc / mixed req/s: {mixed[0].rps / mixed[1].rps:.2f}x")
+    for with_, without in (("mixed-extproc", "mixed"), ("mixed-legacy-extproc", "mixed-legacy")):
+        mixed = [median(runs[n]) for n in (with_, without) if n in runs]
+        if len(mixed) == 2 and not (mixed[0].skipped or mixed[1].skipped):
+            print(f"{with_} / {without} req/s: {mixed[0].rps / mixed[1].rps:.2f}x")
     pair = [median(runs[n]) for n in ("exchange-warm", "mcp-authz-body") if n in runs]
     if len(pair) == 2 and not (pair[0].skipped or pair[1].skipped):
         exchanges = EXCHANGES.get("exchange-warm")
