@@ -12,7 +12,9 @@ COPY authz ./authz
 COPY discovery ./discovery
 RUN pip wheel --wheel-dir /wheels . \
     && python -m venv /opt/mcp-authz \
-    && /opt/mcp-authz/bin/pip install --no-index --find-links /wheels mcp-authz==0.1.0
+    && /opt/mcp-authz/bin/pip install --no-index --find-links /wheels mcp-authz==0.1.0 \
+    && /opt/mcp-authz/bin/pip install --no-index --find-links /wheels --force-reinstall --no-deps opentelemetry-proto
+# (the last line: xds-protos carries an older copy of opentelemetry/proto/*; the OTLP exporters need theirs)
 
 # ---- runtime: the virtual environment only; no compiler, no wheels, no shell needed (exec-form entrypoint)
 FROM python:3.11-slim-bookworm

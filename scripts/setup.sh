@@ -11,6 +11,10 @@ fi
 stamp=.venv/.mcp-authz-installed
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   .venv/bin/pip install --quiet --disable-pip-version-check -e '.[test]'
+  # xds-protos carries an older copy of opentelemetry/proto/*; whichever package pip installs last wins.
+  # Reinstall opentelemetry-proto so the OTLP exporters get the definitions they were built for.
+  otel_proto=$(.venv/bin/python -c 'import importlib.metadata as m; print(m.version("opentelemetry-proto"))')
+  .venv/bin/pip install --quiet --disable-pip-version-check --force-reinstall --no-deps "opentelemetry-proto==$otel_proto"
   touch "$stamp"
 fi
 

@@ -207,7 +207,7 @@ def redis_stack(
     store = {
         "url": redis.url,
         "key_prefix": "e2e:",
-        "timeout_ms": 50,
+        "timeout_ms": 250,  # generous on a loaded CI box; two calls per Check stay under Envoy's 1 s
         "failure": {"revocation": "open", "sessions": "open", "rate_limits": "closed"},
     }
     sample = sample_server()
