@@ -200,3 +200,12 @@ async def test_policy_explain_shows_no_secret_and_exchanges_nothing(tmp_path: Pa
     assert result["decision"] == "allow", result
     assert result["headers"]["x-api-key"] == "***" and result["headers"]["authorization"] == "***"
     assert VALUE not in json.dumps(result)
+
+
+def test_cli_encrypt_with_a_key_file(tmp_path: Path) -> None:
+    (tmp_path / "key").write_text(KEY + "\n")
+    done = cli("secret", "encrypt", "--key-file", str(tmp_path / "key"), stdin=VALUE)
+    assert done.returncode == 0, done.stderr
+    assert secrets.decrypt_bytes(done.stdout.strip(), [KEY.encode()]) == VALUE.encode()
+    empty = cli("secret", "encrypt", "--key-file", str(tmp_path / "key"), stdin="")
+    assert empty.returncode == 2 and "no value" in empty.stderr and not empty.stdout
