@@ -223,10 +223,10 @@ def start_sample_server(ctx: Context, name: str, stack: contextlib.ExitStack, *,
     return f"127.0.0.1:{port}", process.pid
 
 
-def authz_spec(ctx: Context, run: bench.Run, upstream: str, *, http: bool) -> dict[str, Any]:
+def authz_spec(ctx: Context, run: bench.Run, upstream: str, *, http: bool, header_only: bool = False) -> dict[str, Any]:
     """bench.py's authorizer config with this run's RS256 issuer, resource and one-rule policy."""
     ctx.bench.upstream = upstream
-    spec = ctx.bench.authz_config(run, policy=POLICY, http=http)
+    spec = ctx.bench.authz_config(run, policy=POLICY, http=http, header_only=header_only)
     spec["issuers"] = [
         {
             "name": "bench-rs256",
@@ -262,12 +262,12 @@ def envoy_only(auth: bool) -> Callable[[Context, contextlib.ExitStack], Front]:
     return start
 
 
-def with_authz(http: bool) -> Callable[[Context, contextlib.ExitStack], Front]:
+def with_authz(http: bool, header_only: bool = False) -> Callable[[Context, contextlib.ExitStack], Front]:
     def start(ctx: Context, stack: contextlib.ExitStack) -> Front:
         name = ctx.name("authz-http" if http else "authz-grpc")
         address, pid = start_sample_server(ctx, name, stack, auth=False)
         run = bench.Run(name)
-        spec = authz_spec(ctx, run, address, http=http)
+        spec = authz_spec(ctx, run, address, http=http, header_only=header_only)
         config = ctx.workdir / f"{name}.authz.yaml"
         config.write_text(yaml.safe_dump(spec, sort_keys=False))
         log = ctx.workdir / f"{name}.authz.log"
@@ -301,6 +301,14 @@ CASES = [
     Case("authz-grpc", "Envoy + mcp-authz (gRPC ext_authz) -> SDK server, no auth", with_authz(http=False)),
     Case("authz-http", "Envoy + mcp-authz (HTTP ext_authz) -> SDK server, no auth", with_authz(http=True)),
 ]
+EXTRA_CASES = [  # only with --cases
+    Case(
+        "authz-http-headers",
+        "as authz-http with header_only: true (no body buffered for the Check)",
+        with_authz(http=True, header_only=True),
+    ),
+]
+ALL = CASES + EXTRA_CASES
 
 
 # ---------------------------------------------------------------- load and results
@@ -429,7 +437,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         head,
         "-" * len(head),
     ]
-    for r in sorted(results, key=lambda r: ([c.name for c in CASES].index(r.case.name), r.round)):
+    for r in sorted(results, key=lambda r: ([c.name for c in ALL].index(r.case.name), r.round)):
         if r.skipped:
             lines.append(f"{r.case.name:<14} {r.round:>5} skipped: {r.skipped}")
             continue
@@ -447,7 +455,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
             return "-"
         return f"{statistics.median(values):.2f}x ({min(values):.2f}-{max(values):.2f})"
 
-    means = {c.name: mean(c, results) for c in CASES}
+    means = {c.name: mean(c, results) for c in ALL}
     base_cpus = (means.get(SDK_AUTH) or (0.0, 0.0, None))[2]
     lines += [
         "",
@@ -520,8 +528,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--repeat", type=int, default=4, help="rounds over all cases (interleaved)")
-    names = [c.name for c in CASES]
-    parser.add_argument("--cases", default=",".join(names), help=f"comma-separated subset of {names}")
+    names = [c.name for c in ALL]
+    default = ",".join(c.name for c in CASES)
+    parser.add_argument("--cases", default=default, help=f"comma-separated subset of {names} (default: {default})")
     parser.add_argument("--keep", action="store_true", help="keep the work directory (configs, logs)")
     parser.add_argument("--profile", choices=names, help="instead: sample one case with py-spy and summarize")
     parser.add_argument("--profile-process", choices=("server", "authz"), default="server")
@@ -562,8 +571,8 @@ def main(argv: list[str] | None = None) -> int:
         ctx = Context(bench.Bench(path), issuer, path)
         token = issuer.token()
         if args.profile:
-            return profile(ctx, next(c for c in CASES if c.name == args.profile), token, args)
-        cases = [c for c in CASES if c.name in args.cases]
+            return profile(ctx, next(c for c in ALL if c.name == args.profile), token, args)
+        cases = [c for c in ALL if c.name in args.cases]
         with contextlib.ExitStack() as stack:
             fronts: dict[str, Front] = {}
             for case in cases:  # all up at once (idle between their runs): rounds only run wrk
