@@ -114,29 +114,23 @@ class Auditor:
         self.argument_keys = tuple(argument_keys)
 
     def __call__(self, req: HttpRequest, decision: Decision, trace: str | None = None) -> None:
-        if not self.enabled:
-            return
-        try:
-            line = json.dumps(event(req, decision, self.argument_keys, trace), separators=(",", ":"), default=str)
-            out = self._out if self._out is not None else sys.stdout
-            out.write(line + "\n")
-            out.flush()
-            if self.sink is not None:
-                self.sink(line)
-        except Exception:  # auditing must never fail a Check
-            self.errors += 1
+        if self.enabled:
+            self._write(lambda: event(req, decision, self.argument_keys, trace))
 
     def step(self, fields: Mapping[str, Any]) -> None:
         """An event that is not a decision (e.g. ``{"event": "approval", "step": "requested", ...}``)."""
-        if not self.enabled:
-            return
-        try:
+        if self.enabled:
             now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-            line = json.dumps({"stream": STREAM, "time": now, **fields}, separators=(",", ":"), default=str)
+            self._write(lambda: {"stream": STREAM, "time": now, **fields})
+
+    def _write(self, build: Callable[[], Mapping[str, Any]]) -> None:
+        """One JSON line on stdout (and to the webhook sink); never raises: auditing must not fail a Check."""
+        try:
+            line = json.dumps(build(), separators=(",", ":"), default=str)
             out = self._out if self._out is not None else sys.stdout
             out.write(line + "\n")
             out.flush()
             if self.sink is not None:
                 self.sink(line)
-        except Exception:  # auditing must never fail a Check
+        except Exception:
             self.errors += 1
