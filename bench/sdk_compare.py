@@ -428,7 +428,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         return f"{value:.0f}" if value is not None else "-"
 
     head = (
-        f"{'case':<14} {'round':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9}"
+        f"{'case':<18} {'round':>5} {'req/s':>7} {'p50 ms':>7} {'p99 ms':>7} {'vs sdk-auth':>11} {'vs noauth':>9}"
         f" {'server µs':>9} {'envoy µs':>8} {'authz µs':>8} {'wrk µs':>6} {'total µs':>8}"
     )
     lines = [
@@ -439,14 +439,14 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     ]
     for r in sorted(results, key=lambda r: ([c.name for c in ALL].index(r.case.name), r.round)):
         if r.skipped:
-            lines.append(f"{r.case.name:<14} {r.round:>5} skipped: {r.skipped}")
+            lines.append(f"{r.case.name:<18} {r.round:>5} skipped: {r.skipped}")
             continue
         ratios = f"{ratio(r.rps, rps_of(SDK_AUTH, r.round)):>11} {ratio(r.rps, rps_of(NO_AUTH, r.round)):>9}"
         figures = f"{r.rps:>7.0f} {r.p50_ms:>7.2f} {r.p99_ms:>7.2f} {ratios}"
         bad = f"  ({r.bad} bad responses/errors)" if r.bad else ""
         spent = f"{cpu(r, 'server'):>9} {cpu(r, 'envoy'):>8} {cpu(r, 'authz'):>8} {cpu(r, 'wrk'):>6}"
         total = sum((r.cpu_us or {}).values())
-        lines.append(f"{r.case.name:<14} {r.round:>5} {figures} {spent} {total:>8.0f}{bad}")
+        lines.append(f"{r.case.name:<18} {r.round:>5} {figures} {spent} {total:>8.0f}{bad}")
 
     def per_round(name: str, base: str) -> str:
         """Median (min-max) over the rounds of req/s over ``base``'s req/s in the same round."""
@@ -462,7 +462,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         "over the rounds: req/s, p99, CPU means; vs: median (min-max) of the per-round ratios of req/s;",
         "calls/CPU: calls per CPU-second of all processes (wrk included), over sdk-auth's; ceiling: the req/s",
         "these CPU figures would allow on an otherwise idle host (see ceiling(); a model), over sdk-auth's:",
-        f"{'case':<14} {'req/s':>6} {'p99 ms':>7} {'vs sdk-auth':>19} {'vs noauth':>19} {'vs envoy-sdk-auth':>19}"
+        f"{'case':<18} {'req/s':>6} {'p99 ms':>7} {'vs sdk-auth':>19} {'vs noauth':>19} {'vs envoy-sdk-auth':>19}"
         f" {'server µs':>9} {'total µs':>8} {'calls/CPU':>9} {'ceiling':>7}",
     ]
     for name, m in means.items():
@@ -474,7 +474,7 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         efficiency = ratio(1 / total, 1 / sum(base_cpus.values()) if base_cpus else None)
         limit = ratio(ceiling(cpus), ceiling(base_cpus) if base_cpus else None)
         spent = f"{cpus['server']:>9.0f} {total:>8.0f} {efficiency:>9} {limit:>7}"
-        lines.append(f"{name:<14} {rps:>6.0f} {p99:>7.2f} {ratios} {spent}")
+        lines.append(f"{name:<18} {rps:>6.0f} {p99:>7.2f} {ratios} {spent}")
     return "\n".join(lines)
 
 
