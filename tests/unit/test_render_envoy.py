@@ -134,7 +134,9 @@ def test_envoy_accepts_header_only_and_two_servers(tmp_path: Path, key: Path) ->
 
 def test_routes_name_their_server(example: Config) -> None:
     demo = [r for r in routes(render_envoy(example)) if r.get("route", {}).get("cluster") == "mcp_server_demo"]
-    assert [r["match"] for r in demo] == [{"path": "/mcp"}, {"prefix": "/mcp/"}]
+    # /mcp and /mcp/..., each also as the non-list variants that skip ext_proc (filter_lists: true)
+    assert {r["match"].get("path") or r["match"].get("prefix") for r in demo} == {"/mcp", "/mcp/"}
+    assert [r["match"] for r in demo][-2:] == [{"path": "/mcp"}, {"prefix": "/mcp/"}]
     for route in demo:
         assert per_route(route)["check_settings"] == {"context_extensions": {CONTEXT_EXTENSION: "demo"}}
         assert route["route"]["timeout"] == "0s"  # SSE responses
@@ -185,7 +187,7 @@ def test_header_only_route_comes_first_and_skips_the_body(key: Path) -> None:
 def test_ext_authz_fails_closed(example: Config) -> None:
     bootstrap = render_envoy(example)
     names = [f["name"] for f in http_filters(bootstrap)]
-    assert names == [EXT_AUTHZ, "envoy.filters.http.router"]
+    assert names == [EXT_AUTHZ, "envoy.filters.http.ext_proc", "envoy.filters.http.router"]  # ext_proc: lists
     authz = http_filters(bootstrap)[0]["typed_config"]
     assert authz["failure_mode_allow"] is False
     assert authz["status_on_error"] == {"code": "ServiceUnavailable"}
