@@ -36,6 +36,7 @@ DOCUMENT_MAX_AGE = 300
 REFRESH_INTERVAL = 300.0
 RETRY_INTERVAL = 5.0
 _ALLOWED_METHODS = ("GET", "HEAD")
+_PRIVATE = frozenset({"/healthz", "/readyz", "/metrics"})  # operator endpoints: no CORS
 
 
 # ---------------------------------------------------------------- responses
@@ -50,6 +51,18 @@ def _json(status: int, body: Mapping[str, Any] | bytes, *, max_age: int | None =
     response.headers["Server"] = "mcp-authz"
     if max_age is not None:
         response.headers["Access-Control-Allow-Origin"] = "*"
+    return response
+
+
+def _preflight() -> web.Response:
+    """CORS preflight for the public documents: browser MCP clients send ``MCP-Protocol-Version`` with
+    their metadata requests, which makes the browser ask first."""
+    response = web.Response(status=204)
+    response.headers["Access-Control-Allow-Origin"] = "*"
+    response.headers["Access-Control-Allow-Methods"] = "GET, HEAD, OPTIONS"
+    response.headers["Access-Control-Allow-Headers"] = "mcp-protocol-version, content-type"
+    response.headers["Access-Control-Max-Age"] = "86400"
+    response.headers["Server"] = "mcp-authz"
     return response
 
 
@@ -229,6 +242,8 @@ def build_app(
                 handler = _jwks_handler(document)
         if handler is None:
             return _error(404, "not_found")
+        if request.method == "OPTIONS" and path not in _PRIVATE:
+            return _preflight()
         if request.method not in _ALLOWED_METHODS:
             response = _error(405, "method_not_allowed")
             response.headers["Allow"] = ", ".join(_ALLOWED_METHODS)

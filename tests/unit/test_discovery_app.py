@@ -95,6 +95,18 @@ async def test_one_server_at_its_path_and_the_root(dev_issuer: dict[str, Any]) -
         assert resp.headers["Allow"] == "GET, HEAD"
         assert (await resp.json())["error"] == "method_not_allowed"
         assert (await client.delete("/nope")).status == 404
+
+        # CORS preflight of a browser MCP client (it sends MCP-Protocol-Version with the metadata GET)
+        preflight = await client.options(
+            f"{PRM}/mcp",
+            headers={"Origin": "https://app.example", "Access-Control-Request-Headers": "mcp-protocol-version"},
+        )
+        assert preflight.status == 204
+        assert preflight.headers["Access-Control-Allow-Origin"] == "*"
+        assert "mcp-protocol-version" in preflight.headers["Access-Control-Allow-Headers"]
+        assert "GET" in preflight.headers["Access-Control-Allow-Methods"]
+        assert (await client.options("/readyz")).status == 405  # operator endpoints get no CORS
+        assert (await client.options("/nope")).status == 404
     finally:
         await client.close()
 
