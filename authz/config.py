@@ -402,7 +402,9 @@ class ServerSpec(_Spec):
         description="Header names for the caller's identity upstream; client-sent copies are overwritten.",
     )
     origins: list[str] | None = Field(
-        None, description="Allowed `Origin` values (DNS-rebinding defence). Unset: not checked."
+        None,
+        description="Allowed `Origin` values (DNS-rebinding defence); the rendered Envoy also answers their CORS "
+        "preflights and lets their browsers read `WWW-Authenticate` and `Mcp-Session-Id`. Unset: not checked.",
     )
     revisions: list[str] = Field(list(KNOWN_REVISIONS), description="MCP protocol revisions accepted.")
     header_only: bool = Field(

@@ -75,6 +75,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
 from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
     AuthorizationRequest,
     AuthorizationResponse,
@@ -123,6 +124,12 @@ CONTEXT_EXTENSION = "mcp_server"  # the contract with the authorizer: names the 
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 EXT_PROC = "envoy.filters.http.ext_proc"
+CORS = "envoy.filters.http.cors"
+# CORS for browser MCP clients, on the routes of servers with `origins`: what they send and may read.
+CORS_ALLOW_HEADERS = (
+    "authorization, content-type, accept, last-event-id, mcp-protocol-version, mcp-session-id, mcp-method, mcp-name"
+)
+CORS_EXPOSE_HEADERS = "mcp-session-id, www-authenticate, retry-after"
 EXTPROC_CLUSTER = "mcp_extproc"  # the list filter: the authorizer's gRPC address unless pointed elsewhere
 STATELESS_REVISION = "2026-07-28"  # requests of this revision mirror the JSON-RPC method in headers
 DISCOVERY_PREFIXES = ("/.well-known/", "/jwks/")
@@ -246,6 +253,26 @@ def _ext_authz_per_route(settings: CheckSettings | None) -> dict[str, AnyMessage
     return {EXT_AUTHZ: AnyMessage.pack(per_route)}
 
 
+def _cors_per_route(server: Server) -> dict[str, AnyMessage]:
+    """``typed_per_filter_config`` for the CORS filter: the server's ``origins`` may call it from a browser.
+
+    Envoy answers their preflights itself (before ext_authz: a preflight carries no token); a preflight
+    from another origin is answered without CORS headers and never reaches the authorizer. The Check
+    still refuses a request whose ``Origin`` is not listed.
+    """
+    if not server.origins:
+        return {}
+    policy = CorsPolicy(
+        allow_origin_string_match=[StringMatcher(exact=origin) for origin in sorted(server.origins)],
+        allow_methods="GET, POST, DELETE, OPTIONS",
+        allow_headers=CORS_ALLOW_HEADERS,
+        expose_headers=CORS_EXPOSE_HEADERS,
+        max_age="86400",
+        forward_not_matching_preflights=False,
+    )
+    return {CORS: AnyMessage.pack(policy)}
+
+
 def _path_matches(path: str, headers: list[HeaderMatcher] | None = None) -> list[RouteMatch]:
     """``<path>`` exactly and everything under ``<path>/`` (Envoy matches without the query string)."""
     base = path.rstrip("/")
@@ -285,7 +312,7 @@ def server_routes(server: Server, *, http_authorizer: bool = False) -> list[Rout
                 match=match,
                 metadata=metadata,
                 route=action,
-                typed_per_filter_config=_ext_authz_per_route(settings),
+                typed_per_filter_config={**_ext_authz_per_route(settings), **_cors_per_route(server)},
             )
             for match in _path_matches(server.path, headers)
         )
@@ -295,7 +322,10 @@ def server_routes(server: Server, *, http_authorizer: bool = False) -> list[Rout
             match=match,
             metadata=metadata,
             route=action,
-            typed_per_filter_config=_ext_authz_per_route(CheckSettings(context_extensions=context)),
+            typed_per_filter_config={
+                **_ext_authz_per_route(CheckSettings(context_extensions=context)),
+                **_cors_per_route(server),
+            },
         )
         for match in _path_matches(server.path)
     )
@@ -553,9 +583,15 @@ def http_filters(config: Config, authorizer: str) -> list[HttpFilter]:
     """The HTTP filter chain in order; the router is last. Add a filter here with a function of its own."""
     http_authorizer = config.spec.envoy.authorizer == "http"
     authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
+    cors = [cors_filter()] if any(s.origins for s in config.servers.values()) else []  # before ext_authz
     if filters_lists(config):  # after ext_authz: it needs the Check's metadata
-        return [authz, ext_proc_filter(config), router_filter()]
-    return [authz, router_filter()]
+        return [*cors, authz, ext_proc_filter(config), router_filter()]
+    return [*cors, authz, router_filter()]
+
+
+def cors_filter() -> HttpFilter:
+    """Envoy's CORS filter; the policy is per route (``_cors_per_route``), so other routes have none."""
+    return HttpFilter(name=CORS, typed_config=AnyMessage.pack(Cors()))
 
 
 # ---------------------------------------------------------------- listener

@@ -394,3 +394,26 @@ async def test_protected_resource_metadata_through_envoy(core: Stack) -> None:
     # Not checked by the authorizer, not forwarded to the MCP server.
     assert len(core.decisions()) == before
     assert_never_reached(core)
+
+
+async def test_browser_clients_of_listed_origins_get_cors_from_envoy(core: Stack) -> None:
+    """Envoy's CORS filter answers the preflight of a listed origin (a preflight carries no token, so it
+    must not reach the Check), gives another origin nothing, and lets a browser read the challenge."""
+    allowed = f"http://localhost:{core.port}"
+    before = len(core.decisions())
+    preflight = {"Access-Control-Request-Method": "POST", "Access-Control-Request-Headers": "authorization"}
+    ok = httpx.options(core.url, headers={"Origin": allowed, **preflight}, timeout=10.0)
+    assert ok.status_code == 200
+    assert ok.headers["access-control-allow-origin"] == allowed
+    assert "mcp-protocol-version" in ok.headers["access-control-allow-headers"]
+    other = httpx.options(core.url, headers={"Origin": "https://evil.example", **preflight}, timeout=10.0)
+    assert "access-control-allow-origin" not in other.headers
+    assert len(core.decisions()) == before  # neither preflight reached the authorizer
+    assert_never_reached(core)
+
+    challenged = httpx.post(
+        core.url, headers={"Origin": allowed}, json={"jsonrpc": "2.0", "id": 1, "method": "ping"}, timeout=10.0
+    )
+    assert challenged.status_code == 401
+    assert challenged.headers["access-control-allow-origin"] == allowed
+    assert "www-authenticate" in challenged.headers["access-control-expose-headers"]

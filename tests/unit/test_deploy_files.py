@@ -252,7 +252,8 @@ def test_body_limit_agrees(example: Config) -> None:
         assert body == {"maxRequestBytes": limit, "allowPartialMessage": False, "packAsBytes": True}
     [bootstrap] = documents(DEPLOY / "envoy" / "envoy.yaml")
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
-    assert manager["http_filters"][0]["typed_config"]["with_request_body"]["max_request_bytes"] == limit
+    [authz] = [f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
+    assert authz["typed_config"]["with_request_body"]["max_request_bytes"] == limit
 
 
 def test_discovery_paths_agree(example: Config) -> None:

@@ -187,8 +187,9 @@ def test_header_only_route_comes_first_and_skips_the_body(key: Path) -> None:
 def test_ext_authz_fails_closed(example: Config) -> None:
     bootstrap = render_envoy(example)
     names = [f["name"] for f in http_filters(bootstrap)]
-    assert names == [EXT_AUTHZ, "envoy.filters.http.ext_proc", "envoy.filters.http.router"]  # ext_proc: lists
-    authz = http_filters(bootstrap)[0]["typed_config"]
+    # CORS first (the example lists origins: preflights carry no token), ext_proc after ext_authz (lists)
+    assert names == ["envoy.filters.http.cors", EXT_AUTHZ, "envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    authz = http_filters(bootstrap)[1]["typed_config"]
     assert authz["failure_mode_allow"] is False
     assert authz["status_on_error"] == {"code": "ServiceUnavailable"}
     assert authz["transport_api_version"] == "V3"
@@ -357,3 +358,21 @@ def _status_or_none(url: str) -> int | None:
         return _status(url)
     except OSError:
         return None
+
+
+def test_cors_only_on_routes_of_servers_with_origins(key: Path) -> None:
+    """Browser MCP clients: Envoy answers the preflights of the listed origins; other routes have no policy."""
+    from authz.render.envoy import CORS
+
+    config = two_servers(key)
+    assert CORS not in [f["name"] for f in http_filters(render_envoy(config))]  # no server lists origins
+    spec = yaml.safe_load((ROOT / EXAMPLE).read_text(encoding="utf-8").replace(KEY_REF, str(key)))
+    table = routes(render_envoy(parse_config(yaml.safe_dump(spec), EXAMPLE)))
+    demo = [r for r in table if r.get("route", {}).get("cluster") == "mcp_server_demo"]
+    for route in demo:
+        policy = route["typed_per_filter_config"][CORS]
+        assert [m["exact"] for m in policy["allow_origin_string_match"]] == sorted(spec["servers"][0]["origins"])
+        assert "mcp-protocol-version" in policy["allow_headers"] and "authorization" in policy["allow_headers"]
+        assert "www-authenticate" in policy["expose_headers"] and "mcp-session-id" in policy["expose_headers"]
+        assert policy["forward_not_matching_preflights"] is False  # never reaches the authorizer
+    assert all(CORS not in r.get("typed_per_filter_config", {}) for r in table if r not in demo)
