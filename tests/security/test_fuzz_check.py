@@ -22,7 +22,7 @@ from mcp.shared.inbound import decode_header_value as sdk_decode
 from authz.check import Checker
 from authz.model import Decision, HttpRequest
 from authz.server import to_check_response
-from tests.unit.conftest import OTHER_RESOURCE, RESOURCE, dev_stack, policy, server_spec
+from tests.unit.support import OTHER_RESOURCE, RESOURCE, dev_stack, policy, server_spec
 
 FORBIDDEN = "delete_repo"
 POLICY = policy(

@@ -26,7 +26,7 @@ from authz.config import Config, Server
 from authz.errors import InvalidToken
 from authz.identity.bearer import identify
 from authz.identity.rfc9068 import Verifier
-from tests.unit.conftest import (
+from tests.unit.support import (
     ISSUER,
     OTHER_ISSUER,
     OTHER_RESOURCE,

@@ -18,11 +18,11 @@ from typing import Any
 
 import jwt
 import pytest
-from conftest import DevStack, dev_stack, make_config, policy, server_spec, tool_call
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from support import DevStack, dev_stack, make_config, policy, server_spec, tool_call
 
 from authz.admin.server import start_admin
 from authz.admin.service import REDACTED, AdminService

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DevStack, dev_stack, http_request, policy, rpc, server_spec, tool_call
+from support import DevStack, dev_stack, http_request, policy, rpc, server_spec, tool_call
 
 from authz.audit import STREAM, Auditor, trace_id
 from authz.model import Decision, HttpRequest

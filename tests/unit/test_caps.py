@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import ISSUER, RESOURCE, issuer_spec, make_config
+from support import ISSUER, RESOURCE, issuer_spec, make_config
 
 from authz.app import Authorizer
 from authz.config import ConfigError

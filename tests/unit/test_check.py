@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import (
+from support import (
     METADATA_URL,
     OTHER_RESOURCE,
     STATELESS,

@@ -10,7 +10,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import (
+from support import (
     REMOVE,
     JwksServer,
     build_verifier,

@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import build_verifier, dev_stack, http_request, issuer_spec, make_config, server_spec, tool_call
+from support import build_verifier, dev_stack, http_request, issuer_spec, make_config, server_spec, tool_call
 
 from authz.check import Checker
 from authz.config import Config, Exchange

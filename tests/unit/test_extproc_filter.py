@@ -6,8 +6,8 @@ import json
 from typing import Any
 
 import pytest
-from conftest import make_config, policy, server_spec
 from google.protobuf import json_format
+from support import make_config, policy, server_spec
 
 from authz.extproc import metadata
 from authz.extproc.lists import ListParseError, entry_call, filter_result, id_key, rewrite_json, rewrite_message

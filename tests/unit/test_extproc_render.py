@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import make_config, policy, server_spec
+from support import make_config, policy, server_spec
 
 from authz.config import Config, ConfigError
 from authz.render.envoy import (

@@ -6,11 +6,11 @@ import json
 from typing import Any
 
 import pytest
-from conftest import make_config, policy, server_spec
 from envoy.config.core.v3 import base_pb2
 from envoy.extensions.filters.http.ext_proc.v3 import processing_mode_pb2
 from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
+from support import make_config, policy, server_spec
 
 from authz.config import Config
 from authz.extproc import metadata

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import ISSUER, RESOURCE, STATELESS, build_verifier, issuer_spec, make_config, server_spec, tool_call
+from support import ISSUER, RESOURCE, STATELESS, build_verifier, issuer_spec, make_config, server_spec, tool_call
 
 from authz.check import Checker
 from authz.identity import devkey

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import pytest
 import yaml
-from conftest import RESOURCE, STATELESS, dev_stack, policy, server_spec, tool_call
+from support import RESOURCE, STATELESS, dev_stack, policy, server_spec, tool_call
 
 from authz import httpfront
 from authz.check import Checker

@@ -8,9 +8,9 @@ from typing import Any
 
 import aiohttp
 import pytest
-from conftest import JwksServer, issuer_spec, jwks, keys, make_config
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from support import JwksServer, issuer_spec, jwks, keys, make_config
 
 from authz.config import Issuer
 from authz.identity import devkey

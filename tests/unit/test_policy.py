@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from conftest import http_request, make_config, policy, rpc, server_spec, tool_call
+from support import http_request, make_config, policy, rpc, server_spec, tool_call
 
 from authz import request
 from authz.config import ConfigError, Policy, Server

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import DevStack, dev_stack, http_request, issuer_spec, policy, server_spec, tool_call
+from support import DevStack, dev_stack, http_request, issuer_spec, policy, server_spec, tool_call
 
 from authz.cli import main
 from authz.config import ConfigError

@@ -7,7 +7,11 @@ import json
 from typing import Any
 
 import pytest
-from conftest import (
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from mcp.shared.inbound import decode_header_value as sdk_decode
+from mcp.shared.inbound import encode_header_value as sdk_encode
+from support import (
     STATELESS,
     http_request,
     make_config,
@@ -16,10 +20,6 @@ from conftest import (
     stateless_headers,
     tool_call,
 )
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
-from mcp.shared.inbound import decode_header_value as sdk_decode
-from mcp.shared.inbound import encode_header_value as sdk_encode
 
 from authz import request
 from authz.config import Server

@@ -9,7 +9,7 @@ from typing import Any
 import aiohttp
 import jwt
 import pytest
-from conftest import (
+from support import (
     ISSUER,
     OTHER_ISSUER,
     OTHER_RESOURCE,

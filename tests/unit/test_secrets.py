@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import dev_stack, http_request, make_config, server_spec, tool_call
+from support import dev_stack, http_request, make_config, server_spec, tool_call
 
 from authz.config import ConfigError
 from authz.upstream import secrets

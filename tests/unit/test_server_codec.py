@@ -8,10 +8,10 @@ from pathlib import Path
 
 import grpc
 import pytest
-from conftest import DevStack, dev_stack, rpc, tool_call
 from envoy.config.core.v3 import address_pb2, base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, external_auth_pb2_grpc
 from google.rpc import code_pb2
+from support import DevStack, dev_stack, rpc, tool_call
 
 from authz.model import Decision, HttpRequest
 from authz.server import AuthorizationService, start_grpc, to_check_response, to_http_request

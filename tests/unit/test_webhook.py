@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from conftest import STATELESS, dev_stack, server_spec, tool_call
+from support import STATELESS, dev_stack, server_spec, tool_call
 
 from authz import telemetry
 from authz.app import Authorizer
