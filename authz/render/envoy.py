@@ -264,7 +264,7 @@ def _cors_per_route(server: Server) -> dict[str, AnyMessage]:
         return {}
     policy = CorsPolicy(
         allow_origin_string_match=[StringMatcher(exact=origin) for origin in sorted(server.origins)],
-        allow_methods="GET, POST, DELETE, OPTIONS",
+        allow_methods="GET, POST, DELETE, OPTIONS",  # the same lists in Istio: authz.render.istio.cors_policy
         allow_headers=CORS_ALLOW_HEADERS,
         expose_headers=CORS_EXPOSE_HEADERS,
         max_age="86400",

@@ -184,6 +184,18 @@ def _server_paths(server: Server) -> tuple[str, str] | None:
     return (base, base + "/") if base else None
 
 
+def cors_policy(server: Server) -> dict[str, Any]:
+    """The gateway answers the CORS preflights of the server's ``origins`` (a preflight carries no token, so
+    it must not reach the CUSTOM check), with the lists of the standalone chain (``envoy._cors_per_route``)."""
+    return {
+        "allowOrigins": [{"exact": origin} for origin in sorted(server.origins or ())],
+        "allowMethods": ["GET", "POST", "DELETE", "OPTIONS"],
+        "allowHeaders": [h.strip() for h in envoy.CORS_ALLOW_HEADERS.split(",")],
+        "exposeHeaders": [h.strip() for h in envoy.CORS_EXPOSE_HEADERS.split(",")],
+        "maxAge": "24h",
+    }
+
+
 def virtual_services(config: Config, options: Options) -> list[dict[str, Any]]:
     """Istio routing at the gateway: discovery paths to the discovery service, MCP paths to the servers."""
     result = []
@@ -205,9 +217,15 @@ def virtual_services(config: Config, options: Options) -> list[dict[str, Any]]:
                 "host": f"{server.name}.{options.mcp_namespace}.svc.cluster.local",
                 "port": {"number": _upstream_port(server)},
             }
-            routes.append(
-                {"name": server.name, "match": match, "route": [{"destination": destination}], "timeout": "0s"}
-            )
+            route: dict[str, Any] = {
+                "name": server.name,
+                "match": match,
+                "route": [{"destination": destination}],
+                "timeout": "0s",
+            }
+            if server.origins:
+                route["corsPolicy"] = cors_policy(server)
+            routes.append(route)
         result.append(
             {
                 "apiVersion": "networking.istio.io/v1",

@@ -359,3 +359,24 @@ def test_no_secret_value_is_rendered() -> None:
             if obj.get("kind") == "Secret":
                 assert set(obj.get("stringData", {}).values()) <= {""}
                 assert "data" not in obj
+
+
+def test_cors_agrees_between_standalone_envoy_and_istio_gateway() -> None:
+    """A browser client of a listed origin gets the same CORS answer in both ways in."""
+    [bootstrap] = documents(DEPLOY / "envoy" / "envoy.yaml")
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    assert manager["http_filters"][0]["name"] == "envoy.filters.http.cors"  # before ext_authz
+    routes = manager["route_config"]["virtual_hosts"][0]["routes"]
+    envoy_policies = [
+        r["typed_per_filter_config"]["envoy.filters.http.cors"]
+        for r in routes
+        if "envoy.filters.http.cors" in r.get("typed_per_filter_config", {})
+    ]
+    assert envoy_policies
+    [service] = [d for d in objects("istio/virtual-service.yaml") if d["kind"] == "VirtualService"]
+    [istio] = [r["corsPolicy"] for r in service["spec"]["http"] if "corsPolicy" in r]
+    for policy in envoy_policies:
+        assert [m["exact"] for m in policy["allow_origin_string_match"]] == [o["exact"] for o in istio["allowOrigins"]]
+        assert policy["allow_headers"].split(", ") == istio["allowHeaders"]
+        assert policy["expose_headers"].split(", ") == istio["exposeHeaders"]
+        assert policy["allow_methods"].split(", ") == istio["allowMethods"]
