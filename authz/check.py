@@ -83,7 +83,7 @@ class Checker:
             mcp = parsed
             rule = authorize(server.policy, caller, mcp, req)
             await self.guards.session(server, caller, mcp)
-            await self.guards.rate_limit(server, caller, mcp)
+            await self.guards.rate_limit(server, caller, mcp, req.source_address)
             await self.approvals.check(server, caller, mcp, rule, req)
             credentials = await self.upstream.headers(server, caller)
             return response.allow(

@@ -18,7 +18,7 @@ from authz.model import Caller, McpRequest
 from authz.store.base import Store, StoreError
 
 log = logging.getLogger("mcp_authz.state")
-ANONYMOUS_KEY = "\x01anonymous"  # every anonymous caller shares one bucket (no subject can contain \x01)
+ANONYMOUS_KEY = "\x01anonymous"  # + the source address: anonymous callers count per address (no subject has \x01)
 
 
 class SessionRefused(Refusal):
@@ -86,9 +86,12 @@ class Guards:
 
     # ---------------------------------------------------------------- rate limits (after session binding)
 
-    async def rate_limit(self, server: Server, caller: Caller, mcp: McpRequest) -> None:
-        """Count the request against each limit of the server; the first one exceeded refuses with 429."""
-        subject = caller.subject if caller.subject is not None else ANONYMOUS_KEY
+    async def rate_limit(self, server: Server, caller: Caller, mcp: McpRequest, source: str = "") -> None:
+        """Count the request against each limit of the server; the first one exceeded refuses with 429.
+
+        Identified callers count per subject; anonymous ones (optional modes) per source address, so one
+        of them cannot use up everyone's allowance."""
+        subject = caller.subject if caller.subject is not None else f"{ANONYMOUS_KEY}\x00{source}"
         for limit in server.rate_limits:
             for key in _keys(server, limit, subject, mcp):
                 try:

@@ -52,6 +52,7 @@ class Stack:
         method: str = "POST",
         revision: str = REVISION,
         headers: dict[str, str] | None = None,
+        source: str = "10.0.0.1",
     ) -> Decision:
         h = dict(headers or {})
         if session is not None:
@@ -67,6 +68,7 @@ class Stack:
                 **h,
             },
             body=json.dumps(body).encode() if body else None,
+            source_address=source,
         )
         return await self.checker.check(req)
 
@@ -187,6 +189,14 @@ async def test_n_plus_first_call_gets_429_with_retry_after(tmp_path: Path) -> No
     assert retry_after(decision) == "20"  # 60 s / 3 calls: one comes back every 20 s
     assert json.loads(decision.body)["error"]["message"] == "Too many requests"
     assert (await stack.call(stack.token("bob"))).allowed  # per subject
+
+
+async def test_anonymous_callers_count_per_source_address(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path, mode="optional", rate_limits=[{"name": "all", "limit": 2, "window": 60}])
+    assert (await stack.call(None, source="10.0.0.7")).allowed and (await stack.call(None, source="10.0.0.7")).allowed
+    assert (await stack.call(None, source="10.0.0.7")).status == 429
+    assert (await stack.call(None, source="10.0.0.8")).allowed  # another anonymous caller keeps its allowance
+    assert (await stack.call(stack.token("alice"), source="10.0.0.7")).allowed  # an identified one too
 
 
 async def test_per_subject_tool_limit_counts_each_tool(tmp_path: Path) -> None:
