@@ -298,7 +298,47 @@ async def test_grpc_provider_body_bound_is_413_before_any_check(
     assert response.status == 413
 
 
-# ---------------------------------------------------------------- shared authorizer, gRPC provider, two servers
+# ---------------------------------------------------------------- shared authorizer, two MCP workloads
+
+
+def two_workloads(
+    tmp: Path,
+    sample_server: Factory[SampleServer],
+    envoy: Factory[Envoy],
+    authorizer: Factory[Authorizer],
+    *,
+    http: bool,
+    hosts: dict[str, str],
+) -> tuple[list[Workload], Path, str]:
+    """Two MCP workloads (name → the host clients use), each with its own sidecar, one shared authorizer:
+    over HTTP a provider per server, over gRPC one provider for both."""
+    key = ensure_key(tmp / "key.pem")
+    issuer = f"http://127.0.0.1:{free_port()}/dev"
+    samples = {name: sample_server(json_response=True) for name in hosts}
+    ports = {name: free_port() for name in hosts}
+    bases = {name: f"http://{hosts[name]}:{ports[name]}" for name in hosts}
+    servers = [server_spec(n, bases[n], s.upstream) for n, s in samples.items()]
+    config, _raw, text = load(authz_spec(key, servers, issuer, http=http))
+    providers = {p["name"]: p for p in istio.shared_providers(config, istio.Options())}
+    if http:
+        assert set(providers) == {f"{istio.PROVIDER}-{name}" for name in hosts}
+    else:
+        assert set(providers) == {istio.PROVIDER} and "envoyExtAuthzGrpc" in providers[istio.PROVIDER]
+    authorizer(text)
+    workloads = []
+    for name, sample in samples.items():
+        proxy = envoy(
+            sidecar_envoy(
+                providers[f"{istio.PROVIDER}-{name}" if http else istio.PROVIDER],
+                listen=f"127.0.0.1:{ports[name]}",
+                authorizer=config.listen.http if http else config.listen.grpc,
+                upstream=sample.upstream,
+                discovery=config.listen.discovery,
+                admin=free_port(),
+            )
+        )
+        workloads.append(Workload(name, bases[name], sample, proxy))
+    return workloads, key, issuer
 
 
 @pytest.fixture(scope="module")
@@ -307,34 +347,12 @@ def shared_grpc_two(
     sample_server: Factory[SampleServer],
     envoy: Factory[Envoy],
     authorizer: Factory[Authorizer],
-) -> Iterator[tuple[list[Workload], Path, str]]:
-    """Two MCP workloads behind one gRPC provider: no context extension, so the authorizer tells them
-    apart by host and path (``authz/routing.py``): one is addressed as 127.0.0.1, the other as localhost."""
-    key = ensure_key(tmp_path_factory.mktemp("istio-grpc-two") / "key.pem")
-    issuer = f"http://127.0.0.1:{free_port()}/dev"
+) -> tuple[list[Workload], Path, str]:
+    """One gRPC provider sends no context extension, so the authorizer tells the servers apart by host and
+    path (``authz/routing.py``): one is addressed as 127.0.0.1, the other as localhost."""
+    tmp = tmp_path_factory.mktemp("istio-grpc-two")
     hosts = {"alpha": "127.0.0.1", "beta": "localhost"}
-    samples = {name: sample_server(json_response=True) for name in hosts}
-    ports = {name: free_port() for name in hosts}
-    bases = {name: f"http://{hosts[name]}:{ports[name]}" for name in hosts}
-    servers = [server_spec(n, bases[n], s.upstream) for n, s in samples.items()]
-    config, _raw, text = load(authz_spec(key, servers, issuer, http=False))
-    [provider] = istio.shared_providers(config, istio.Options())
-    assert provider["name"] == istio.PROVIDER and "envoyExtAuthzGrpc" in provider
-    authorizer(text)
-    workloads = []
-    for name, sample in samples.items():
-        proxy = envoy(
-            sidecar_envoy(
-                provider,
-                listen=f"127.0.0.1:{ports[name]}",
-                authorizer=config.listen.grpc,
-                upstream=sample.upstream,
-                discovery=config.listen.discovery,
-                admin=free_port(),
-            )
-        )
-        workloads.append(Workload(name, bases[name], sample, proxy))
-    yield workloads, key, issuer
+    return two_workloads(tmp, sample_server, envoy, authorizer, http=False, hosts=hosts)
 
 
 async def test_grpc_provider_tells_servers_apart_by_host_and_path(
@@ -348,40 +366,17 @@ async def test_grpc_provider_tells_servers_apart_by_host_and_path(
     await assert_bad_token_is_401(beta, key, issuer, alpha.url)
 
 
-# ---------------------------------------------------------------- shared authorizer, HTTP provider per server
-
-
 @pytest.fixture(scope="module")
 def shared_http(
     tmp_path_factory: pytest.TempPathFactory,
     sample_server: Factory[SampleServer],
     envoy: Factory[Envoy],
     authorizer: Factory[Authorizer],
-) -> Iterator[tuple[list[Workload], Path, str]]:
-    """Two MCP workloads, each with its own sidecar and provider, one shared authorizer (HTTP front)."""
-    key = ensure_key(tmp_path_factory.mktemp("istio-http") / "key.pem")
-    issuer = f"http://127.0.0.1:{free_port()}/dev"
-    samples = {name: sample_server(json_response=True) for name in ("alpha", "beta")}
-    ports = {name: free_port() for name in samples}
-    servers = [server_spec(n, f"http://127.0.0.1:{ports[n]}", s.upstream) for n, s in samples.items()]
-    config, _raw, text = load(authz_spec(key, servers, issuer, http=True))
-    providers = {p["name"]: p for p in istio.shared_providers(config, istio.Options())}
-    assert set(providers) == {"mcp-authz-alpha", "mcp-authz-beta"}
-    authorizer(text)
-    workloads = []
-    for name, sample in samples.items():
-        proxy = envoy(
-            sidecar_envoy(
-                providers[f"mcp-authz-{name}"],
-                listen=f"127.0.0.1:{ports[name]}",
-                authorizer=config.listen.http,
-                upstream=sample.upstream,
-                discovery=config.listen.discovery,
-                admin=free_port(),
-            )
-        )
-        workloads.append(Workload(name, f"http://127.0.0.1:{ports[name]}", sample, proxy))
-    yield workloads, key, issuer
+) -> tuple[list[Workload], Path, str]:
+    """Two MCP workloads, each with its own sidecar and HTTP provider naming its server."""
+    tmp = tmp_path_factory.mktemp("istio-http")
+    hosts = {"alpha": "127.0.0.1", "beta": "127.0.0.1"}
+    return two_workloads(tmp, sample_server, envoy, authorizer, http=True, hosts=hosts)
 
 
 async def test_http_provider_allows_with_identity_and_without_the_token(
