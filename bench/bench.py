@@ -420,19 +420,26 @@ class AuthzCase:
 
     def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
         spec = bench.authz_config(run, header_only=self.header_only, policy=self.policy, http=self.http)
-        config = bench.path(f"{self.name}.authz.yaml")
-        config.write_text(yaml.safe_dump(spec, sort_keys=False))
-        log = bench.path(f"{self.name}.authz.log")
-        with log.open("wb") as out:
-            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        stack.callback(stop, authz)
-        readyz = f"http://{spec['listen']['discovery']}/readyz"
-        try:
-            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
-        except Skip as exc:
-            raise Skip(f"{exc}: {tail(log)}") from None
-        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        authz, pid = start_authorizer_and_envoy(bench, self.name, spec, stack)
         return Front(run.resource, bench.headers(run), pid, authz.pid)
+
+
+def start_authorizer_and_envoy(
+    bench: Bench, name: str, spec: dict[str, Any], stack: contextlib.ExitStack
+) -> tuple[subprocess.Popen[bytes], int]:
+    """``mcp-authz serve`` with ``spec`` (ready once ``/readyz`` says so), then the Envoy rendered from it."""
+    config = bench.path(f"{name}.authz.yaml")
+    config.write_text(yaml.safe_dump(spec, sort_keys=False))
+    log = bench.path(f"{name}.authz.log")
+    with log.open("wb") as out:
+        authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    stack.callback(stop, authz)
+    readyz = f"http://{spec['listen']['discovery']}/readyz"
+    try:
+        wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
+    except Skip as exc:
+        raise Skip(f"{exc}: {tail(log)}") from None
+    return authz, bench.start_envoy(name, bench.rendered(spec), stack)
 
 
 def start_redis(bench: Bench, stack: contextlib.ExitStack) -> str:
@@ -470,18 +477,7 @@ class StoreCase:
         spec["servers"][0]["rate_limits"] = [{"name": "bench", "limit": 1_000_000, "window": 60}]
         if self.redis:
             spec["store"] = {"url": start_redis(bench, stack)}
-        config = bench.path(f"{self.name}.authz.yaml")
-        config.write_text(yaml.safe_dump(spec, sort_keys=False))
-        log = bench.path(f"{self.name}.authz.log")
-        with log.open("wb") as out:
-            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        stack.callback(stop, authz)
-        readyz = f"http://{spec['listen']['discovery']}/readyz"
-        try:
-            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
-        except Skip as exc:
-            raise Skip(f"{exc}: {tail(log)}") from None
-        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        authz, pid = start_authorizer_and_envoy(bench, self.name, spec, stack)
         headers = {k: v for k, v in bench.headers(run).items() if k not in ("Mcp-Method", "Mcp-Name")}
         headers.update({"MCP-Protocol-Version": "2025-11-25", "Mcp-Session-Id": "bench-session-0001"})
         return Front(run.resource, headers, pid, authz.pid)
@@ -542,18 +538,7 @@ class ExchangeCase:
             "client_id": "bench",
             "client_secret": "bench-secret",
         }
-        config = bench.path(f"{self.name}.authz.yaml")
-        config.write_text(yaml.safe_dump(spec, sort_keys=False))
-        log = bench.path(f"{self.name}.authz.log")
-        with log.open("wb") as out:
-            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        stack.callback(stop, authz)
-        readyz = f"http://{spec['listen']['discovery']}/readyz"
-        try:
-            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
-        except Skip as exc:
-            raise Skip(f"{exc}: {tail(log)}") from None
-        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        authz, pid = start_authorizer_and_envoy(bench, self.name, spec, stack)
         stack.callback(lambda: EXCHANGES.__setitem__(self.name, endpoint.requests))
         return Front(run.resource, bench.headers(run), pid, authz.pid)
 
@@ -607,18 +592,7 @@ class MixedCase:
             },
         )
         spec["servers"][0]["filter_lists"] = self.filter_lists
-        config = bench.path(f"{self.name}.authz.yaml")
-        config.write_text(yaml.safe_dump(spec, sort_keys=False))
-        log = bench.path(f"{self.name}.authz.log")
-        with log.open("wb") as out:
-            authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
-        stack.callback(stop, authz)
-        readyz = f"http://{spec['listen']['discovery']}/readyz"
-        try:
-            wait_until(lambda: http_get(readyz)[0] == 200, authz, 20, "mcp-authz serve")
-        except Skip as exc:
-            raise Skip(f"{exc}: {tail(log)}") from None
-        pid = bench.start_envoy(self.name, bench.rendered(spec), stack)
+        authz, pid = start_authorizer_and_envoy(bench, self.name, spec, stack)
         headers = bench.headers(run)
         listed = {**headers, "Mcp-Method": "tools/list"}
         listed.pop("Mcp-Name")
