@@ -295,3 +295,32 @@ def start_stack(
         dev_key=dev_key,
         dev_issuer=dev_issuer,
     )
+
+
+def sample_spec(key: Path, port: int, upstream: str, **top: Any) -> dict[str, Any]:
+    """A config with one MCP server ``sample`` behind Envoy on ``port`` (development issuer, a read and an
+    admin rule), for tests that look at what surrounds a decision (audit, telemetry); ``top`` adds sections."""
+    base = f"http://127.0.0.1:{port}"
+    return {
+        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
+        "issuers": [{"name": "dev", "issuer": f"{base}/dev", "local_key_file": str(key)}],
+        "servers": [
+            {
+                "name": "sample",
+                "resource": f"{base}/mcp",
+                "upstream": upstream,
+                "scopes_supported": ["tools:read", "tools:admin"],
+                "policy": {
+                    "default": "deny",
+                    "rules": [
+                        {"name": "protocol", "methods": ["initialize", "ping", "notifications/*", "*/list"]},
+                        {"name": "read", "tools": ["search"], "scopes": ["tools:read"]},
+                        {"name": "admin", "tools": ["delete_repo"], "scopes": ["tools:admin"]},
+                    ],
+                },
+            }
+        ],
+        **top,
+        "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port()},
+    }
+

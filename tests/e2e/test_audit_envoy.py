@@ -17,6 +17,7 @@ import httpx
 import pytest
 import yaml
 from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
+from stack import sample_spec
 
 from authz.audit import STREAM
 from authz.config import parse_config
@@ -71,31 +72,7 @@ def stack(
     sample = sample_server(json_response=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    spec = {
-        "listen": {
-            "grpc": f"127.0.0.1:{free_port()}",
-            "discovery": f"127.0.0.1:{free_port()}",
-        },
-        "issuers": [{"name": "dev", "issuer": f"{base}/dev", "local_key_file": str(key)}],
-        "servers": [
-            {
-                "name": "sample",
-                "resource": f"{base}/mcp",
-                "upstream": sample.upstream,
-                "scopes_supported": ["tools:read", "tools:admin"],
-                "policy": {
-                    "default": "deny",
-                    "rules": [
-                        {"name": "protocol", "methods": ["initialize", "ping", "notifications/*", "*/list"]},
-                        {"name": "read", "tools": ["search"], "scopes": ["tools:read"]},
-                        {"name": "admin", "tools": ["delete_repo"], "scopes": ["tools:admin"]},
-                    ],
-                },
-            }
-        ],
-        "audit": {"argument_keys": ["repo"]},
-        "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port()},
-    }
+    spec = sample_spec(key, port, sample.upstream, audit={"argument_keys": ["repo"]})
     text = yaml.safe_dump(spec, sort_keys=False)
     running = authorizer(text)
     envoy(render_envoy_yaml(parse_config(text, "e2e-audit.yaml")))

@@ -24,6 +24,7 @@ import yaml
 from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
 from prometheus_client.parser import text_string_to_metric_families
+from stack import sample_spec
 
 from authz.config import parse_config
 from authz.identity.devkey import ensure_key, mint
@@ -110,31 +111,13 @@ def stack(
     sample = sample_server(json_response=True)
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    spec = {
-        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
-        "issuers": [{"name": "dev", "issuer": f"{base}/dev", "local_key_file": str(key)}],
-        "servers": [
-            {
-                "name": "sample",
-                "resource": f"{base}/mcp",
-                "upstream": sample.upstream,
-                "scopes_supported": ["tools:read", "tools:admin"],
-                "policy": {
-                    "default": "deny",
-                    "rules": [
-                        {"name": "protocol", "methods": ["initialize", "ping", "notifications/*", "*/list"]},
-                        {"name": "read", "tools": ["search"], "scopes": ["tools:read"]},
-                        {"name": "admin", "tools": ["delete_repo"], "scopes": ["tools:admin"]},
-                    ],
-                },
-            }
-        ],
-        "audit": {
-            "webhook": {"url": f"{sink}/audit", "secret": "${E2E_WEBHOOK_SECRET}", "flush_interval": 0.2},
-        },
-        "telemetry": {"otlp_endpoint": sink, "service_name": "mcp-authz-e2e", "export_interval": 1},
-        "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port()},
-    }
+    spec = sample_spec(
+        key,
+        port,
+        sample.upstream,
+        audit={"webhook": {"url": f"{sink}/audit", "secret": "${E2E_WEBHOOK_SECRET}", "flush_interval": 0.2}},
+        telemetry={"otlp_endpoint": sink, "service_name": "mcp-authz-e2e", "export_interval": 1},
+    )
     text = yaml.safe_dump(spec, sort_keys=False)
     running = authorizer(text, env={"E2E_WEBHOOK_SECRET": SECRET})
     config = parse_config(text.replace("${E2E_WEBHOOK_SECRET}", SECRET), "e2e-telemetry.yaml")
