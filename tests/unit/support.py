@@ -286,22 +286,27 @@ class JwksServer:
 
 
 @contextlib.asynccontextmanager
+async def serve_app(app: web.Application) -> AsyncIterator[str]:
+    """Serve an aiohttp app on a free loopback port for the duration of the block; yields its base URL."""
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()
+
+
+@contextlib.asynccontextmanager
 async def serve_jwks() -> AsyncIterator[JwksServer]:
     """Start a JwksServer on a free loopback port for the duration of the block."""
     server = JwksServer()
     app = web.Application()
     app.router.add_route("*", "/{tail:.*}", server._handle)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sockets = site._server.sockets if site._server is not None else []  # type: ignore[union-attr]
-    port = sockets[0].getsockname()[1]
-    server.base = f"http://127.0.0.1:{port}"
-    try:
+    async with serve_app(app) as base:
+        server.base = base
         yield server
-    finally:
-        await runner.cleanup()
 
 
 @pytest.fixture

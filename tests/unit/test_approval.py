@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from support import build_verifier, dev_stack, http_request, make_config, policy, server_spec, tool_call
+from support import build_verifier, dev_stack, http_request, make_config, policy, serve_app, server_spec, tool_call
 
 from authz.check import Checker
 from authz.config import Config
@@ -69,16 +69,9 @@ async def webhook() -> AsyncIterator[Webhook]:
     state = Webhook()
     app = web.Application()
     app.router.add_post("/approve", state.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.url = f"http://127.0.0.1:{port}/approve"
-    try:
+    async with serve_app(app) as base:
+        state.url = f"{base}/approve"
         yield state
-    finally:
-        await runner.cleanup()
 
 
 def approvals(url: str, **fields: Any) -> dict[str, Any]:

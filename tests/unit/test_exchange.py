@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from support import build_verifier, dev_stack, http_request, issuer_spec, make_config, server_spec, tool_call
+from support import build_verifier, dev_stack, http_request, issuer_spec, make_config, serve_app, server_spec, tool_call
 
 from authz.check import Checker
 from authz.config import Config, Exchange
@@ -73,16 +73,9 @@ async def endpoint() -> AsyncIterator[TokenEndpoint]:
     app = web.Application()
     app.router.add_post("/token", state.handle)
     app.router.add_get("/.well-known/oauth-authorization-server", state.metadata)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    state.url = f"http://127.0.0.1:{port}/token"
-    try:
+    async with serve_app(app) as base:
+        state.url = f"{base}/token"
         yield state
-    finally:
-        await runner.cleanup()
 
 
 def exchange_spec(url: str, **fields: Any) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from support import STATELESS, dev_stack, server_spec, tool_call
+from support import STATELESS, dev_stack, serve_app, server_spec, tool_call
 
 from authz import telemetry
 from authz.app import Authorizer
@@ -79,17 +79,12 @@ async def receiver() -> AsyncIterator[Receiver]:
 
     app = web.Application()
     app.router.add_post("/audit", handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    state.url = f"http://127.0.0.1:{port}/audit"
-    try:
-        yield state
-    finally:
-        state.release.set()
-        await runner.cleanup()
+    async with serve_app(app) as base:
+        state.url = f"{base}/audit"
+        try:
+            yield state
+        finally:
+            state.release.set()  # a handler held on it must finish before the server stops
 
 
 def spec(url: str, **fields: Any) -> WebhookSpec:
