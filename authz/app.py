@@ -18,23 +18,23 @@ from typing import Any
 import aiohttp
 import grpc
 
-from authz import telemetry
-from authz.audit import Auditor
+from authz.approval.gate import ApprovalGate
 from authz.check import Checker
 from authz.config import Config, ConfigError, load_config
 from authz.extproc.service import ExtProcService
+from authz.front.grpc_service import AuthorizationService, start_grpc
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
-from authz.logs import masked
 from authz.model import Decision, HttpRequest
-from authz.server import AuthorizationService, start_grpc
+from authz.observe import telemetry
+from authz.observe.audit import Auditor
+from authz.observe.audit_webhook import WebhookSink
+from authz.observe.logs import masked
 from authz.store import open_store
 from authz.store.base import Store
-from authz.upstream.approval import ApprovalGate
 from authz.upstream.credentials import UpstreamCredentials
 from authz.upstream.exchange import TokenExchanger
-from authz.webhook import WebhookSink
 from discovery import build_app
 from discovery import start as start_discovery
 
@@ -151,7 +151,7 @@ class Authorizer:
         processor = ExtProcService(lambda: self.config)  # list filtering (ext_proc) on the same server
         self._grpc, _ = await start_grpc(self.config.listen.grpc, service, processor)
         if self.config.listen.http:
-            from authz.httpfront import start_http
+            from authz.front.http_service import start_http
 
             self._http_front = await start_http(self.config.listen.http, lambda: self.checker, self.observe)
         await self._start_discovery()

@@ -11,16 +11,16 @@ import logging
 from typing import Any
 
 from authz import request, response, routing
+from authz.approval.gate import ApprovalGate
 from authz.config import Config, Server
 from authz.errors import Forbidden, Refusal, Unavailable
-from authz.identity.bearer import identify
 from authz.identity.rfc9068 import Verifier
+from authz.identity.sources import identify
 from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.policy.rules import authorize
 from authz.state.guards import Guards
 from authz.store.base import Store
 from authz.store.memory import MemoryStore
-from authz.upstream.approval import ApprovalGate
 from authz.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("mcp_authz.check")

@@ -25,7 +25,8 @@ def _load(path: str) -> Config:
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
-    from authz import app, logs
+    from authz import app
+    from authz.observe import logs
 
     try:
         config = load_config(args.config)
@@ -74,7 +75,7 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from authz.explain import explain
+    from authz.explain.offline import explain
 
     config = _load(args.config)
     spec = json.loads(Path(args.request).read_text(encoding="utf-8"))
@@ -95,8 +96,8 @@ def cmd_render_envoy(args: argparse.Namespace) -> int:
 
 
 def cmd_render_istio(args: argparse.Namespace) -> int:
+    from authz.render.authorizer_pod import raw_config
     from authz.render.istio import Options, render_istio
-    from authz.render.k8s import raw_config
 
     config = _load(args.config)
     options = Options(
@@ -118,7 +119,7 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
 
 
 def cmd_render_kubernetes(args: argparse.Namespace) -> int:
-    from authz.render.k8s import raw_config
+    from authz.render.authorizer_pod import raw_config
     from authz.render.kubernetes import render_kubernetes
 
     config = _load(args.config)
@@ -136,7 +137,7 @@ def cmd_render_kubernetes(args: argparse.Namespace) -> int:
 
 def cmd_secret_encrypt(args: argparse.Namespace) -> int:
     """Read a secret on stdin, print its ``v2:`` form under the key from the environment or a file."""
-    from authz.upstream import secrets
+    from authz.config import secrets
 
     try:
         key = secrets.read_key_file(args.key_file) if args.key_file else secrets.key_from_environment()
@@ -171,7 +172,7 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config_check)
 
     ref = cfg.add_parser("reference", help="print the configuration reference (Markdown)")
-    ref.set_defaults(func=lambda _: print(__import__("authz.configdoc").configdoc.reference()) or 0)
+    ref.set_defaults(func=lambda _: print(__import__("authz.config.reference").config.reference.reference()) or 0)
 
     t = sub.add_parser("token", help="mint a development access token with the local dev key")
     t.add_argument("-c", "--config", default=DEFAULT_CONFIG)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from authz import handover
 from authz.config import Server
 from authz.errors import (
     FORBIDDEN_CODE,
@@ -18,7 +19,6 @@ from authz.errors import (
     RateLimited,
     Refusal,
 )
-from authz.extproc import metadata as handover
 from authz.model import Caller, Decision, McpRequest
 
 JSON = ("content-type", "application/json")

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from authz.config import Config, Issuer
-from authz.identity.metadata import MetadataError, fetch_issuer_metadata
+from authz.identity.rfc8414 import MetadataError, fetch_issuer_metadata
 from discovery import rfc8414, rfc9728
 
 log = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 Readiness = Callable[[], Mapping[str, bool]]
 Metrics = Callable[[], tuple[bytes, str] | None]  # Prometheus exposition and its content type; None: off
 _Handler = Callable[[web.Request], web.Response]
-# A signed approval answer: (approval id, request headers, body) -> (status, JSON body). See authz.upstream.approval.
+# A signed approval answer: (approval id, request headers, body) -> (status, JSON body). See authz.approval.gate.
 ApprovalCallback = Callable[[str, Mapping[str, str], bytes], Awaitable[tuple[int, dict[str, Any]]]]
 APPROVALS_PREFIX = "/approvals/"
 MAX_CALLBACK_BYTES = 16_384

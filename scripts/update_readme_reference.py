@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from authz.configdoc import BEGIN, END, reference
+from authz.config.reference import BEGIN, END, reference
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -17,13 +17,13 @@ import aiohttp
 import grpc
 
 from authz.admin._pb import admin_pb2, admin_pb2_grpc
-from authz.admin.dryrun import DryRunStore
+from authz.approval.gate import ApprovalGate
 from authz.check import SERVER_CONTEXT_KEY, Checker
 from authz.config import Config, Server
 from authz.errors import ApprovalRefused
+from authz.explain.dryrun import DryRunStore
 from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.store.base import Store, StoreError
-from authz.upstream.approval import ApprovalGate
 from authz.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("mcp_authz.admin")

@@ -12,7 +12,7 @@ import json
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from authz.extproc.metadata import LIST_METHODS, RequestId
+from authz.handover import LIST_METHODS, RequestId
 from authz.model import McpCall
 
 Allowed = Callable[[McpCall], bool]  # the policy's answer for one synthetic call

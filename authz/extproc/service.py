@@ -28,9 +28,9 @@ from envoy.service.ext_proc.v3 import external_processor_pb2_grpc as pb_grpc
 from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
+from authz import handover
 from authz.config import Config, Server
 from authz.errors import Refusal
-from authz.extproc import metadata
 from authz.extproc.lists import Allowed, IdKey, ListParseError, dumps, error_message, id_key, rewrite_json
 from authz.extproc.sse import SseRewriter
 from authz.model import HttpRequest, McpCall, McpRequest
@@ -89,13 +89,13 @@ def _scalar(value: struct_pb2.Value) -> Any:
 def forwarded_metadata(request: pb.ProcessingRequest) -> dict[str, Any]:
     """The forwarded ``ext_authz`` namespace, its ``mcp_authz`` scalars as plain values ({} if absent)."""
     found = request.metadata_context.filter_metadata
-    if metadata.NAMESPACE not in found:
+    if handover.NAMESPACE not in found:
         return {}
-    ours = found[metadata.NAMESPACE].fields
-    if metadata.KEY not in ours:
-        return {metadata.NAMESPACE: {}}
-    fields = ours[metadata.KEY].struct_value.fields
-    return {metadata.NAMESPACE: {metadata.KEY: {k: _scalar(v) for k, v in fields.items()}}}
+    ours = found[handover.NAMESPACE].fields
+    if handover.KEY not in ours:
+        return {handover.NAMESPACE: {}}
+    fields = ours[handover.KEY].struct_value.fields
+    return {handover.NAMESPACE: {handover.KEY: {k: _scalar(v) for k, v in fields.items()}}}
 
 
 DecisionCache = dict[tuple[Any, ...], bool]
@@ -103,7 +103,7 @@ CACHE_SIZE = 4096
 
 
 def policy_check(
-    server: Server, handover: metadata.Handover, request_headers: Mapping[str, str], cache: DecisionCache | None = None
+    server: Server, handover: handover.Handover, request_headers: Mapping[str, str], cache: DecisionCache | None = None
 ) -> Allowed:
     """The Check's rule engine for one synthetic call of this caller (a list entry is a call it may make).
 
@@ -148,7 +148,7 @@ def policy_check(
 class ListStream:
     """One HTTP stream's list requests and what has become of them."""
 
-    def __init__(self, handover: metadata.Handover, allowed: Allowed, max_body: int) -> None:
+    def __init__(self, handover: handover.Handover, allowed: Allowed, max_body: int) -> None:
         self.handover = handover
         self.targets: dict[IdKey, str] = {}
         self.any_id: str | None = None  # header-only Check: the id is unknown, the single answer is the list
@@ -211,18 +211,18 @@ class Exchange:
 
     def request_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
         try:
-            handover = metadata.decode(forwarded_metadata(request))
-        except metadata.HandoverError as exc:
+            given = handover.decode(forwarded_metadata(request))
+        except handover.HandoverError as exc:
             log.warning("no caller for the list filter", extra={"reason": "extproc_no_handover", "detail": str(exc)})
             if self.closed:
                 return self.immediate(None)
             return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_DONE)
-        server = self.config.servers.get(handover.server)
-        if server is None or not handover.lists:
+        server = self.config.servers.get(given.server)
+        if server is None or not given.lists:
             return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_DONE)
         headers = _headers(request.request_headers) if server.policy and server.policy.uses_cel else {}
-        allowed = policy_check(server, handover, headers, self.cache)
-        self.lists = ListStream(handover, allowed, self.config.spec.ext_proc.max_body_bytes)
+        allowed = policy_check(server, given, headers, self.cache)
+        self.lists = ListStream(given, allowed, self.config.spec.ext_proc.max_body_bytes)
         return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_body_mode(Mode.NONE))
 
     def response_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
@@ -272,7 +272,7 @@ class Exchange:
                 common.header_mutation.set_headers.append(_set("content-length", str(len(new))))
         return pb.ProcessingResponse(response_body=pb.BodyResponse(response=common))
 
-    def immediate(self, request_id: metadata.RequestId) -> pb.ProcessingResponse:
+    def immediate(self, request_id: handover.RequestId) -> pb.ProcessingResponse:
         body = dumps(error_message(request_id))
         return pb.ProcessingResponse(
             immediate_response=pb.ImmediateResponse(

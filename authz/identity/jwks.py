@@ -20,10 +20,10 @@ from typing import Any
 import aiohttp
 import jwt
 
-from authz import telemetry
 from authz.config import Issuer
 from authz.identity import devkey
-from authz.identity.metadata import MetadataError, fetch_issuer_metadata, fetch_json
+from authz.identity.rfc8414 import MetadataError, fetch_issuer_metadata, fetch_json
+from authz.observe import telemetry
 
 log = logging.getLogger("mcp_authz.jwks")
 MAX_KEYS = 64

@@ -23,11 +23,11 @@ from typing import Any
 
 import jwt
 
-from authz import telemetry
 from authz.config import Issuer, Server
 from authz.errors import InvalidToken, Unavailable
 from authz.identity.jwks import Key, KeySet
 from authz.model import Caller
+from authz.observe import telemetry
 
 _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _NUMERIC_DATE_MAX = 2**40  # far beyond any real expiry; bigger values are hostile

@@ -8,7 +8,7 @@ The chain, for each request on ``config.envoy.listen``:
    ``envoy.filters.http.ext_authz`` over gRPC, the body included up to ``envoy.max_request_bytes``.
    Each route names its server in the per-route context extension ``mcp_server``: that is how the
    authorizer learns which server (resource, policy) a Check is for. With ``envoy.authorizer: http``
-   the filter uses ``http_service`` instead (the fast path, ``authz.httpfront``), and the server's
+   the filter uses ``http_service`` instead (the fast path, ``authz.front.http_service``), and the server's
    name travels from route metadata in the ``x-mcp-authz-server`` header.
 3. For ``header_only`` servers, a 2026-07-28 request carrying ``Mcp-Method`` matches an earlier
    route that turns body buffering off: the decision is made on the routing headers, which such
@@ -115,8 +115,8 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
+from authz import handover
 from authz.config import Config, Server
-from authz.extproc import metadata as handover
 
 AUTHZ_CLUSTER = "mcp_authz"
 DISCOVERY_CLUSTER = "mcp_discovery"
@@ -134,7 +134,7 @@ EXTPROC_CLUSTER = "mcp_extproc"  # the list filter: the authorizer's gRPC addres
 STATELESS_REVISION = "2026-07-28"  # requests of this revision mirror the JSON-RPC method in headers
 DISCOVERY_PREFIXES = ("/.well-known/", "/jwks/")
 
-# HTTP ext_authz (envoy.authorizer: http): the contract with authz.httpfront.
+# HTTP ext_authz (envoy.authorizer: http): the contract with authz.front.http_service.
 ROUTE_METADATA_NAMESPACE = "mcp_authz"  # route metadata filter_metadata.mcp_authz.server = <server name>
 HTTP_ALLOWED_HEADERS = (  # besides :method, :path, host, authorization and content-length, always sent
     "mcp-method",
@@ -466,9 +466,9 @@ def _deny_on_error() -> HttpStatus:
 
 
 def http_ext_authz_filter(config: Config, authorizer: str) -> HttpFilter:
-    """ext_authz over HTTP/1.1 (``http_service``) to ``authz.httpfront`` at ``authorizer`` (host:port).
+    """ext_authz over HTTP/1.1 (``http_service``) to ``authz.front.http_service`` at ``authorizer`` (host:port).
 
-    The contract is the docstring of ``authz.httpfront``: which request headers go to the
+    The contract is the docstring of ``authz.front.http_service``: which request headers go to the
     authorizer (``allowed_headers``; never an ``x-mcp-authz-*`` one), the Envoy-set
     ``x-mcp-authz-*`` headers naming the server and the peer, the identity headers taken
     upstream on allow (``allowed_upstream_headers``; the authorizer removes ``authorization``

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authz.config import Config, Server
-from authz.render import envoy, k8s
+from authz.render import authorizer_pod, envoy
 from discovery import rfc8414, rfc9728
 
 NAMESPACE = "mcp-authz"  # the shared authorizer's namespace
@@ -49,7 +49,7 @@ AUTHORIZATION_SERVER_PREFIXES = rfc8414.ROOT_PATHS
 
 @dataclass(frozen=True, slots=True)
 class Options:
-    image: str = k8s.IMAGE
+    image: str = authorizer_pod.IMAGE
     namespace: str = NAMESPACE
     mcp_namespace: str = MCP_NAMESPACE
     sidecar_only: bool = False  # no shared CUSTOM provider and policies (the shared Deployment serves discovery)
@@ -87,7 +87,7 @@ def grpc_provider(config: Config, name: str, service: str, port: int) -> dict[st
 
 
 def http_provider(config: Config, name: str, service: str, port: int, server: Server | None) -> dict[str, Any]:
-    """The HTTP provider with the header lists ``authz.httpfront`` needs; ``server`` is named in a header."""
+    """The HTTP provider with the header lists ``authz.front.http_service`` needs; ``server`` is named in a header."""
     added = dict(envoy.HTTP_CONTEXT_HEADERS)
     if server is None:
         added.pop(envoy.HTTP_SERVER_HEADER)
@@ -106,7 +106,7 @@ def http_provider(config: Config, name: str, service: str, port: int, server: Se
 
 
 def shared_providers(config: Config, options: Options) -> list[dict[str, Any]]:
-    ports = k8s.Ports.of(config)
+    ports = authorizer_pod.Ports.of(config)
     host = _service_host(options)
     if not _http_mode(config):
         return [grpc_provider(config, PROVIDER, host, ports.grpc)]
@@ -114,7 +114,7 @@ def shared_providers(config: Config, options: Options) -> list[dict[str, Any]]:
 
 
 def local_provider(config: Config) -> dict[str, Any]:
-    ports = k8s.Ports.of(config)
+    ports = authorizer_pod.Ports.of(config)
     if _http_mode(config):
         return http_provider(config, LOCAL_PROVIDER, LOCAL_HTTP_HOST, ports.http, None)
     return grpc_provider(config, LOCAL_PROVIDER, LOCAL_GRPC_HOST, ports.grpc)
@@ -132,7 +132,7 @@ def authorization_policy(name: str, selector: dict[str, str], provider: str) -> 
     return {
         "apiVersion": "security.istio.io/v1",
         "kind": "AuthorizationPolicy",
-        "metadata": k8s.meta(name, ROOT_NAMESPACE),
+        "metadata": authorizer_pod.meta(name, ROOT_NAMESPACE),
         "spec": {
             "selector": {"matchLabels": selector},
             "action": "CUSTOM",
@@ -204,7 +204,12 @@ def virtual_services(config: Config, options: Options) -> list[dict[str, Any]]:
             "name": "discovery",
             "match": [{"uri": {kind: path}} for kind, path in discovery_matches(config)],
             "route": [
-                {"destination": {"host": _service_host(options), "port": {"number": k8s.Ports.of(config).discovery}}}
+                {
+                    "destination": {
+                        "host": _service_host(options),
+                        "port": {"number": authorizer_pod.Ports.of(config).discovery},
+                    }
+                }
             ],
         }
         routes = [discovery]
@@ -230,7 +235,7 @@ def virtual_services(config: Config, options: Options) -> list[dict[str, Any]]:
             {
                 "apiVersion": "networking.istio.io/v1",
                 "kind": "VirtualService",
-                "metadata": k8s.meta(f"mcp-{_slug(host)}", options.mcp_namespace),
+                "metadata": authorizer_pod.meta(f"mcp-{_slug(host)}", options.mcp_namespace),
                 "spec": {"hosts": [host], "gateways": [f"{ROOT_NAMESPACE}/{GATEWAY}"], "http": routes},
             }
         )
@@ -241,7 +246,7 @@ def http_routes(config: Config, options: Options) -> list[dict[str, Any]]:
     """The same routing as Gateway API ``HTTPRoute`` objects (and the ReferenceGrant the discovery
     backend in the authorizer's namespace needs)."""
     kinds = {"prefix": "PathPrefix", "exact": "Exact"}
-    discovery_backend = {"name": APP, "namespace": options.namespace, "port": k8s.Ports.of(config).discovery}
+    discovery_backend = {"name": APP, "namespace": options.namespace, "port": authorizer_pod.Ports.of(config).discovery}
     result: list[dict[str, Any]] = []
     for host, servers in _hosts(config).items():
         rules: list[dict[str, Any]] = [
@@ -264,7 +269,7 @@ def http_routes(config: Config, options: Options) -> list[dict[str, Any]]:
             {
                 "apiVersion": "gateway.networking.k8s.io/v1",
                 "kind": "HTTPRoute",
-                "metadata": k8s.meta(f"mcp-{_slug(host)}", options.mcp_namespace),
+                "metadata": authorizer_pod.meta(f"mcp-{_slug(host)}", options.mcp_namespace),
                 "spec": {
                     "parentRefs": [{"name": GATEWAY, "namespace": ROOT_NAMESPACE}],
                     "hostnames": [host],
@@ -276,7 +281,7 @@ def http_routes(config: Config, options: Options) -> list[dict[str, Any]]:
         {
             "apiVersion": "gateway.networking.k8s.io/v1beta1",
             "kind": "ReferenceGrant",
-            "metadata": k8s.meta("mcp-discovery", options.namespace),
+            "metadata": authorizer_pod.meta("mcp-discovery", options.namespace),
             "spec": {
                 "from": [
                     {"group": "gateway.networking.k8s.io", "kind": "HTTPRoute", "namespace": options.mcp_namespace}
@@ -294,24 +299,24 @@ def http_routes(config: Config, options: Options) -> list[dict[str, Any]]:
 def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> list[dict[str, Any]]:
     """ConfigMap, ServiceAccount, Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget (the
     Secret they read is rendered apart, ``secret.yaml``: a template to fill once, not re-applied)."""
-    ports = k8s.Ports.of(config)
+    ports = authorizer_pod.Ports.of(config)
     ns = options.namespace
-    text = k8s.pod_config(
+    text = authorizer_pod.pod_config(
         raw,
         grpc=f"0.0.0.0:{ports.grpc}",
         discovery=f"0.0.0.0:{ports.discovery}",
         http=f"0.0.0.0:{ports.http}" if ports.http else "",
     )
     selector = {"app.kubernetes.io/name": APP}
-    container = k8s.authorizer_container(options.image, ports, raw, SECRET, grpc_probe=True)
+    container = authorizer_pod.authorizer_container(options.image, ports, raw, SECRET, grpc_probe=True)
     pod = {
         "metadata": {"labels": selector},
         "spec": {
             "serviceAccountName": APP,
             "automountServiceAccountToken": False,
-            "securityContext": {"runAsNonRoot": True, "fsGroup": k8s.UID},
+            "securityContext": {"runAsNonRoot": True, "fsGroup": authorizer_pod.UID},
             "containers": [container],
-            "volumes": k8s.volumes(APP, SECRET, raw),
+            "volumes": authorizer_pod.volumes(APP, SECRET, raw),
         },
     }
     service_ports = [
@@ -323,24 +328,24 @@ def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> 
             {"name": "http-authz", "port": ports.http, "targetPort": ports.http, "appProtocol": "http"}
         )
     return [
-        k8s.config_map(APP, ns, text),
-        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": k8s.meta(APP, ns)},
+        authorizer_pod.config_map(APP, ns, text),
+        {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": authorizer_pod.meta(APP, ns)},
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
-            "metadata": k8s.meta(APP, ns),
+            "metadata": authorizer_pod.meta(APP, ns),
             "spec": {"replicas": 2, "selector": {"matchLabels": selector}, "template": pod},
         },
         {
             "apiVersion": "v1",
             "kind": "Service",
-            "metadata": k8s.meta(APP, ns),
+            "metadata": authorizer_pod.meta(APP, ns),
             "spec": {"selector": selector, "ports": service_ports},
         },
         {
             "apiVersion": "autoscaling/v2",
             "kind": "HorizontalPodAutoscaler",
-            "metadata": k8s.meta(APP, ns),
+            "metadata": authorizer_pod.meta(APP, ns),
             "spec": {
                 "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
                 "minReplicas": 2,
@@ -356,7 +361,7 @@ def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> 
         {
             "apiVersion": "policy/v1",
             "kind": "PodDisruptionBudget",
-            "metadata": k8s.meta(APP, ns),
+            "metadata": authorizer_pod.meta(APP, ns),
             "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
         },
     ]
@@ -373,7 +378,7 @@ def mcp_servers(config: Config, options: Options) -> list[dict[str, Any]]:
             {
                 "apiVersion": "v1",
                 "kind": "Service",
-                "metadata": k8s.meta(server.name, options.mcp_namespace),
+                "metadata": authorizer_pod.meta(server.name, options.mcp_namespace),
                 "spec": {"selector": labels, "ports": [{"name": "http-mcp", "port": port, "targetPort": port}]},
             }
         )
@@ -391,7 +396,7 @@ def _mcp_deployment(
     return {
         "apiVersion": "apps/v1",
         "kind": "Deployment",
-        "metadata": k8s.meta(server.name, options.mcp_namespace),
+        "metadata": authorizer_pod.meta(server.name, options.mcp_namespace),
         "spec": {
             "replicas": 1,
             "selector": {"matchLabels": {"app": server.name}},
@@ -415,8 +420,8 @@ def _mcp_deployment(
 
 
 def _local_config(config: Config, raw: dict[str, Any], server: Server) -> str:
-    ports = k8s.Ports.of(config)
-    return k8s.pod_config(
+    ports = authorizer_pod.Ports.of(config)
+    return authorizer_pod.pod_config(
         raw,
         grpc=f"127.0.0.1:{ports.grpc}",  # only the pod's own Envoy reaches the Check
         discovery=f"0.0.0.0:{ports.discovery}",  # kubelet probes /healthz, /readyz
@@ -434,14 +439,14 @@ def injection_template(config: Config, raw: dict[str, Any], options: Options) ->
 
     The pod's ``mcp-authz.io/config`` annotation names its ConfigMap and (optional) Secret.
     """
-    ports = k8s.Ports.of(config)
+    ports = authorizer_pod.Ports.of(config)
     name = "{{ index .ObjectMeta.Annotations `" + CONFIG_ANNOTATION + "` }}"
-    container = k8s.authorizer_container(options.image, ports, raw, name, grpc_probe=False)
+    container = authorizer_pod.authorizer_container(options.image, ports, raw, name, grpc_probe=False)
     for entry in container.get("env", []):
         entry["valueFrom"]["secretKeyRef"]["optional"] = True
     for mount in container["volumeMounts"]:
         mount["name"] = f"mcp-authz-{mount['name']}"
-    pod_volumes = k8s.volumes(name, name, raw)
+    pod_volumes = authorizer_pod.volumes(name, name, raw)
     for volume in pod_volumes:
         volume["name"] = f"mcp-authz-{volume['name']}"
         if "secret" in volume:
@@ -450,18 +455,18 @@ def injection_template(config: Config, raw: dict[str, Any], options: Options) ->
         "metadata": {"labels": {SIDECAR_LABEL: "true"}},
         "spec": {"containers": [container], "volumes": pod_volumes},
     }
-    return k8s.dump([patch], "")
+    return authorizer_pod.dump([patch], "")
 
 
 def sidecar_objects(config: Config, raw: dict[str, Any], options: Options) -> list[dict[str, Any]]:
     """ServiceEntry for the local provider, the CUSTOM policy for injected pods, one ConfigMap per MCP
     server, and each server's Deployment annotated for the injection template."""
-    ports = k8s.Ports.of(config)
+    ports = authorizer_pod.Ports.of(config)
     http = _http_mode(config)
     entry = {
         "apiVersion": "networking.istio.io/v1",
         "kind": "ServiceEntry",
-        "metadata": k8s.meta(LOCAL_PROVIDER, ROOT_NAMESPACE),
+        "metadata": authorizer_pod.meta(LOCAL_PROVIDER, ROOT_NAMESPACE),
         "spec": {
             "hosts": [LOCAL_HTTP_HOST if http else LOCAL_GRPC_HOST],
             "endpoints": [{"address": "127.0.0.1"}],
@@ -476,7 +481,9 @@ def sidecar_objects(config: Config, raw: dict[str, Any], options: Options) -> li
     objects = [entry, authorization_policy(LOCAL_PROVIDER, {SIDECAR_LABEL: "true"}, LOCAL_PROVIDER)]
     for server in config.servers.values():
         objects.append(
-            k8s.config_map(sidecar_config_name(server), options.mcp_namespace, _local_config(config, raw, server))
+            authorizer_pod.config_map(
+                sidecar_config_name(server), options.mcp_namespace, _local_config(config, raw, server)
+            )
         )
     for server in config.servers.values():
         annotations = {TEMPLATES_ANNOTATION: f"sidecar,{TEMPLATE}", CONFIG_ANNOTATION: sidecar_config_name(server)}
@@ -514,14 +521,14 @@ def render_istio(config: Config, raw: dict[str, Any], options: Options | None = 
         f"# Regenerate: mcp-authz render istio -c {source} -o <this directory>\n"
     )
     files = {
-        "mesh-config.yaml": k8s.dump([istio_operator(config, raw, options)], header),
-        "authorizer.yaml": k8s.dump(shared_authorizer(config, raw, options), header),
-        "secret.yaml": k8s.dump([k8s.secret(SECRET, options.namespace, raw)], header),
-        "authorization-policy.yaml": k8s.dump(shared_policies(config), header),
-        "virtual-service.yaml": k8s.dump(virtual_services(config, options), header),
-        "http-route.yaml": k8s.dump(http_routes(config, options), header),
-        "mcp-servers.yaml": k8s.dump(mcp_servers(config, options), header),
-        "sidecar.yaml": k8s.dump(sidecar_objects(config, raw, options), header),
+        "mesh-config.yaml": authorizer_pod.dump([istio_operator(config, raw, options)], header),
+        "authorizer.yaml": authorizer_pod.dump(shared_authorizer(config, raw, options), header),
+        "secret.yaml": authorizer_pod.dump([authorizer_pod.secret(SECRET, options.namespace, raw)], header),
+        "authorization-policy.yaml": authorizer_pod.dump(shared_policies(config), header),
+        "virtual-service.yaml": authorizer_pod.dump(virtual_services(config, options), header),
+        "http-route.yaml": authorizer_pod.dump(http_routes(config, options), header),
+        "mcp-servers.yaml": authorizer_pod.dump(mcp_servers(config, options), header),
+        "sidecar.yaml": authorizer_pod.dump(sidecar_objects(config, raw, options), header),
     }
     if options.sidecar_only:
         del files["authorization-policy.yaml"], files["mcp-servers.yaml"]

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from typing import TypeVar
 
-from authz import telemetry
+from authz.observe import telemetry
 from authz.store.base import SessionBinding
 
 DEFAULT_MAX_ENTRIES = 100_000  # per table: revoked jtis, subjects, sessions, rate-limit keys, values

@@ -33,7 +33,7 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import RedisError
 
-from authz import telemetry
+from authz.observe import telemetry
 from authz.store.base import SessionBinding, StoreError
 from authz.store.memory import revoked_by_cutoff
 

@@ -21,13 +21,13 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from authz import telemetry
 from authz.config import Exchange
+from authz.config.secrets import SecretError, decrypt_bytes, encrypt
 from authz.errors import Forbidden, Refusal, Unavailable
-from authz.identity.metadata import MetadataError, fetch_issuer_metadata
+from authz.identity.rfc8414 import MetadataError, fetch_issuer_metadata
 from authz.model import Caller
+from authz.observe import telemetry
 from authz.store.base import Store, StoreError
-from authz.upstream.secrets import SecretError, decrypt_bytes, encrypt
 
 log = logging.getLogger("mcp_authz.exchange")
 

@@ -323,4 +323,3 @@ def sample_spec(key: Path, port: int, upstream: str, **top: Any) -> dict[str, An
         **top,
         "envoy": {"listen": f"127.0.0.1:{port}", "admin_port": free_port()},
     }
-

@@ -26,11 +26,11 @@ from harness import Authorizer, Envoy, Factory, RawMcp, Redis, SampleServer, fre
 from mcp.shared.exceptions import MCPError
 from stack import call_body
 
-from authz.audit import STREAM
+from authz.approval.gate import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signature_valid
 from authz.config import parse_config
 from authz.identity.devkey import ensure_key, mint
+from authz.observe.audit import STREAM
 from authz.render.envoy import render_envoy_yaml
-from authz.upstream.approval import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signature_valid
 
 WEBHOOK_SECRET = "e2e-webhook-secret"
 CALLBACK_SECRET = "e2e-callback-secret"

@@ -53,8 +53,8 @@ from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
 
 from authz.config import Config, parse_config
 from authz.identity.devkey import ensure_key, mint
+from authz.render import authorizer_pod, istio
 from authz.render import envoy as render
-from authz.render import istio, k8s
 
 SUBJECT = "carol@example.test"
 AUTHZ = "outbound|authz"  # Istio names the cluster after the provider's service; any name does here
@@ -443,7 +443,7 @@ def sidecars(
     }
     workloads, running = [], {}
     for name, sample in samples.items():
-        pod = yaml.safe_load(maps[f"mcp-authz-{name}"]["data"][k8s.CONFIG_FILE])
+        pod = yaml.safe_load(maps[f"mcp-authz-{name}"]["data"][authorizer_pod.CONFIG_FILE])
         assert [s["name"] for s in pod["servers"]] == [name]
         assert pod["listen"][settings] == f"127.0.0.1:{provider[kind]['port']}"  # loopback, the provider's port
         # This machine runs both pods side by side: same config, ports moved off the shared defaults.

@@ -32,8 +32,8 @@ import yaml
 from harness import VENV_BIN, Authorizer, Envoy, Factory, IdP, RawMcp, SampleServer, free_port
 from stack import call_body
 
-from authz.audit import STREAM
 from authz.config import parse_config
+from authz.observe.audit import STREAM
 from authz.render.envoy import render_envoy_yaml
 
 DOWNSTREAM = "http://127.0.0.1:9/downstream-api"

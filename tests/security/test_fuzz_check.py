@@ -20,8 +20,8 @@ from hypothesis import strategies as st
 from mcp.shared.inbound import decode_header_value as sdk_decode
 
 from authz.check import Checker
+from authz.front.grpc_service import to_check_response
 from authz.model import Decision, HttpRequest
-from authz.server import to_check_response
 from tests.unit.support import OTHER_RESOURCE, RESOURCE, dev_stack, policy, server_spec
 
 FORBIDDEN = "delete_repo"

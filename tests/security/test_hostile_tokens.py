@@ -24,8 +24,8 @@ from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
 from authz.config import Config, Server
 from authz.errors import InvalidToken
-from authz.identity.bearer import identify
 from authz.identity.rfc9068 import Verifier
+from authz.identity.sources import identify
 from tests.unit.support import (
     ISSUER,
     OTHER_ISSUER,

@@ -17,12 +17,7 @@ import pytest
 from aiohttp import web
 from support import build_verifier, dev_stack, http_request, make_config, policy, serve_app, server_spec, tool_call
 
-from authz.check import Checker
-from authz.config import Config
-from authz.errors import FORBIDDEN_CODE
-from authz.model import Decision
-from authz.store.memory import MemoryStore
-from authz.upstream.approval import (
+from authz.approval.gate import (
     SIGNATURE_HEADER,
     TIMESTAMP_HEADER,
     ApprovalGate,
@@ -30,6 +25,11 @@ from authz.upstream.approval import (
     sign,
     signature_valid,
 )
+from authz.check import Checker
+from authz.config import Config
+from authz.errors import FORBIDDEN_CODE
+from authz.model import Decision
+from authz.store.memory import MemoryStore
 
 WEBHOOK_SECRET = "webhook-hmac-secret"
 CALLBACK_SECRET = "callback-hmac-secret"
@@ -406,7 +406,7 @@ async def test_the_discovery_route_hands_signed_posts_to_the_gate(
 
 
 async def test_policy_explain_asks_nobody(tmp_path: Path, webhook: Webhook) -> None:
-    from authz.explain import explain
+    from authz.explain.offline import explain
 
     stack = dev_stack(tmp_path, [server_spec(policy=POLICY)], approvals=approvals(webhook.url))
     result = await explain(stack.config, tool_call("delete_repo", repo="x"), stack.token())

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from support import DevStack, dev_stack, http_request, policy, rpc, server_spec, tool_call
 
-from authz.audit import STREAM, Auditor, trace_id
 from authz.model import Decision, HttpRequest
+from authz.observe.audit import STREAM, Auditor, trace_id
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"

@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from authz.config import Config, parse_config
 from authz.identity.devkey import ensure_key
-from authz.render import envoy, istio, k8s
+from authz.render import authorizer_pod, envoy, istio
 from authz.render.kubernetes import render_kubernetes
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -61,7 +61,7 @@ def example(key: Path) -> Config:
 
 @pytest.fixture(scope="module")
 def raw() -> dict[str, Any]:
-    return k8s.raw_config(str(ROOT / EXAMPLE))
+    return authorizer_pod.raw_config(str(ROOT / EXAMPLE))
 
 
 def yaml_files() -> list[Path]:
@@ -129,7 +129,7 @@ def test_the_strict_loader_refuses_unknown_and_missing_fields() -> None:
     del broken["spec"]["template"]["spec"]["containers"][0]["name"]
     with pytest.raises(ValueError, match="name"):
         load(broken)
-    assert container["name"] == k8s.CONTAINER
+    assert container["name"] == authorizer_pod.CONTAINER
 
 
 def test_injection_template_is_a_pod_patch_the_client_accepts() -> None:
@@ -138,7 +138,7 @@ def test_injection_template_is_a_pod_patch_the_client_accepts() -> None:
     assert pod.metadata is not None and pod.metadata.labels == {istio.SIDECAR_LABEL: "true"}
     assert pod.spec is not None
     [container] = pod.spec.containers
-    assert container.name == k8s.CONTAINER
+    assert container.name == authorizer_pod.CONTAINER
     volumes = {v.name: v for v in pod.spec.volumes or []}
     assert volumes["mcp-authz-config"].config_map is not None
     assert volumes["mcp-authz-config"].config_map.name == "mcp-authz-demo"
@@ -188,7 +188,7 @@ def test_shared_authorizer_ports_agree(example: Config) -> None:
     for port in service["spec"]["ports"]:
         assert port["targetPort"] == ports[port["name"]] == port["port"]
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
-    config = yaml.safe_load(one(docs, "ConfigMap")["data"][k8s.CONFIG_FILE])
+    config = yaml.safe_load(one(docs, "ConfigMap")["data"][authorizer_pod.CONFIG_FILE])
     assert _listen_port(config["listen"]["grpc"]) == ports["grpc-authz"] == _listen_port(example.listen.grpc)
     assert _listen_port(config["listen"]["discovery"]) == ports["http-discovery"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": ports["http-discovery"]}
@@ -233,7 +233,7 @@ def test_sidecar_pieces_agree(example: Config) -> None:
     assert container_ports["grpc-authz"] == local["port"]
     for server in example.servers.values():
         config_map = one(docs, "ConfigMap", istio.sidecar_config_name(server))
-        config = yaml.safe_load(config_map["data"][k8s.CONFIG_FILE])
+        config = yaml.safe_load(config_map["data"][authorizer_pod.CONFIG_FILE])
         assert config["listen"]["grpc"] == f"127.0.0.1:{local['port']}"  # loopback: the pod's Envoy only
         assert [s["name"] for s in config["servers"]] == [server.name]
         deployment = one(docs, "Deployment", server.name)
@@ -293,13 +293,13 @@ def test_standalone_kubernetes_manifest_agrees(tmp_path: Path, example: Config) 
     docs = objects("envoy/kubernetes.yaml")
     deployment = one(docs, "Deployment")
     containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
-    assert set(containers) == {"envoy", k8s.CONTAINER, "mcp-server"}
+    assert set(containers) == {"envoy", authorizer_pod.CONTAINER, "mcp-server"}
     bootstrap = yaml.safe_load(one(docs, "ConfigMap", "mcp-gateway-envoy")["data"]["envoy.yaml"])
     listener = bootstrap["static_resources"]["listeners"][0]["address"]["socket_address"]
     service = one(docs, "Service")
     assert listener == {"address": "0.0.0.0", "port_value": service["spec"]["ports"][0]["targetPort"]}
     assert _ports_of_container(containers["envoy"]) == {"http-mcp": listener["port_value"]}
-    authz = yaml.safe_load(one(docs, "ConfigMap", "mcp-gateway-authz")["data"][k8s.CONFIG_FILE])
+    authz = yaml.safe_load(one(docs, "ConfigMap", "mcp-gateway-authz")["data"][authorizer_pod.CONFIG_FILE])
     clusters = {c["name"]: c for c in bootstrap["static_resources"]["clusters"]}
     endpoint = clusters[envoy.AUTHZ_CLUSTER]["load_assignment"]["endpoints"][0]["lb_endpoints"][0]["endpoint"]
     assert authz["listen"]["grpc"] == "127.0.0.1:{port_value}".format(**endpoint["address"]["socket_address"])
@@ -318,11 +318,11 @@ def test_standalone_kubernetes_manifest_agrees(tmp_path: Path, example: Config) 
 )
 def test_rendered_pod_configs_load(key: Path, name: str) -> None:
     """The config each pod runs is a valid config (with its Secret's key file in place)."""
-    configs = [d for d in objects(name) if d["kind"] == "ConfigMap" and k8s.CONFIG_FILE in d["data"]]
+    configs = [d for d in objects(name) if d["kind"] == "ConfigMap" and authorizer_pod.CONFIG_FILE in d["data"]]
     assert configs
     for config_map in configs:
-        text = config_map["data"][k8s.CONFIG_FILE].replace(k8s.KEYS_DIR + "/dev.pem", str(key))
-        assert k8s.KEYS_DIR not in text
+        text = config_map["data"][authorizer_pod.CONFIG_FILE].replace(authorizer_pod.KEYS_DIR + "/dev.pem", str(key))
+        assert authorizer_pod.KEYS_DIR not in text
         parse_config(text, config_map["metadata"]["name"])
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from authz.render import k8s
+from authz.render import authorizer_pod
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCKERFILE = ROOT / "Dockerfile"
@@ -74,9 +74,14 @@ def test_non_root_numeric_user_and_exec_form_entrypoint() -> None:
     steps = instructions()
     [user] = [a for k, a in steps if k == "USER"]
     uid, _, gid = user.partition(":")
-    assert uid.isdigit() and int(uid) == k8s.UID and gid == uid  # matches runAsUser in the manifests
+    assert uid.isdigit() and int(uid) == authorizer_pod.UID and gid == uid  # matches runAsUser in the manifests
     [entrypoint] = [a for k, a in steps if k == "ENTRYPOINT"]
-    assert json.loads(entrypoint) == ["mcp-authz", "serve", "-c", f"{k8s.CONFIG_DIR}/{k8s.CONFIG_FILE}"]
+    assert json.loads(entrypoint) == [
+        "mcp-authz",
+        "serve",
+        "-c",
+        f"{authorizer_pod.CONFIG_DIR}/{authorizer_pod.CONFIG_FILE}",
+    ]
     assert not [a for k, a in steps if k == "CMD"]
     [expose] = [a for k, a in steps if k == "EXPOSE"]
     assert set(expose.split()) == {"9191", "9192", "9193"}

@@ -19,12 +19,12 @@ from support import build_verifier, dev_stack, http_request, issuer_spec, make_c
 
 from authz.check import Checker
 from authz.config import Config, Exchange
+from authz.config.secrets import encrypt
 from authz.errors import Forbidden, Unavailable
 from authz.model import Caller
 from authz.store.memory import MemoryStore
 from authz.upstream.credentials import UpstreamCredentials
 from authz.upstream.exchange import ACCESS_TOKEN_TYPE, GRANT_TYPE, TokenExchanger
-from authz.upstream.secrets import encrypt
 
 KEY = "0123456789abcdef0123456789abcdef"
 DOWNSTREAM = "https://api.test/"

@@ -9,12 +9,12 @@ import pytest
 from google.protobuf import json_format
 from support import make_config, policy, server_spec
 
-from authz.extproc import metadata
+from authz import handover
 from authz.extproc.lists import ListParseError, entry_call, filter_result, id_key, rewrite_json, rewrite_message
 from authz.extproc.service import policy_check
+from authz.front.grpc_service import to_check_response
 from authz.model import Caller, Decision, McpCall, McpRequest
 from authz.response import allow
-from authz.server import to_check_response
 
 RULES = policy(
     {"name": "lists", "methods": ["*/list"]},
@@ -34,12 +34,12 @@ def caller(*scopes: str, **claims: Any) -> Caller:
     return Caller(subject="alice", claims={"sub": "alice", **claims}, scopes=frozenset(scopes), client_id="c1")
 
 
-def handover_of(who: Caller, *calls: McpCall, batch: bool = False) -> metadata.Handover:
+def handover_of(who: Caller, *calls: McpCall, batch: bool = False) -> handover.Handover:
     """Encode as the Check does, through the CheckResponse Struct Envoy gets, and decode as the processor does."""
     mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=calls, batch=batch)
     decision = allow(server(), who, mcp, "lists", source=("10.0.0.1", "spiffe://proxy"))
     struct = to_check_response(decision).dynamic_metadata
-    return metadata.decode({metadata.NAMESPACE: json_format.MessageToDict(struct)})
+    return handover.decode({handover.NAMESPACE: json_format.MessageToDict(struct)})
 
 
 def allowed_for(who: Caller) -> Any:
@@ -154,7 +154,7 @@ def test_handover_round_trip_through_the_check_response() -> None:
     assert got.caller.subject == "alice" and got.caller.client_id == "c1" and got.caller.issuer == "https://issuer.test"
     assert got.caller.scopes == who.scopes
     assert got.caller.claims == who.claims and isinstance(got.caller.claims["level"], int)  # the policy uses CEL
-    assert got.lists == (metadata.ListRequest(7, "tools/list"), metadata.ListRequest("p-1", "prompts/list"))
+    assert got.lists == (handover.ListRequest(7, "tools/list"), handover.ListRequest("p-1", "prompts/list"))
     assert (got.source_address, got.source_principal) == ("10.0.0.1", "spiffe://proxy")
 
 
@@ -162,7 +162,7 @@ def test_claims_stay_out_without_cel_and_no_metadata_without_filter_lists() -> N
     plain = make_config(servers=[server_spec(policy=policy({"name": "all"}), filter_lists=True)]).servers["mcp"]
     mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=(McpCall("tools/list", id=1),))
     value = allow(plain, caller("a"), mcp, "all").metadata
-    assert value is not None and "claims" not in value[metadata.KEY] and "source" not in value[metadata.KEY]
+    assert value is not None and "claims" not in value[handover.KEY] and "source" not in value[handover.KEY]
     off = make_config(servers=[server_spec(policy=policy({"name": "all"}))]).servers["mcp"]
     decision: Decision = allow(off, caller("a"), mcp, "all")
     assert decision.metadata is None
@@ -173,25 +173,25 @@ def test_claims_stay_out_without_cel_and_no_metadata_without_filter_lists() -> N
     "found",
     [
         {},
-        {metadata.NAMESPACE: {}},
-        {metadata.NAMESPACE: {"mcp_authz": {"lists": []}}},
-        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[1, "tools/call"]]}'}}},
-        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": []}'}}},
-        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": "{not json"}}},
-        {metadata.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[true, "tools/list"]]}'}}},
+        {handover.NAMESPACE: {}},
+        {handover.NAMESPACE: {"mcp_authz": {"lists": []}}},
+        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[1, "tools/call"]]}'}}},
+        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": []}'}}},
+        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": "{not json"}}},
+        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[true, "tools/list"]]}'}}},
     ],
 )
 def test_missing_or_bad_handover_is_refused(found: dict[str, Any]) -> None:
-    with pytest.raises(metadata.HandoverError):
-        metadata.decode(found)
+    with pytest.raises(handover.HandoverError):
+        handover.decode(found)
 
 
 def test_a_header_only_check_matches_the_one_answer_whatever_its_id() -> None:
     mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=(McpCall("tools/list"),), from_headers=True)
     decision = allow(server(), caller("tools:read"), mcp, "lists")
     struct = to_check_response(decision).dynamic_metadata
-    got = metadata.decode({metadata.NAMESPACE: json_format.MessageToDict(struct)})
-    assert got.any_id and got.lists == (metadata.ListRequest(None, "tools/list"),)
+    got = handover.decode({handover.NAMESPACE: json_format.MessageToDict(struct)})
+    assert got.any_id and got.lists == (handover.ListRequest(None, "tools/list"),)
     who = policy_check(server(), got, {})
     new, answered = rewrite_json(json.dumps(response({"tools": TOOLS}, 77)).encode(), {}, who, "tools/list")
     assert new is not None and [t["name"] for t in json.loads(new)["result"]["tools"]] == ["search", "read_file"]

@@ -12,8 +12,8 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 from support import make_config, policy, server_spec
 
+from authz import handover
 from authz.config import Config
-from authz.extproc import metadata
 from authz.extproc.service import Exchange
 from authz.model import Caller, McpCall, McpRequest
 from authz.response import allow
@@ -37,7 +37,7 @@ def forwarded(*calls: McpCall) -> base_pb2.Metadata:
     decision = allow(cfg.servers["mcp"], who, mcp, "lists")
     struct = struct_pb2.Struct()
     struct.update(decision.metadata or {})
-    return base_pb2.Metadata(filter_metadata={metadata.NAMESPACE: struct})
+    return base_pb2.Metadata(filter_metadata={handover.NAMESPACE: struct})
 
 
 def headers(**values: str) -> pb.HttpHeaders:
@@ -172,7 +172,7 @@ def test_the_decision_cache_keeps_callers_apart() -> None:
         struct = struct_pb2.Struct()
         struct.update(allow(cfg.servers["mcp"], who, mcp, "lists").metadata or {})
         exchange = Exchange(cfg, cache)
-        exchange.answer(request_headers(base_pb2.Metadata(filter_metadata={metadata.NAMESPACE: struct})))
+        exchange.answer(request_headers(base_pb2.Metadata(filter_metadata={handover.NAMESPACE: struct})))
         exchange.answer(response_headers("application/json"))
         new = exchange.answer(body(rpc(TOOLS))).response_body.response.body_mutation.body
         return [t["name"] for t in json.loads(new or rpc(TOOLS))["result"]["tools"]]
@@ -189,7 +189,7 @@ def test_closed_an_internal_error_before_anything_is_known_refuses_the_request(
     def broken(*args: Any) -> Any:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(metadata, "decode", broken)
+    monkeypatch.setattr(handover, "decode", broken)
     closed = Exchange(config()).answer(request_headers(forwarded(McpCall("tools/list", id=1))))
     assert closed.immediate_response.status.code == 503
     opened = Exchange(config("open")).answer(request_headers(forwarded(McpCall("tools/list", id=1))))

@@ -260,7 +260,7 @@ def test_store_url_is_validated_without_echoing_it() -> None:
 
 
 def test_store_url_password_is_masked_in_the_startup_summary() -> None:
-    from authz.logs import masked
+    from authz.observe.logs import masked
 
     config = make_config(store={"url": "rediss://:hunter2@redis.internal:6380/2"})
     summary = json.dumps(masked(config.spec.model_dump(mode="json")))

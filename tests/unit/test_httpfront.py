@@ -1,4 +1,4 @@
-"""authz.httpfront: Envoy's HTTP ext_authz protocol against raw sockets, and its rendered filter."""
+"""authz.front.http_service: Envoy's HTTP ext_authz protocol against raw sockets, and its rendered filter."""
 
 from __future__ import annotations
 
@@ -19,10 +19,10 @@ import pytest
 import yaml
 from support import RESOURCE, STATELESS, dev_stack, policy, server_spec, tool_call
 
-from authz import httpfront
 from authz.check import Checker
 from authz.config import parse_config
-from authz.httpfront import encode_decision, start_http
+from authz.front import http_service
+from authz.front.http_service import encode_decision, start_http
 from authz.identity.devkey import ensure_key
 from authz.model import Decision, HttpRequest
 from authz.render import envoy as render
@@ -305,8 +305,8 @@ async def test_body_over_the_bound_is_413(front: Front) -> None:
 
 
 async def test_headers_over_the_bound_are_431(front: Front) -> None:
-    many = {f"x-h{i}": "v" for i in range(httpfront.MAX_HEADERS + 1)}
-    big = {"x-big": "v" * (httpfront.MAX_HEADER_BYTES + 1)}
+    many = {f"x-h{i}": "v" for i in range(http_service.MAX_HEADERS + 1)}
+    big = {"x-big": "v" * (http_service.MAX_HEADER_BYTES + 1)}
     for headers in (many, big):
         reader, writer = await front.connect()
         writer.write(request(headers=headers))
@@ -337,7 +337,7 @@ async def test_client_gone_during_a_check(front: Front) -> None:
 
 
 async def test_many_pipelined_requests_are_all_answered(front: Front) -> None:
-    count = httpfront.MAX_PIPELINED * 3
+    count = http_service.MAX_PIPELINED * 3
     reader, writer = await front.connect()
     writer.write(b"".join(request(f"/slow/{i % 2}") for i in range(count)))
     responses = [await read_response(reader) for _ in range(count)]
@@ -418,10 +418,10 @@ def http_config(key: Path) -> Any:
 
 def test_renderer_and_front_agree_on_the_contract() -> None:
     names = [name for name, _ in render.HTTP_CONTEXT_HEADERS]
-    assert names == [httpfront.SERVER_HEADER, httpfront.SOURCE_HEADER, *httpfront.PEER_HEADERS]
-    assert all(name.startswith(httpfront.ENVOY_HEADER_PREFIX) for name in names)
+    assert names == [http_service.SERVER_HEADER, http_service.SOURCE_HEADER, *http_service.PEER_HEADERS]
+    assert all(name.startswith(http_service.ENVOY_HEADER_PREFIX) for name in names)
     assert not [h for h in render.HTTP_ALLOWED_HEADERS if h.startswith("x-mcp-authz")]
-    assert render.ROUTE_METADATA_NAMESPACE == httpfront.ROUTE_METADATA_NAMESPACE
+    assert render.ROUTE_METADATA_NAMESPACE == http_service.ROUTE_METADATA_NAMESPACE
 
 
 def test_rendered_http_filter(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from support import http_request, make_config, policy, rpc, server_spec, tool_ca
 
 from authz import request
 from authz.config import ConfigError, Policy, Server
+from authz.config.cel import CelError, Expression
 from authz.errors import Forbidden, InsufficientScope, MissingToken, Refusal
 from authz.model import ANONYMOUS, Caller, HttpRequest, McpRequest
-from authz.policy.cel import CelError, Expression
 from authz.policy.rules import authorize
 
 

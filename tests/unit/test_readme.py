@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from authz.config import ConfigError, parse_config
-from authz.configdoc import BEGIN, END, reference
+from authz.config.reference import BEGIN, END, reference
 
 ROOT = Path(__file__).resolve().parents[2]
 

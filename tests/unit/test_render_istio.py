@@ -11,7 +11,7 @@ import yaml
 from authz.cli import main
 from authz.config import Config, parse_config
 from authz.identity.devkey import ensure_key
-from authz.render import envoy, istio, k8s
+from authz.render import authorizer_pod, envoy, istio
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -225,8 +225,8 @@ def test_authorizer_hardening(key: Path) -> None:
     [container] = pod["containers"]
     assert container["securityContext"] == {
         "runAsNonRoot": True,
-        "runAsUser": k8s.UID,
-        "runAsGroup": k8s.UID,
+        "runAsUser": authorizer_pod.UID,
+        "runAsGroup": authorizer_pod.UID,
         "readOnlyRootFilesystem": True,
         "allowPrivilegeEscalation": False,
         "capabilities": {"drop": ["ALL"]},
@@ -236,10 +236,10 @@ def test_authorizer_hardening(key: Path) -> None:
     assert pod["automountServiceAccountToken"] is False
     config = yaml.safe_load(objects["ConfigMap"]["data"]["config.yaml"])
     assert config["listen"] == {"grpc": "0.0.0.0:9191", "discovery": "0.0.0.0:9192", "http": ""}
-    assert config["issuers"][0]["local_key_file"] == f"{k8s.KEYS_DIR}/dev.pem"
+    assert config["issuers"][0]["local_key_file"] == f"{authorizer_pod.KEYS_DIR}/dev.pem"
     assert objects["Secret"]["stringData"] == {"dev.pem": ""}
     mounts = {m["mountPath"] for m in container["volumeMounts"]}
-    assert {k8s.CONFIG_DIR, k8s.KEYS_DIR, "/tmp"} <= mounts
+    assert {authorizer_pod.CONFIG_DIR, authorizer_pod.KEYS_DIR, "/tmp"} <= mounts
     assert objects["PodDisruptionBudget"]["spec"]["minAvailable"] == 1
     assert objects["HorizontalPodAutoscaler"]["spec"]["minReplicas"] >= 2
 

@@ -15,8 +15,7 @@ from typing import Any
 import pytest
 from support import dev_stack, http_request, make_config, server_spec, tool_call
 
-from authz.config import ConfigError
-from authz.upstream import secrets
+from authz.config import ConfigError, secrets
 
 KEY = "0123456789abcdef0123456789abcdef"
 OTHER_KEY = "fedcba9876543210fedcba9876543210"
@@ -190,7 +189,7 @@ def test_a_header_that_cannot_carry_a_credential_is_refused(creds: dict[str, str
 
 
 async def test_policy_explain_shows_no_secret_and_exchanges_nothing(tmp_path: Path) -> None:
-    from authz.explain import explain
+    from authz.explain.offline import explain
 
     creds = {"header": "X-Api-Key", "value_secret": VALUE}
     exchange = {"token_endpoint": "http://127.0.0.1:9/token", "resource": "https://api.test/", "client_id": "c"}

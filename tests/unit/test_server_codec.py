@@ -13,8 +13,8 @@ from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2, exte
 from google.rpc import code_pb2
 from support import DevStack, dev_stack, rpc, tool_call
 
+from authz.front.grpc_service import AuthorizationService, start_grpc, to_check_response, to_http_request
 from authz.model import Decision, HttpRequest
-from authz.server import AuthorizationService, start_grpc, to_check_response, to_http_request
 
 Ctx = attribute_context_pb2.AttributeContext
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD

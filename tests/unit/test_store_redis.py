@@ -15,8 +15,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis as RedisClient
 
-from authz import telemetry
 from authz.config import StoreSpec
+from authz.observe import telemetry
 from authz.store import MemoryStore, open_store
 from authz.store.base import StoreError
 from authz.store.redis import RedisStore

@@ -20,12 +20,12 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.parser import text_string_to_metric_families
 from support import DevStack, dev_stack, http_request, policy, server_spec, tool_call
 
-from authz import telemetry
 from authz.app import Authorizer
-from authz.audit import Auditor
 from authz.config import load_config
-from authz.logs import MASK, JsonFormatter
 from authz.model import HttpRequest
+from authz.observe import telemetry
+from authz.observe.audit import Auditor
+from authz.observe.logs import MASK, JsonFormatter
 
 TRACE = "0af7651916cd43dd8448eb211c80319c"
 PARENT = "b7ad6b7169203331"
@@ -141,8 +141,9 @@ async def test_metric_points_of_a_known_sequence(stack: DevStack, observed: Obse
         return reader.count("mcp_authz.decisions", decision=decision, reason=reason, server="mcp", tool=tool)
 
     allowed0, scope0 = decisions("allow", "allowed", "search"), decisions("deny", "insufficient_scope", "delete_repo")
-    hits0, misses0 = reader.count("mcp_authz.token_cache.lookups", result="hit"), reader.count(
-        "mcp_authz.token_cache.lookups", result="miss"
+    hits0, misses0 = (
+        reader.count("mcp_authz.token_cache.lookups", result="hit"),
+        reader.count("mcp_authz.token_cache.lookups", result="miss"),
     )
     sequence = [
         http_request(tool_call("search"), token=token),  # verified: cache miss

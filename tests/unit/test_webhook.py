@@ -21,13 +21,13 @@ import pytest
 from aiohttp import web
 from support import STATELESS, dev_stack, serve_app, server_spec, tool_call
 
-from authz import telemetry
 from authz.app import Authorizer
-from authz.audit import STREAM, Auditor
 from authz.config import ConfigError, WebhookSpec
-from authz.httpfront import start_http
-from authz.upstream.secrets import encrypt
-from authz.webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify
+from authz.config.secrets import encrypt
+from authz.front.http_service import start_http
+from authz.observe import telemetry
+from authz.observe.audit import STREAM, Auditor
+from authz.observe.audit_webhook import SIGNATURE_HEADER, TIMESTAMP_HEADER, WebhookSink, verify
 
 SECRET = "webhook-secret-0123456789abcdef"
 
@@ -49,7 +49,7 @@ class Receiver:
 
 
 def expected_signature(timestamp: str, body: bytes) -> str:
-    """The receiver's side, written out from the README recipe (not with authz.webhook.sign)."""
+    """The receiver's side, written out from the README recipe (not with authz.observe.audit_webhook.sign)."""
     mac = hmac.new(SECRET.encode(), timestamp.encode() + b"." + body, hashlib.sha256)
     return "sha256=" + mac.hexdigest()
 
@@ -221,9 +221,7 @@ def test_webhook_settings_are_validated() -> None:
         WebhookSpec.model_validate({"url": "ftp://hooks.test/a", "secret": SECRET})
 
 
-async def test_an_encrypted_secret_signs_and_a_bad_one_is_refused_at_load(
-    tmp_path: Path, receiver: Receiver
-) -> None:
+async def test_an_encrypted_secret_signs_and_a_bad_one_is_refused_at_load(tmp_path: Path, receiver: Receiver) -> None:
     key = "k" * 32
     hook = {"url": receiver.url, "secret": encrypt(SECRET, key.encode()), "flush_interval": 0.05}
     stack = dev_stack(tmp_path, [server_spec()], secrets={"keys": [key]}, audit={"webhook": hook})

@@ -30,10 +30,10 @@ from typing import Any
 
 import aiohttp
 
-from authz import telemetry
 from authz.config import Approvals, Server
 from authz.errors import ApprovalRefused, Forbidden, MissingToken, Unavailable
 from authz.model import Caller, HttpRequest, McpCall, McpRequest
+from authz.observe import telemetry
 from authz.store.base import Store, StoreError
 
 log = logging.getLogger("mcp_authz.approval")

@@ -1,6 +1,6 @@
 """Envoy's HTTP ext_authz protocol (``http_service``; Istio ``envoyExtAuthzHttp``): the fast front end.
 
-The same Check as the gRPC service (``authz.server``), on a plain HTTP/1.1 connection: an asyncio
+The same Check as the gRPC service (``authz.front.grpc_service``), on a plain HTTP/1.1 connection: an asyncio
 ``Protocol`` feeding ``httptools``, no framework. It costs a few tens of µs per Check where grpcio
 costs ~300 µs (see bench/README.md).
 

@@ -25,9 +25,9 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
-from authz import telemetry
 from authz.config import WebhookSpec
-from authz.upstream.secrets import reveal
+from authz.config.secrets import reveal
+from authz.observe import telemetry
 
 log = logging.getLogger("mcp_authz.webhook")
 

@@ -20,9 +20,9 @@ from urllib.parse import urlsplit
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator, model_validator
 
+from authz.config.cel import CelError, Expression
+from authz.config.secrets import Secret, SecretError, parse_key, read_key_file, reveal
 from authz.model import KNOWN_REVISIONS
-from authz.policy.cel import CelError, Expression
-from authz.upstream.secrets import Secret, SecretError, parse_key, read_key_file, reveal
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
 Algorithm = Literal["RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA"]
@@ -532,13 +532,19 @@ class WebhookSpec(_Spec):
         1.0, gt=0, le=60, description="Seconds a partial batch waits for more events before it is sent."
     )
     queue_size: int = Field(
-        10000, ge=1, le=1_000_000, description="Events waiting to be sent at most; when full, new events are "
-        "dropped and counted (a Check never waits for the webhook)."
+        10000,
+        ge=1,
+        le=1_000_000,
+        description="Events waiting to be sent at most; when full, new events are "
+        "dropped and counted (a Check never waits for the webhook).",
     )
     timeout: float = Field(5.0, gt=0, le=60, description="Seconds for one POST.")
     max_retries: int = Field(
-        5, ge=0, le=20, description="Retries of a failed POST (exponential backoff from 0.5 s, at most 30 s); "
-        "then the batch is dropped and counted."
+        5,
+        ge=0,
+        le=20,
+        description="Retries of a failed POST (exponential backoff from 0.5 s, at most 30 s); "
+        "then the batch is dropped and counted.",
     )
 
     @field_validator("url")
@@ -583,12 +589,11 @@ class TelemetrySpec(_Spec):
 
 class AuditSpec(_Spec):
     enabled: bool = Field(
-        True, description="Write one JSON audit event per decision to stdout (`\"stream\": \"mcp-authz-audit\"`)."
+        True, description='Write one JSON audit event per decision to stdout (`"stream": "mcp-authz-audit"`).'
     )
     argument_keys: list[str] = Field(
         [],
-        description="Tool argument keys copied into audit events; every other argument is left out. "
-        "Default: none.",
+        description="Tool argument keys copied into audit events; every other argument is left out. Default: none.",
     )
     webhook: WebhookSpec | None = Field(
         None, description="Also POST audit events in signed batches to a URL (see README, Telemetry and audit)."

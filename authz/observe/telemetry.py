@@ -65,27 +65,38 @@ class _Counts:
 
 
 DECISIONS = _Counts(
-    "mcp_authz.decisions", "Check decisions by result, reason code, MCP server and tool",
+    "mcp_authz.decisions",
+    "Check decisions by result, reason code, MCP server and tool",
     ("decision", "reason", "server", "tool"),
 )
 TOKEN_CACHE = _Counts("mcp_authz.token_cache.lookups", "Verified-token cache lookups (hit, miss)", ("result",))
 JWKS_FETCHES = _Counts("mcp_authz.jwks.fetches", "JWKS fetches by issuer and result (ok, error)", ("issuer", "result"))
 STORE_ERRORS = _Counts("mcp_authz.store.errors", "Store operations that failed, by feature", ("feature",))
 STORE_TRANSITIONS = _Counts(
-    "mcp_authz.store.transitions", "Store health changes by store kind and new state (healthy, unhealthy)",
+    "mcp_authz.store.transitions",
+    "Store health changes by store kind and new state (healthy, unhealthy)",
     ("kind", "state"),
 )
 EXCHANGES = _Counts(
-    "mcp_authz.token_exchanges", "Upstream token exchanges by result (ok, error) and whether served from cache",
+    "mcp_authz.token_exchanges",
+    "Upstream token exchanges by result (ok, error) and whether served from cache",
     ("result", "cached"),
 )
 APPROVALS = _Counts("mcp_authz.approvals", "Approval requests by outcome", ("outcome",))
 WEBHOOK = _Counts(
-    "mcp_authz.audit.webhook.events", "Audit events handed to the webhook by outcome (sent, failed, dropped)",
+    "mcp_authz.audit.webhook.events",
+    "Audit events handed to the webhook by outcome (sent, failed, dropped)",
     ("outcome",),
 )
 COUNTERS: tuple[_Counts, ...] = (
-    DECISIONS, TOKEN_CACHE, JWKS_FETCHES, STORE_ERRORS, STORE_TRANSITIONS, EXCHANGES, APPROVALS, WEBHOOK,
+    DECISIONS,
+    TOKEN_CACHE,
+    JWKS_FETCHES,
+    STORE_ERRORS,
+    STORE_TRANSITIONS,
+    EXCHANGES,
+    APPROVALS,
+    WEBHOOK,
 )
 STORE_STATE: dict[str, bool] = {}
 

@@ -1,0 +1,1 @@
+"""The human-approval stage of a Check."""

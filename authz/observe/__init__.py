@@ -1,0 +1,1 @@
+"""Observability: logs, audit events and their webhook sink, traces and metrics."""
