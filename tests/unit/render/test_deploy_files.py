@@ -20,7 +20,7 @@ from authz.identity.devkey import ensure_key
 from authz.render import authorizer_pod, envoy, istio
 from authz.render.kubernetes import render_kubernetes
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 EXAMPLE = "examples/config.yaml"
 KEY_REF = ".dev/signing-key.pem"

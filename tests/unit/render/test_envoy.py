@@ -26,7 +26,7 @@ from authz.identity.devkey import ensure_key
 from authz.render.envoy import CONTEXT_EXTENSION, EXT_AUTHZ, render_envoy, render_envoy_yaml
 from authz.render.envoy import bootstrap as typed_bootstrap
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = "examples/config.yaml"
 COMMITTED = ROOT / "deploy" / "envoy" / "envoy.yaml"
 KEY_REF = ".dev/signing-key.pem"

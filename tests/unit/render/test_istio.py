@@ -13,7 +13,7 @@ from authz.config import Config, parse_config
 from authz.identity.devkey import ensure_key
 from authz.render import authorizer_pod, envoy, istio
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture(scope="module")
