@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from authz.config import Config, Issuer
-from authz.identity.rfc8414 import MetadataError, fetch_issuer_metadata
+from authz.oauth.rfc8414 import MetadataError, fetch_issuer_metadata
 from discovery import rfc8414, rfc9728
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """RFC 8414 / OpenID Connect discovery paths for the mirrored authorization-server metadata (pure functions).
 
-The documents themselves are fetched from each issuer (``authz.identity.rfc8414``) and served
+The documents themselves are fetched from each issuer (``authz.oauth.rfc8414``) and served
 unchanged; this module decides which issuers are mirrored and at which request paths.
 """
 
@@ -9,7 +9,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from authz.config import Config, Issuer
-from authz.identity.rfc8414 import metadata_urls
+from authz.oauth.rfc8414 import metadata_urls
 
 OAUTH_WELL_KNOWN = "/.well-known/oauth-authorization-server"
 OIDC_WELL_KNOWN = "/.well-known/openid-configuration"

@@ -22,7 +22,7 @@ import jwt
 
 from authz.config import Issuer
 from authz.identity import devkey
-from authz.identity.rfc8414 import MetadataError, fetch_issuer_metadata, fetch_json
+from authz.oauth.rfc8414 import MetadataError, fetch_issuer_metadata, fetch_json
 from authz.observe import telemetry
 
 log = logging.getLogger("mcp_authz.jwks")

@@ -24,8 +24,8 @@ import aiohttp
 from authz.config import Exchange
 from authz.config.secrets import SecretError, decrypt_bytes, encrypt
 from authz.errors import Forbidden, Refusal, Unavailable
-from authz.identity.rfc8414 import MetadataError, fetch_issuer_metadata
 from authz.model import Caller
+from authz.oauth.rfc8414 import MetadataError, fetch_issuer_metadata
 from authz.observe import telemetry
 from authz.store.base import Store, StoreError
 

@@ -1,0 +1,1 @@
+"""OAuth clients shared by the stages and discovery: the issuer metadata fetch (RFC 8414 / OIDC discovery)."""
