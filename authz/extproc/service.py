@@ -322,11 +322,15 @@ class ExtProcService(pb_grpc.ExternalProcessorServicer):  # type: ignore[misc]
             self._cache = (config, {})
         return self._cache[1]
 
+    def open(self) -> Exchange:
+        """A new stream's exchange, on the config in force now (any gRPC front calls this per stream)."""
+        config = self._config()
+        return Exchange(config, self._decisions(config))
+
     async def Process(
         self, request_iterator: AsyncIterator[pb.ProcessingRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.ProcessingResponse]:
-        config = self._config()
-        exchange = Exchange(config, self._decisions(config))
+        exchange = self.open()
         async for request in request_iterator:
             yield exchange.answer(request)
 
