@@ -89,6 +89,13 @@ class BadRequest(Refusal):
         self.request_id: str | int | None = None  # the refused message's id, when it could be read
 
 
+class InvalidRequest(BadRequest):
+    """A malformed request for a protected resource (RFC 6750 §3.1 ``invalid_request``): 400 with
+    ``WWW-Authenticate: Bearer error="invalid_request"``, e.g. a token sent in the URL or in a form body."""
+
+    default_reason = "token_request_invalid"
+
+
 class TooLarge(BadRequest):
     status = 413
     default_reason = "body_too_large"

@@ -91,6 +91,9 @@ def _parse(req: HttpRequest, server: Server) -> McpRequest:
 
     if http_method != "POST":
         # GET opens the SSE stream, DELETE ends a session: no body, decided on method and identity.
+        # A body here would travel to the MCP server unread by the decision: refused.
+        if _has_body(req):
+            raise BadRequest("body_not_allowed", f"{http_method} with a body")
         _check_revision(revision, server, initialize=False)
         return McpRequest(http_method, revision, (), session_id=session)
 
@@ -108,6 +111,14 @@ def _parse(req: HttpRequest, server: Server) -> McpRequest:
     except BadRequest as refusal:
         refusal.request_id = _request_id(message)
         raise
+
+
+def _has_body(req: HttpRequest) -> bool:
+    """A body came with the request, or its headers announce one that Envoy did not buffer."""
+    if req.body:
+        return True
+    length = req.headers.get("content-length", "").strip()
+    return (length != "" and length != "0") or "transfer-encoding" in req.headers
 
 
 def _parse_message(

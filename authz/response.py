@@ -14,6 +14,7 @@ from authz.errors import (
     BadRequest,
     Forbidden,
     InsufficientScope,
+    InvalidRequest,
     InvalidToken,
     MissingToken,
     RateLimited,
@@ -38,6 +39,8 @@ def challenge(refusal: Refusal, server: Server | None) -> str | None:
         params.append(("error", "insufficient_scope"))
         if refusal.scopes:
             params.append(("scope", " ".join(refusal.scopes)))
+    elif isinstance(refusal, InvalidRequest):
+        params.append(("error", "invalid_request"))
     elif not isinstance(refusal, MissingToken):
         return None
     elif server is not None and server.scopes_supported:

@@ -1,19 +1,30 @@
 """Who is calling: the server's identity sources in order (RFC 6750 bearer JWT, trusted proxy), then
-its mode (strict / optional / permissive) when none identified the caller."""
+its mode (strict / optional / permissive) when none identified the caller.
+
+A bearer token travels in the ``Authorization`` header only. An ``access_token`` query parameter
+(RFC 6750 §2.3; forbidden by MCP and OAuth 2.1) or form-body parameter (§2.2; not part of MCP) is
+refused with 400 ``invalid_request`` in every mode, with or without a header beside it (§2: one
+method per request), so such a token never travels on to the MCP server.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
+from urllib.parse import unquote_plus
 
 from authz.config import Server
-from authz.errors import InvalidToken, MissingToken
+from authz.errors import InvalidRequest, InvalidToken, MissingToken
 from authz.identity import proxy
 from authz.identity.rfc9068 import Verifier
 from authz.model import ANONYMOUS, Caller, HttpRequest
 
+TOKEN_PARAMETER = "access_token"
+FORM = "application/x-www-form-urlencoded"
+
 
 async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Caller:
-    """The caller, ANONYMOUS where the mode allows, else MissingToken / InvalidToken."""
+    """The caller, ANONYMOUS where the mode allows, else MissingToken / InvalidToken / InvalidRequest."""
+    _only_in_the_header(req)
     for source in server.identity:
         if source == "jwt":
             caller = await _bearer(req, server, verifier)
@@ -24,6 +35,24 @@ async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Call
     if server.mode == "strict":
         raise MissingToken()
     return ANONYMOUS
+
+
+def _only_in_the_header(req: HttpRequest) -> None:
+    """Refuse a token sent as a query or form-body parameter (the ``access_token`` name, any case)."""
+    also = " beside an Authorization header" if "authorization" in req.headers else ""
+    _, question, query = req.path.partition("?")
+    if question and _names_the_token(query.partition("#")[0]):
+        raise InvalidRequest("token_in_query", f"{TOKEN_PARAMETER} query parameter{also}")
+    content_type = req.headers.get("content-type", "")
+    if req.body and content_type[: len(FORM)].lower() == FORM and _names_the_token(req.body.decode("latin-1")):
+        raise InvalidRequest("token_in_body", f"{TOKEN_PARAMETER} form parameter{also}")
+
+
+def _names_the_token(encoded: str) -> bool:
+    """Does a query string or form body have an ``access_token`` field (names decoded as parse_qsl does)?"""
+    if "%" not in encoded and "access" not in encoded.lower():  # the fast path: the name cannot be there
+        return False
+    return any(unquote_plus(field.partition("=")[0]).lower() == TOKEN_PARAMETER for field in encoded.split("&"))
 
 
 async def _proxy(req: HttpRequest, server: Server, verifier: Verifier) -> Caller | None:

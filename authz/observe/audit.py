@@ -1,14 +1,16 @@
 """Audit events: one JSON line per decision, written straight to stdout.
 
 Not sent through ``logging``, so no log level can hide it. Each event is a dict serialised once
-and written with one ``write`` call. The token, the Authorization header and tool arguments
-(other than the keys in ``audit.argument_keys``) are never part of an event. Writing never
+and written with one ``write`` call. The token, the Authorization header, the ``Mcp-Session-Id``
+(``session`` is its fingerprint, as in the logs) and tool arguments (other than the keys in
+``audit.argument_keys``) are never part of an event. Writing never
 raises into the Check: a failure is counted in ``Auditor.errors`` and the event is dropped.
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 import sys
@@ -24,6 +26,11 @@ STREAM = "mcp-authz-audit"
 
 # W3C Trace Context §3.2: version-traceid-parentid-flags, lower-case hex; all-zero ids are invalid.
 _TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-.*)?")
+
+
+def session_fingerprint(session_id: str) -> str:
+    """How logs and audit events name an ``Mcp-Session-Id``: the id is a bearer secret, never written."""
+    return hashlib.sha256(session_id.encode()).hexdigest()[:12]
 
 
 def trace_id(traceparent: str | None) -> str | None:
@@ -81,7 +88,7 @@ def event(
         "resource": call.uri if call else None,
         "prompt": call.prompt if call else None,
         "arguments": arguments,
-        "session_id": mcp.session_id if mcp else None,
+        "session": session_fingerprint(mcp.session_id) if mcp and mcp.session_id else None,
         "revision": mcp.revision if mcp else None,
         "source_address": req.source_address or None,
         "source_principal": req.source_principal or None,

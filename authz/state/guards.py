@@ -7,7 +7,6 @@ revocation an unhealthy store whose local copy may be stale) the feature's failu
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 from collections.abc import Iterator
@@ -15,6 +14,7 @@ from collections.abc import Iterator
 from authz.config import RateLimit, Server, StoreFailureSpec
 from authz.errors import InvalidToken, RateLimited, Refusal, Unavailable
 from authz.model import Caller, McpRequest
+from authz.observe.audit import session_fingerprint
 from authz.store.base import Store, StoreError
 
 log = logging.getLogger("mcp_authz.state")
@@ -117,5 +117,4 @@ def _keys(server: Server, limit: RateLimit, subject: str, mcp: McpRequest) -> It
         yield f"{base}\x00{call.tool}" if limit.per_tool else base
 
 
-def _fingerprint(session_id: str) -> str:
-    return hashlib.sha256(session_id.encode()).hexdigest()[:12]
+_fingerprint = session_fingerprint  # the same name for a session in logs and audit events

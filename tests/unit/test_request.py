@@ -228,8 +228,8 @@ def test_get_and_delete_carry_no_calls(method: str) -> None:
     assert mcp.first_id is None
 
 
-def test_get_ignores_a_body() -> None:
-    assert parsed(http_request(b"garbage", method="GET")).calls == ()
+def test_get_with_a_body_is_refused_not_ignored() -> None:
+    assert refused(http_request(b"garbage", method="GET")).reason == "body_not_allowed"
 
 
 def test_get_with_unaccepted_revision_is_refused() -> None:
@@ -548,3 +548,23 @@ def test_duplicated_routing_header_refusal_carries_the_request_id() -> None:
     refused = parse(req, config.servers["s"])
     assert isinstance(refused, BadRequest)
     assert (refused.reason, refused.request_id) == ("header_duplicated", 42)
+
+
+# ---------------------------------------------------------------- issue 21: a body the decision never read
+
+
+@pytest.mark.parametrize("method", ["GET", "DELETE", "PUT"])
+def test_a_non_post_request_with_a_body_is_refused(method: str) -> None:
+    bad = refused(http_request(tool_call("delete_repo"), method=method))
+    assert (bad.status, bad.reason, bad.code) == (400, "body_not_allowed", INVALID_REQUEST)
+
+
+@pytest.mark.parametrize("headers", [{"content-length": "42"}, {"transfer-encoding": "chunked"}])
+def test_a_non_post_request_announcing_an_unbuffered_body_is_refused(headers: dict[str, str]) -> None:
+    assert refused(http_request(None, method="GET", headers=headers)).reason == "body_not_allowed"
+
+
+def test_a_get_without_a_body_is_still_decided_on_method_and_identity() -> None:
+    for headers in ({}, {"content-length": "0"}):
+        assert parsed(http_request(None, method="GET", headers=headers)).http_method == "GET"
+    assert parsed(http_request(b"", method="DELETE")).http_method == "DELETE"

@@ -13,7 +13,7 @@ import pytest
 from support import DevStack, dev_stack, http_request, policy, rpc, server_spec, tool_call
 
 from authz.model import Decision, HttpRequest
-from authz.observe.audit import STREAM, Auditor, trace_id
+from authz.observe.audit import STREAM, Auditor, session_fingerprint, trace_id
 
 TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE}-00f067aa0ba902b7-01"
@@ -63,7 +63,9 @@ async def test_allow_event_has_every_field(stack: DevStack) -> None:
         None,
         None,
     )
-    assert (ev["request_id"], ev["trace_id"], ev["session_id"]) == ("rid-1", TRACE, "s-1")
+    # the session id is a bearer secret: the event names it by the fingerprint the logs use
+    assert (ev["request_id"], ev["trace_id"], ev["session"]) == ("rid-1", TRACE, session_fingerprint("s-1"))
+    assert "session_id" not in ev and '"s-1"' not in line
     assert ev["revision"] and ev["http_method"] == "POST"
     assert ev["arguments"] is None
     assert token not in line and "secret words" not in line and "authorization" not in line.lower()
