@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
-from envoy.type.v3 import http_status_pb2
-from google.rpc import code_pb2, status_pb2
+from google.rpc import code_pb2
 
 from authz.model import Decision, HttpRequest
 
@@ -44,29 +45,29 @@ def to_http_request(check: external_auth_pb2.CheckRequest) -> HttpRequest:
     )
 
 
-def _header(key: str, value: str, append: int = OVERWRITE) -> base_pb2.HeaderValueOption:
-    return base_pb2.HeaderValueOption(header=base_pb2.HeaderValue(key=key, value=value), append_action=append)
-
-
 def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:
+    """Decision → CheckResponse. Built in place (``add()`` and field assignment): about half the CPU of
+    nested constructor calls, which matters at one response per Check."""
+    response = external_auth_pb2.CheckResponse()
     if decision.allowed:
-        allowed = external_auth_pb2.CheckResponse(
-            status=status_pb2.Status(code=code_pb2.OK),
-            ok_response=external_auth_pb2.OkHttpResponse(
-                headers=[_header(k, v) for k, v in decision.set_headers],
-                headers_to_remove=list(decision.remove_headers),
-            ),
-        )
+        response.status.code = code_pb2.OK
+        ok = response.ok_response
+        _add_headers(ok.headers, decision.set_headers)
+        ok.headers_to_remove.extend(decision.remove_headers)
         if decision.metadata:  # Envoy keeps it as the stream's ext_authz dynamic metadata (for ext_proc)
-            allowed.dynamic_metadata.update(decision.metadata)
-        return allowed
-    return external_auth_pb2.CheckResponse(
-        status=status_pb2.Status(
-            code=code_pb2.PERMISSION_DENIED if decision.status != 401 else code_pb2.UNAUTHENTICATED
-        ),
-        denied_response=external_auth_pb2.DeniedHttpResponse(
-            status=http_status_pb2.HttpStatus(code=decision.status),
-            headers=[_header(k, v) for k, v in decision.deny_headers],
-            body=decision.body.decode("utf-8"),
-        ),
-    )
+            response.dynamic_metadata.update(decision.metadata)
+        return response
+    response.status.code = code_pb2.PERMISSION_DENIED if decision.status != 401 else code_pb2.UNAUTHENTICATED
+    denied = response.denied_response
+    denied.status.code = decision.status
+    _add_headers(denied.headers, decision.deny_headers)
+    denied.body = decision.body.decode("utf-8")
+    return response
+
+
+def _add_headers(target: Any, headers: tuple[tuple[str, str], ...]) -> None:
+    add = target.add
+    for key, value in headers:
+        option = add(append_action=OVERWRITE)
+        option.header.key = key
+        option.header.value = value

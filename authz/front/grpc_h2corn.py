@@ -103,9 +103,12 @@ class _Call:
         if not self.started:
             self.started = True
             await self._send(_START)
-        await self._send({"type": "http.response.body", "body": frame(message), "more_body": True})
-        if not more:
-            await self.finish()
+        if more:
+            await self._send({"type": "http.response.body", "body": frame(message), "more_body": True})
+            return
+        self.done = True  # a unary answer: the message ends the body, the OK trailers follow
+        await self._send({"type": "http.response.body", "body": frame(message), "more_body": False})
+        await self._send(_OK_TRAILERS)
 
     async def finish(self, status: Status = Status.OK, message: str = "") -> None:
         if self.done:

@@ -15,6 +15,7 @@ from authz.extproc.service import SERVICE_NAME as EXTPROC_SERVICE_NAME
 from authz.extproc.service import ExtProcService
 from authz.extproc.service import add_to_server as add_extproc_to_server
 from authz.front.ext_authz_messages import to_check_response, to_http_request
+from authz.front.grpc_wire import GRPCIO_DEFAULT_LIMIT
 from authz.model import Decision, HttpRequest
 
 __all__ = ["AuthorizationService", "start_grpc", "to_check_response", "to_http_request"]
@@ -39,10 +40,23 @@ class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # typ
 
 
 async def start_grpc(
-    address: str, service: AuthorizationService, processor: ExtProcService | None = None
+    address: str,
+    service: AuthorizationService,
+    processor: ExtProcService | None = None,
+    max_message_bytes: int = GRPCIO_DEFAULT_LIMIT,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
-    """The authorizer (and the list filter, ``processor``) on one gRPC server."""
-    server = grpc.aio.server(options=[("grpc.so_reuseport", 0)])
+    """The authorizer (and the list filter, ``processor``) on one gRPC server.
+
+    ``max_message_bytes``: the receive and send limit (``grpc_wire.message_limit`` of the config).
+    grpcio's core refuses a larger message with RESOURCE_EXHAUSTED before any Python code sees it,
+    so the limit in force is logged here, once.
+    """
+    options = [
+        ("grpc.so_reuseport", 0),
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     if processor is not None:
         add_extproc_to_server(processor, server)
@@ -51,6 +65,10 @@ async def start_grpc(
     if server.add_insecure_port(address) == 0:
         raise OSError(f"cannot listen on {address}")
     await server.start()
+    log.info(
+        "gRPC message limit",
+        extra={"max_message_bytes": max_message_bytes, "config": "envoy.max_request_bytes / ext_proc.max_body_bytes"},
+    )
     await health_servicer.set("", health_pb2.HealthCheckResponse.SERVING)
     await health_servicer.set("envoy.service.auth.v3.Authorization", health_pb2.HealthCheckResponse.SERVING)
     if processor is not None:
