@@ -1,10 +1,17 @@
 """An issuer's signing keys: fetched asynchronously, cached, refreshed, never lost to a bad fetch.
 
 PyJWT parses the keys; fetching is ours (aiohttp), so no blocking I/O runs under the event loop.
-An unknown ``kid`` triggers a refetch at most once per ``jwks_min_refetch`` seconds (single flight).
 A fetch that fails or returns garbage leaves the last good keys in use. A good fetch replaces the set
 (a key withdrawn by the issuer is gone); keys it still holds unchanged keep their identity, so
 ``holds`` tells a token cache whether the key that verified an entry is still published.
+
+Unknown ``kid`` (key rotation, or a forged token): the lookup joins a fetch under way, else starts one,
+unless an unknown kid already started one in the last ``jwks_min_refetch`` seconds (the scheduled
+refresh does not count: it cannot know a key published since). One fetch at a time per issuer.
+``miss`` then says what a failed lookup means: ``absent`` (a good fetch that started after the kid was
+first asked for, or that withdrew it, does not hold it: the token is bad, 401), ``failing`` (the last
+fetch failed) or ``throttled`` (nothing fetched since the kid was first asked for): both 503, which
+a client retries, where it would throw its token away on a 401.
 """
 
 from __future__ import annotations
@@ -13,9 +20,10 @@ import asyncio
 import json
 import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 
 import aiohttp
 import jwt
@@ -27,6 +35,9 @@ from authz.observe import telemetry
 
 log = logging.getLogger("mcp_authz.jwks")
 MAX_KEYS = 64
+MAX_MISSES = 1024  # unknown kids remembered (for ``miss``); the oldest is forgotten first
+_NO_KID = "\x00"  # stands for a token without kid in the misses table (a kid is never this)
+Miss = Literal["absent", "throttled", "failing"]
 _KTY_FOR_ALG = {
     "RS256": ("RSA", None),
     "RS384": ("RSA", None),
@@ -96,7 +107,11 @@ class KeySet:
         self.issuer = issuer
         self._session = session
         self._keys: dict[str, Key] = {}
-        self._last_attempt = float("-inf")
+        self._last_kid_fetch = float("-inf")  # monotonic time an unknown kid last started a fetch
+        self._started = 0  # fetches started so far; a fetch is known by its number
+        self._finished = 0  # the number of the last fetch that ended (good or not)
+        self._good = 0  # the number of the last good fetch
+        self._misses: OrderedDict[str, int] = OrderedDict()  # unknown kid → fetches started at its first miss
         self._inflight: asyncio.Future[None] | None = None
         self.jwks_uri = issuer.jwks_uri
         self.fetches = 0
@@ -128,13 +143,38 @@ class KeySet:
         return self._keys.get(kid)
 
     async def lookup(self, kid: str | None) -> Key | None:
+        """The key for ``kid``, fetching the set again if it is unknown and that is allowed (see above);
+        None when there is none (ask ``miss`` why)."""
         key = self.get(kid)
-        if key is None and (
-            self._inflight is not None or time.monotonic() - self._last_attempt >= self.issuer.jwks_min_refetch
-        ):
-            await self.refresh()  # joins a fetch already under way rather than answering before it lands
+        if key is not None or self.issuer.local_key_file:
+            return key
+        arrived = self._started
+        self._note_miss(_NO_KID if kid is None else kid, arrived)
+        while self._finished <= arrived:  # until a fetch started after this lookup began has ended
+            if self._inflight is None:
+                if time.monotonic() - self._last_kid_fetch < self.issuer.jwks_min_refetch:
+                    break  # throttled
+                self._last_kid_fetch = time.monotonic()
+            await self.refresh()  # starts a fetch, or joins the one under way
             key = self.get(kid)
-        return key
+            if key is not None:
+                self._misses.pop(_NO_KID if kid is None else kid, None)
+                return key
+        return None
+
+    def miss(self, kid: str | None) -> Miss:
+        """Why the last ``lookup(kid)`` found nothing: ``absent``, ``failing`` or ``throttled``."""
+        if self.last_error:
+            return "failing"
+        first = self._misses.get(_NO_KID if kid is None else kid)
+        return "absent" if first is not None and self._good > first else "throttled"
+
+    def _note_miss(self, kid: str, started: int) -> None:
+        if kid in self._misses:
+            return
+        self._misses[kid] = started
+        if len(self._misses) > MAX_MISSES:
+            self._misses.popitem(last=False)
 
     async def refresh(self) -> None:
         """Fetch the JWKS now (one fetch at a time; concurrent callers share it)."""
@@ -145,14 +185,16 @@ class KeySet:
             return
         loop = asyncio.get_running_loop()
         self._inflight = loop.create_future()
-        self._last_attempt = time.monotonic()
+        self._started += 1
+        number = self._started
         try:
-            await self._fetch()
+            await self._fetch(number)
         finally:
+            self._finished = number
             self._inflight.set_result(None)
             self._inflight = None
 
-    async def _fetch(self) -> None:
+    async def _fetch(self, number: int) -> None:
         self.fetches += 1
         timeout = self.issuer.jwks_timeout
         try:
@@ -166,6 +208,10 @@ class KeySet:
             fresh = parse_jwks(await fetch_json(session, self.jwks_uri, timeout))
             old = self._keys
             self._keys = {kid: _same_or(old.get(kid), key) for kid, key in fresh.items()}
+            for kid in old.keys() - fresh.keys():  # withdrawn: absent as of this fetch
+                self._misses.pop(kid, None)
+                self._note_miss(kid, number - 1)
+            self._good = number
             self.last_error = ""
             telemetry.count_jwks_fetch(self.issuer.name, True)
         except (MetadataError, JwksError, RecursionError) as exc:  # RecursionError: a deeply nested document

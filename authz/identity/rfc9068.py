@@ -5,8 +5,10 @@ size → shape → header (alg allow-list, no `none`/HMAC, typ, crit, key refere
 issuer → key → signature → claim types → exp/nbf/iat → lifetime. The audience is checked
 per MCP server on every Check, because one verified token may be presented to several servers.
 Verified tokens are cached (bounded) until they expire, or until the key that verified them is
-withdrawn from the issuer's JWKS. An unknown ``kid`` while the issuer's JWKS cannot be fetched is
-the dependency's failure, not the token's: 503 (fail closed), not 401.
+withdrawn from the issuer's JWKS. An unknown ``kid`` is 401 only once a fetch of the issuer's JWKS
+that could know it did not have it; while the JWKS cannot be fetched, or no refetch is allowed yet
+(``jwks_min_refetch``), it is the dependency's failure, not the token's: 503 (fail closed), which
+clients retry, where a 401 would make them discard the token.
 """
 
 from __future__ import annotations
@@ -216,10 +218,12 @@ class Verifier:
 
         keyset = self._keys[issuer.name]
         key = await keyset.lookup(kid)
-        if key is None and keyset.failing:
-            raise Unavailable("jwks_unavailable", f"no key {kid!r} at {issuer.name}: {keyset.last_error}")
         if key is None:
-            raise InvalidToken("token_kid_unknown", f"no key {kid!r} at {issuer.name}")
+            miss = keyset.miss(kid)
+            if miss == "absent":
+                raise InvalidToken("token_kid_unknown", f"no key {kid!r} at {issuer.name}")
+            why = keyset.last_error if miss == "failing" else "refetch throttled (jwks_min_refetch)"
+            raise Unavailable("jwks_unavailable", f"no key {kid!r} at {issuer.name}: {why}")
         if not key.fits(alg):
             raise InvalidToken("token_alg_key_mismatch", f"key {kid!r} cannot verify {alg}")
         signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")

@@ -220,7 +220,9 @@ async def test_rotation(jwks_server: JwksServer, http_session: aiohttp.ClientSes
     clock.now += 10
     await ks.refresh()
     assert (await ks.lookup("rsa-1")) is None
-    assert jwks_server.fetches("/jwks.json") == 3
+    assert ks.miss("rsa-1") == "absent"  # the refresh withdrew it
+    # the scheduled refresh does not count against jwks_min_refetch: the lookup asked once more
+    assert jwks_server.fetches("/jwks.json") == 4
 
 
 async def test_concurrent_unknown_kids_share_one_fetch(
@@ -233,7 +235,6 @@ async def test_concurrent_unknown_kids_share_one_fetch(
     await asyncio.sleep(0)
     jwks_server.docs["/jwks.json"] = jwks(k.rsa, k.rsa_new)
     jwks_server.delay = 0.05
-    ks._last_attempt = float("-inf")  # as if the last fetch was long ago
     found = await asyncio.gather(*(ks.lookup("rsa-2") for _ in range(10)))
     assert all(key is not None and key.kid == "rsa-2" for key in found)
     assert jwks_server.fetches("/jwks.json") == 2
@@ -348,3 +349,79 @@ async def test_a_failed_refresh_is_failing_until_a_good_one(
     jwks_server.docs["/jwks.json"] = jwks(keys().ec256)
     await ks.refresh()
     assert not ks.failing and ks.holds(held)
+
+
+# ---------------------------------------------------------------- issue 21 item 5: unknown kid during rotation
+
+
+async def test_a_new_kid_right_after_a_background_refresh_is_fetched(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession, clock: Clock
+) -> None:
+    """The scheduled refresh does not count against jwks_min_refetch: it could not know a key published since."""
+    k = keys()
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa)
+    ks = keyset(jwks_server, http_session, jwks_min_refetch=60)
+    await ks.refresh()  # the background refresh (or the startup fetch)
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa, k.rsa_new)  # the issuer rotates a second later
+    clock.now += 1
+    found = await ks.lookup("rsa-2")
+    assert found is not None and found.kid == "rsa-2"
+    assert jwks_server.fetches("/jwks.json") == 2
+
+
+async def test_a_throttled_unknown_kid_is_not_called_absent(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession, clock: Clock
+) -> None:
+    k = keys()
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa)
+    ks = keyset(jwks_server, http_session, jwks_min_refetch=60)
+    await ks.refresh()
+    assert await ks.lookup("forged") is None  # fetched: the issuer does not publish it
+    assert ks.miss("forged") == "absent"
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa, k.rsa_new)
+    clock.now += 1
+    assert await ks.lookup("rsa-2") is None  # within 60 s of the last kid-triggered fetch: no fetch ...
+    assert ks.miss("rsa-2") == "throttled"  # ... and no verdict: the caller answers 503, not 401
+    assert jwks_server.fetches("/jwks.json") == 2
+    assert ks.miss("forged") == "absent"  # a fetch after its first sighting did not have it
+    clock.now += 59
+    assert await ks.lookup("rsa-2") is not None  # the interval has passed: the next lookup fetches
+    assert jwks_server.fetches("/jwks.json") == 3
+
+
+async def test_a_kid_a_fetch_withdrew_is_absent_even_when_throttled(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession, clock: Clock
+) -> None:
+    k = keys()
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa, k.ec256)
+    ks = keyset(jwks_server, http_session, jwks_min_refetch=60)
+    await ks.refresh()
+    jwks_server.docs["/jwks.json"] = jwks(k.ec256)
+    await ks.refresh()
+    assert await ks.lookup("rsa-1") is None
+    assert ks.miss("rsa-1") == "absent"
+
+
+async def test_a_failed_fetch_is_failing(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    jwks_server.docs["/jwks.json"] = b"garbage"
+    ks = keyset(jwks_server, http_session, jwks_min_refetch=60)
+    assert await ks.lookup("x") is None
+    assert ks.miss("x") == "failing"
+
+
+async def test_many_concurrent_new_kids_share_one_fetch_after_a_refresh(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    k = keys()
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa)
+    ks = keyset(jwks_server, http_session, jwks_min_refetch=60)
+    await ks.refresh()
+    jwks_server.docs["/jwks.json"] = jwks(k.rsa, k.rsa_new)
+    jwks_server.delay = 0.05
+    found = await asyncio.gather(*(ks.lookup("rsa-2") for _ in range(20)))
+    assert all(key is not None for key in found)
+    assert jwks_server.fetches("/jwks.json") == 2  # single flight
+
+
+def test_forgotten_misses_are_bounded() -> None:
+    assert jwks_module.MAX_MISSES <= 4096

@@ -428,3 +428,21 @@ async def test_unknown_kid_while_the_jwks_cannot_be_fetched_is_unavailable(
     assert (await s.verify(k.rsa.token())).subject == "alice"  # the last good keys still verify
     jwks_server.docs["/main.json"] = jwks(k.rsa)  # back, without rsa-2: now the kid is truly unknown
     assert await s.refuse(k.rsa_new.token()) == "token_kid_unknown"
+
+
+async def test_a_new_kid_while_refetching_is_throttled_is_503_not_401(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 21 item 5: a client discards its token on 401 invalid_token; a 503 it retries."""
+    now = [1000.0]
+    monkeypatch.setattr(jwks_module, "time", SimpleNamespace(monotonic=lambda: now[0]))
+    k = keys()
+    s = make_setup(jwks_server, http_session, k.rsa, jwks_min_refetch=30)
+    assert await s.refuse(k.ec256.token()) == "token_kid_unknown"  # fetched: not published
+    jwks_server.docs["/main.json"] = jwks(k.rsa, k.rsa_new)  # the issuer rotates
+    now[0] += 1
+    with pytest.raises(Unavailable) as info:
+        await s.verify(k.rsa_new.token())  # no refetch allowed yet: retry later, keep the token
+    assert (info.value.status, info.value.reason) == (503, "jwks_unavailable")
+    now[0] += 29
+    assert (await s.verify(k.rsa_new.token())).subject == "alice"
