@@ -18,12 +18,20 @@ def to_http_request(check: external_auth_pb2.CheckRequest) -> HttpRequest:
     attrs = check.attributes
     http: attribute_context_pb2.AttributeContext.HttpRequest = attrs.request.http
     values: dict[str, tuple[str, ...]] = {}
-    if http.header_map.headers:
-        for h in http.header_map.headers:
+    header_map = http.header_map.headers
+    if header_map:
+        headers: dict[str, str] = {}
+        for h in header_map:
             key = h.key.lower()
-            value = h.raw_value.decode("utf-8", "replace") if h.raw_value else h.value
-            values[key] = (*values.get(key, ()), value)
-        headers = {k: ",".join(v) for k, v in values.items()}
+            raw = h.raw_value
+            value = raw.decode("utf-8", "replace") if raw else h.value
+            seen = values.get(key)
+            if seen is None:
+                values[key] = (value,)
+                headers[key] = value
+            else:
+                values[key] = (*seen, value)
+                headers[key] = f"{headers[key]},{value}"
     else:
         headers = dict(http.headers)
     if http.raw_body:

@@ -91,10 +91,19 @@ class _Call:
     async def unary(self) -> bytes:
         """The one request message of a unary call."""
         found: list[bytes] = []
-        async for message in self.messages():
-            found.append(message)
-            if len(found) > 1:
-                raise GrpcError(Status.INTERNAL, "more than one request message", "grpc_cardinality")
+        reader = self._reader
+        while True:  # messages() inlined: no async generator on the hot path
+            event = await self._receive()
+            if event["type"] != "http.request":
+                raise _Disconnected
+            body = event.get("body")
+            if body:
+                found.extend(reader.feed(body))
+                if len(found) > 1:
+                    raise GrpcError(Status.INTERNAL, "more than one request message", "grpc_cardinality")
+            if not event.get("more_body", False):
+                reader.end()
+                break
         if not found:
             raise GrpcError(Status.INTERNAL, "no request message", "grpc_cardinality")
         return found[0]

@@ -421,6 +421,24 @@ class Authorizer:
         return self.listen.get("grpc")
 
 
+GRPC_SERVER_ENV: Final = "MCP_AUTHZ_E2E_GRPC_SERVER"
+"""Which gRPC front every authorizer of the run uses (`listen.grpc_server`, e.g. `h2corn`), unless its config
+names one; `pytest --grpc-server NAME` sets it. Unset: the config's default."""
+
+
+def with_grpc_server(text: str) -> str:
+    """The config text with `listen.grpc_server` from `$MCP_AUTHZ_E2E_GRPC_SERVER` (if set and not named)."""
+    chosen = os.environ.get(GRPC_SERVER_ENV, "")
+    if not chosen:
+        return text
+    spec = yaml.safe_load(text) or {}
+    listen = spec.setdefault("listen", {})
+    if "grpc_server" in listen:
+        return text
+    listen["grpc_server"] = chosen
+    return yaml.safe_dump(spec, sort_keys=False)
+
+
 def start_authorizer(
     log_dir: Path,
     config: str | Path,
@@ -437,6 +455,10 @@ def start_authorizer(
         config_path = log_dir / f"authz-{next(_LOG_SEQ)}.yaml"
         config_path.write_text(config, encoding="utf-8")
         text = config
+    chosen = with_grpc_server(text)
+    if chosen != text:  # the run selects another gRPC front: the file names it (in place, so reload tests
+        text = chosen  # that rewrite it go on working; a rewrite without it only changes what a restart picks)
+        config_path.write_text(text, encoding="utf-8")
     listen = {str(k): str(v) for k, v in ((yaml.safe_load(text) or {}).get("listen") or {}).items()}
     if "discovery" not in listen:
         raise ValueError("the authorizer config has no listen.discovery address to wait on")

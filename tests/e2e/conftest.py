@@ -11,10 +11,12 @@ Every test under tests/e2e is marked `e2e` (deselect with `-m "not e2e"`).
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from components import GRPC_SERVER_ENV
 from harness import (
     Authorizer,
     Envoy,
@@ -30,6 +32,20 @@ from harness import (
 )
 
 _HERE = Path(__file__).resolve().parent
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--grpc-server",
+        default=None,
+        help=f"the gRPC front every authorizer uses (listen.grpc_server: grpcio | h2corn); sets ${GRPC_SERVER_ENV}",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    chosen = config.getoption("--grpc-server", default=None)
+    if chosen:
+        os.environ[GRPC_SERVER_ENV] = chosen
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

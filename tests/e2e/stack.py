@@ -221,11 +221,13 @@ def start_stack(
     server: Mapping[str, Any] | None = None,
     envoy_settings: Mapping[str, Any] | None = None,
     log_level: str = "info",
+    grpc_server: str | None = None,
 ) -> Stack:
     """Start a sample server, the authorizer and Envoy for one `demo` server.
 
     `server` overrides fields of the `demo` server entry (policy, origins, revisions, header_only,
-    scopes_supported, ...); `envoy_settings` overrides the config's `envoy` section.
+    scopes_supported, ...); `envoy_settings` overrides the config's `envoy` section; `grpc_server` names
+    `listen.grpc_server` (else the run's choice, see `components.with_grpc_server`, or the default).
     """
     sample = sample_server()
     port = free_port()
@@ -244,7 +246,11 @@ def start_stack(
         **(server or {}),
     }
     spec = {
-        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
+        "listen": {
+            "grpc": f"127.0.0.1:{free_port()}",
+            "discovery": f"127.0.0.1:{free_port()}",
+            **({"grpc_server": grpc_server} if grpc_server else {}),
+        },
         "log_level": log_level,
         "issuers": [
             {
