@@ -33,6 +33,8 @@ METHOD_HEADER = "mcp-method"
 NAME_HEADER = "mcp-name"
 SESSION_HEADER = "mcp-session-id"
 VERSION_META_KEY = "io.modelcontextprotocol/protocolVersion"
+CAPABILITIES_META_KEY = "io.modelcontextprotocol/clientCapabilities"
+REQUIRED_META_KEYS = (VERSION_META_KEY, CAPABILITIES_META_KEY)  # in every 2026-07-28 request's params._meta
 NAME_PARAM = {"tools/call": "name", "prompts/get": "name", "resources/read": "uri"}  # mirrored in Mcp-Name
 NAMED_PARAM = {**NAME_PARAM, "resources/subscribe": "uri", "resources/unsubscribe": "uri"}  # required in the body
 MAX_BATCH = 256
@@ -145,7 +147,19 @@ def _parse_message(
         raise BadRequest("batch_invalid", "JSON-RPC batches are not part of this revision")
     if stateless or method_header is not None or name_header is not None:
         _agree(first, items[0], batch, stateless, method_header, name, version_header)
+    if stateless and first.method and first.id is not None:
+        _envelope(items[0])  # after the header agreement: a mismatch is answered as one (-32020)
     return McpRequest("POST", revision, calls, session_id=None if stateless else session, batch=batch)
+
+
+def _envelope(item: dict[str, Any]) -> None:
+    """2026-07-28 (basic/index, per-request protocol fields): a request without the required ``_meta``
+    fields is malformed, -32602 (the SDK's server and Envoy's MCP filter refuse it too)."""
+    params = item.get("params")
+    meta = params.get("_meta") if isinstance(params, dict) else None
+    missing = [k for k in REQUIRED_META_KEYS if k not in meta] if isinstance(meta, dict) else REQUIRED_META_KEYS
+    if missing:
+        raise BadRequest("params_meta_missing", f"params._meta lacks {', '.join(missing)}", code=INVALID_PARAMS)
 
 
 def _name(header: str | None) -> str | None:

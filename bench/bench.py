@@ -50,6 +50,8 @@ MCP_PATH = "/mcp"
 TOOL = "search"
 SUBJECT = "bench-user"
 REVISION = "2026-07-28"
+# The envelope every 2026-07-28 request carries (the authorizer, the SDK and Envoy's MCP filter refuse one without).
+META = {"io.modelcontextprotocol/protocolVersion": REVISION, "io.modelcontextprotocol/clientCapabilities": {}}
 BODY = json.dumps(
     {
         "jsonrpc": "2.0",
@@ -58,7 +60,7 @@ BODY = json.dumps(
         "params": {
             "name": TOOL,
             "arguments": {"query": "envoy ext_authz"},
-            "_meta": {"io.modelcontextprotocol/protocolVersion": REVISION},
+            "_meta": META,
         },
     },
     separators=(",", ":"),
@@ -69,7 +71,7 @@ LIST_BODY = json.dumps(
         "jsonrpc": "2.0",
         "id": 2,
         "method": "tools/list",
-        "params": {"_meta": {"io.modelcontextprotocol/protocolVersion": REVISION}},
+        "params": {"_meta": META},
     },
     separators=(",", ":"),
 )

@@ -248,6 +248,16 @@ def tool_call(name: str, id: int | str | None = 1, **arguments: Any) -> dict[str
     return rpc("tools/call", {"name": name, "arguments": arguments}, id)
 
 
+def enveloped(message: dict[str, Any]) -> dict[str, Any]:
+    """A 2026-07-28 request: ``params._meta`` completed with the required protocol version and client
+    capabilities (values already there are kept)."""
+    params = message.setdefault("params", {})
+    meta = params.setdefault("_meta", {})
+    meta.setdefault("io.modelcontextprotocol/protocolVersion", STATELESS)
+    meta.setdefault("io.modelcontextprotocol/clientCapabilities", {})
+    return message
+
+
 def stateless_headers(method: str, name: str | None = None) -> dict[str, str]:
     h = {"mcp-protocol-version": STATELESS, "mcp-method": method}
     if name is not None:

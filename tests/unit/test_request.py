@@ -13,6 +13,7 @@ from mcp.shared.inbound import decode_header_value as sdk_decode
 from mcp.shared.inbound import encode_header_value as sdk_encode
 from support import (
     STATELESS,
+    enveloped,
     http_request,
     make_config,
     rpc,
@@ -275,6 +276,9 @@ def test_absent_header_on_a_server_without_the_default_revision() -> None:
 
 
 def stateless(body: Any, method: str | None = None, name: str | None = None, **kw: Any) -> HttpRequest:
+    """A 2026-07-28 POST; a request body gets the required ``_meta`` envelope."""
+    if isinstance(body, dict) and "id" in body and "method" in body:
+        body = enveloped(body)
     headers = {"mcp-protocol-version": STATELESS}
     if method is not None:
         headers["mcp-method"] = method
@@ -523,7 +527,7 @@ def test_sdk_encoding_round_trips(value: str) -> None:
     assert request.decode_header_value(encoded) == value
     # and a request whose Mcp-Name is the SDK's encoding of the body's name is accepted
     if value:
-        body = json.dumps(tool_call(value)).encode()
+        body = json.dumps(enveloped(tool_call(value))).encode()
         req = http_request(body, headers=stateless_headers("tools/call", encoded))
         assert parsed(req).calls[0].tool == value
 
@@ -568,3 +572,56 @@ def test_a_get_without_a_body_is_still_decided_on_method_and_identity() -> None:
     for headers in ({}, {"content-length": "0"}):
         assert parsed(http_request(None, method="GET", headers=headers)).http_method == "GET"
     assert parsed(http_request(b"", method="DELETE")).http_method == "DELETE"
+
+
+# ---------------------------------------------------------------- 2026-07-28: the per-request _meta envelope
+
+
+CAPABILITIES_KEY = "io.modelcontextprotocol/clientCapabilities"
+VERSION_KEY = "io.modelcontextprotocol/protocolVersion"
+
+
+def stateless_call(meta: Any) -> HttpRequest:
+    body = tool_call("search", q="x")
+    if meta is not None:
+        body["params"]["_meta"] = meta
+    return http_request(body, headers=stateless_headers("tools/call", "search"))
+
+
+@pytest.mark.parametrize(
+    "meta",
+    [
+        None,
+        "not an object",
+        {VERSION_KEY: STATELESS},  # bench.py's old body: no client capabilities
+        {CAPABILITIES_KEY: {}},
+    ],
+    ids=["absent", "not-an-object", "no-capabilities", "no-version"],
+)
+def test_a_2026_request_without_its_required_meta_fields_is_invalid_params(meta: Any) -> None:
+    bad = refused(stateless_call(meta))
+    assert (bad.status, bad.reason, bad.code, bad.request_id) == (400, "params_meta_missing", INVALID_PARAMS, 1)
+
+
+def test_a_2026_request_with_its_meta_envelope_passes() -> None:
+    mcp = parsed(stateless_call({VERSION_KEY: STATELESS, CAPABILITIES_KEY: {}}))
+    assert mcp.stateless and mcp.calls[0].tool == "search"
+
+
+def test_older_revisions_and_2026_notifications_need_no_envelope() -> None:
+    assert parsed(http_request(tool_call("search"), revision="2025-11-25")).calls[0].tool == "search"
+    note = http_request(rpc("notifications/x", id=None), headers=stateless_headers("notifications/x"))
+    assert parsed(note).calls[0].method == "notifications/x"
+
+
+def test_the_sdk_refuses_what_the_parser_refuses() -> None:
+    """The parser and mcp 2.x's server ladder agree on the envelope (both -32602)."""
+    from mcp.shared.inbound import InboundLadderRejection, classify_inbound_request
+
+    for meta in (None, {VERSION_KEY: STATELESS}, {VERSION_KEY: STATELESS, CAPABILITIES_KEY: {}}):
+        req = stateless_call(meta)
+        ours = request.parse(req, SERVER)
+        theirs = classify_inbound_request(json.loads(req.body or b""), headers=dict(req.headers))
+        assert isinstance(ours, BadRequest) == isinstance(theirs, InboundLadderRejection)
+        if isinstance(ours, BadRequest) and isinstance(theirs, InboundLadderRejection):
+            assert ours.code == theirs.code == INVALID_PARAMS

@@ -17,7 +17,7 @@ from typing import Any, cast
 
 import pytest
 import yaml
-from support import RESOURCE, STATELESS, dev_stack, policy, server_spec, tool_call
+from support import RESOURCE, STATELESS, dev_stack, enveloped, policy, server_spec, tool_call
 
 from authz.check import Checker
 from authz.config import parse_config
@@ -360,7 +360,7 @@ async def test_real_checker_selects_the_server_from_the_envoy_header(tmp_path: P
     server = await start_http("127.0.0.1:0", lambda: stack.checker, lambda req, dec, _started: None)
     port = server.sockets[0].getsockname()[1]
     front = Front(port, Stub(), [])
-    body = json.dumps(tool_call("search")).encode()
+    body = json.dumps(enveloped(tool_call("search"))).encode()
     headers = {"content-type": "application/json", "mcp-protocol-version": STATELESS, "mcp-method": "tools/call"}
     headers["mcp-name"] = "search"
     try:

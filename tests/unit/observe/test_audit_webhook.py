@@ -19,7 +19,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from support import STATELESS, dev_stack, serve_app, server_spec, tool_call
+from support import STATELESS, dev_stack, enveloped, serve_app, server_spec, tool_call
 
 from authz.app import Authorizer
 from authz.config import ConfigError, WebhookSpec
@@ -190,7 +190,9 @@ async def test_checks_answer_while_the_receiver_is_stuck_and_overflow_is_dropped
 
             async def check() -> None:
                 url = f"http://127.0.0.1:{port}/mcp"
-                async with client.post(url, data=json.dumps(tool_call("search")), headers=headers) as response:
+                async with client.post(
+                    url, data=json.dumps(enveloped(tool_call("search"))), headers=headers
+                ) as response:
                     statuses.append(response.status)
 
             await check()

@@ -9,7 +9,17 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import ISSUER, RESOURCE, STATELESS, build_verifier, issuer_spec, make_config, server_spec, tool_call
+from support import (
+    ISSUER,
+    RESOURCE,
+    STATELESS,
+    build_verifier,
+    enveloped,
+    issuer_spec,
+    make_config,
+    server_spec,
+    tool_call,
+)
 
 from authz.check import Checker
 from authz.identity import devkey
@@ -58,6 +68,8 @@ class Stack:
         if session is not None:
             h["mcp-session-id"] = session
         body = tool_call(tool) if method == "POST" else None
+        if body is not None and revision == STATELESS:
+            body = enveloped(body)
         req = HttpRequest(
             method=method,
             path="/mcp",
