@@ -14,6 +14,7 @@ from google.rpc import code_pb2
 from support import DevStack, dev_stack, rpc, tool_call
 
 from authz.front.grpc_service import AuthorizationService, start_grpc, to_check_response, to_http_request
+from authz.front.grpc_wire import message_limit
 from authz.model import Decision, HttpRequest
 
 Ctx = attribute_context_pb2.AttributeContext
@@ -204,3 +205,22 @@ async def test_grpc_round_trip(tmp_path: Path) -> None:
         await server.stop(None)
     assert [d.reason for _, d in seen] == ["allowed", "header_duplicated", "token_missing"]
     assert seen[1][0].header_values["mcp-name"] == ("search", "delete_repo")
+
+
+async def test_grpcio_receive_limit_follows_the_config(tmp_path: Path) -> None:
+    """A 5 MiB body, allowed by ``envoy.max_request_bytes: 16 MiB``, is checked (grpcio's own 4 MiB default
+    refused it with RESOURCE_EXHAUSTED, which Envoy turns into a 503); over the derived limit it is refused."""
+    stack: DevStack = dev_stack(tmp_path)
+    service = AuthorizationService(lambda: stack.checker, lambda req, d, _started: None)
+    address = f"127.0.0.1:{free_port()}"
+    server, _ = await start_grpc(address, service, max_message_bytes=message_limit(16 * 1024 * 1024))
+    try:
+        async with grpc.aio.insecure_channel(address) as channel:
+            stub = external_auth_pb2_grpc.AuthorizationStub(channel)
+            checked = await stub.Check(check_request(raw_body=b"x" * (5 * 1024 * 1024)))
+            assert checked.denied_response.status.code == 401  # a decision, not a transport error
+            with pytest.raises(grpc.aio.AioRpcError) as caught:
+                await stub.Check(check_request(raw_body=b"x" * (18 * 1024 * 1024)))
+            assert caught.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    finally:
+        await server.stop(None)
