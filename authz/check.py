@@ -13,6 +13,7 @@ from typing import Any
 from authz import request, response, routing
 from authz.approval.gate import ApprovalGate
 from authz.config import Config, Server
+from authz.contract import SERVER_CONTEXT_KEY
 from authz.errors import Forbidden, Refusal, Unavailable
 from authz.identity.rfc9068 import Verifier
 from authz.identity.sources import identify
@@ -24,7 +25,6 @@ from authz.store.memory import MemoryStore
 from authz.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("mcp_authz.check")
-SERVER_CONTEXT_KEY = "mcp_server"  # the per-route context extension Envoy sends
 
 
 def _no_http() -> Any:
@@ -59,11 +59,13 @@ class Checker:
             found = routing.by_host_and_path(self.config.servers.values(), authority, req.path)
             if len(found) != 1:
                 what = "several servers match" if found else "no server's resource matches"
-                raise Forbidden("server_unknown", f"no mcp_server context extension; {what} {authority}{req.path}")
+                raise Forbidden(
+                    "server_unknown", f"no {SERVER_CONTEXT_KEY} context extension; {what} {authority}{req.path}"
+                )
             return found[0]
         server = self.config.servers.get(name)
         if server is None:
-            raise Forbidden("server_unknown", f"mcp_server {name!r} is not configured")
+            raise Forbidden("server_unknown", f"{SERVER_CONTEXT_KEY} {name!r} is not configured")
         return server
 
     async def check(self, req: HttpRequest) -> Decision:

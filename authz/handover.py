@@ -1,9 +1,9 @@
 """The contract between the Check and the list filter: what travels in Envoy dynamic metadata.
 
 On allow, for a server with ``filter_lists``, the Check returns a small struct (``encode``) in its
-``dynamic_metadata``; Envoy stores it under the ext_authz filter's namespace and forwards it to
-ext_proc (``metadata_options.forwarding_namespaces.untyped``). The processor rebuilds the caller
-from it (``decode``): the token is never looked at twice.
+``dynamic_metadata``; Envoy stores it under the ext_authz filter's namespace (the names are in
+``authz.contract``) and forwards it to ext_proc (``metadata_options.forwarding_namespaces.untyped``).
+The processor rebuilds the caller from it (``decode``): the token is never looked at twice.
 
 Kept small: subject, client, issuer, scopes, the list requests (id and method) of the message;
 the claims and the request source only when the server's policy has CEL conditions that read them.
@@ -17,14 +17,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from authz.config import Server
+from authz.contract import HANDOVER_ID, HANDOVER_KEY, HANDOVER_NAMESPACE
 from authz.model import ANONYMOUS, Caller, McpRequest
 
-NAMESPACE = "envoy.filters.http.ext_authz"  # where Envoy puts a CheckResponse's dynamic_metadata
-KEY = "mcp_authz"  # our struct inside it
-# Set by the Check on every allowed request of a filter_lists server ("1": it has a list request,
-# "0": none), replacing any client copy; Envoy re-picks the route (ext_authz clear_route_cache) and a
-# "0" route has ext_proc disabled. Removed before the request goes upstream.
-ROUTE_HEADER = "x-mcp-authz-list"
 LIST_METHODS: Mapping[str, str] = {  # list method → the member of its result holding the entries
     "tools/list": "tools",
     "prompts/list": "prompts",
@@ -68,7 +63,7 @@ def encode(server: Server, caller: Caller, mcp: McpRequest, source: tuple[str, s
     JSON keeps integers integers)."""
     lists = [[c.id, c.method] for c in mcp.calls if c.method in LIST_METHODS]
     if not lists:
-        return {KEY: {"server": server.name, "id": mcp.first_id}}
+        return {HANDOVER_KEY: {"server": server.name, HANDOVER_ID: mcp.first_id}}
     value: dict[str, Any] = {
         "sub": caller.subject,
         "client_id": caller.client_id,
@@ -85,7 +80,7 @@ def encode(server: Server, caller: Caller, mcp: McpRequest, source: tuple[str, s
         value["claims"] = dict(caller.claims)
         value["source"] = [source[0], source[1]]
     text = json.dumps(value, separators=(",", ":"), default=str)
-    return {KEY: {"server": server.name, "id": mcp.first_id, "handover": text}}
+    return {HANDOVER_KEY: {"server": server.name, HANDOVER_ID: mcp.first_id, "handover": text}}
 
 
 class HandoverError(ValueError):
@@ -108,9 +103,10 @@ def _list_item(item: Any) -> bool:
 
 def decode(metadata: Mapping[str, Any]) -> Handover:
     """The handover from Envoy's forwarded metadata (namespace → ``mcp_authz`` → plain values)."""
-    value = metadata.get(NAMESPACE, {}).get(KEY)
+    value = metadata.get(HANDOVER_NAMESPACE, {}).get(HANDOVER_KEY)
     if not isinstance(value, Mapping) or not isinstance(value.get("server"), str):
-        raise HandoverError(f"no {NAMESPACE}/{KEY} metadata: is the gRPC ext_authz filter before ext_proc?")
+        where = f"{HANDOVER_NAMESPACE}/{HANDOVER_KEY}"
+        raise HandoverError(f"no {where} metadata: is the gRPC ext_authz filter before ext_proc?")
     text = value.get("handover")
     if text is None:  # no list request: nothing to filter, the caller is not handed over
         return Handover(server=value["server"], caller=ANONYMOUS, revision="", session_id=None, lists=())

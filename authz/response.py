@@ -8,6 +8,7 @@ from typing import Any
 
 from authz import handover
 from authz.config import Server
+from authz.contract import LIST_ROUTE_HEADER
 from authz.errors import (
     FORBIDDEN_CODE,
     ApprovalRefused,
@@ -148,7 +149,7 @@ def allow(
             remove += tuple(h for h in server.proxy.passthrough if h not in values and h not in remove)
     if server.filter_lists:  # routes the request past ext_proc unless it lists (see the Envoy renderer)
         listing = any(c.method in handover.LIST_METHODS for c in mcp.calls)
-        set_headers += ((handover.ROUTE_HEADER, "1" if listing else "0"),)
+        set_headers += ((LIST_ROUTE_HEADER, "1" if listing else "0"),)
     return Decision(
         allowed=True,
         status=200,

@@ -18,8 +18,9 @@ import grpc
 
 from authz.admin._pb import admin_pb2, admin_pb2_grpc
 from authz.approval.gate import ApprovalGate
-from authz.check import SERVER_CONTEXT_KEY, Checker
+from authz.check import Checker
 from authz.config import Config, Server
+from authz.contract import SERVER_CONTEXT_KEY
 from authz.errors import ApprovalRefused
 from authz.explain.dryrun import DryRunStore
 from authz.model import Caller, Decision, HttpRequest, McpRequest

@@ -8,8 +8,9 @@ from typing import Any
 import aiohttp
 
 from authz.admin.service import ExplainApprovals, ExplainCredentials
-from authz.check import SERVER_CONTEXT_KEY, Checker
+from authz.check import Checker
 from authz.config import Config
+from authz.contract import SERVER_CONTEXT_KEY
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
 from authz.model import Decision, HttpRequest

@@ -30,6 +30,7 @@ from google.protobuf import struct_pb2
 
 from authz import handover
 from authz.config import Config, Server
+from authz.contract import HANDOVER_KEY, HANDOVER_NAMESPACE
 from authz.errors import Refusal
 from authz.extproc.lists import Allowed, IdKey, ListParseError, dumps, error_message, id_key, rewrite_json
 from authz.extproc.sse import SseRewriter
@@ -89,13 +90,13 @@ def _scalar(value: struct_pb2.Value) -> Any:
 def forwarded_metadata(request: pb.ProcessingRequest) -> dict[str, Any]:
     """The forwarded ``ext_authz`` namespace, its ``mcp_authz`` scalars as plain values ({} if absent)."""
     found = request.metadata_context.filter_metadata
-    if handover.NAMESPACE not in found:
+    if HANDOVER_NAMESPACE not in found:
         return {}
-    ours = found[handover.NAMESPACE].fields
-    if handover.KEY not in ours:
-        return {handover.NAMESPACE: {}}
-    fields = ours[handover.KEY].struct_value.fields
-    return {handover.NAMESPACE: {handover.KEY: {k: _scalar(v) for k, v in fields.items()}}}
+    ours = found[HANDOVER_NAMESPACE].fields
+    if HANDOVER_KEY not in ours:
+        return {HANDOVER_NAMESPACE: {}}
+    fields = ours[HANDOVER_KEY].struct_value.fields
+    return {HANDOVER_NAMESPACE: {HANDOVER_KEY: {k: _scalar(v) for k, v in fields.items()}}}
 
 
 DecisionCache = dict[tuple[Any, ...], bool]

@@ -69,19 +69,14 @@ from typing import cast
 
 import httptools
 
-from authz.check import SERVER_CONTEXT_KEY, Checker
+from authz.check import Checker
+from authz.contract import ENVOY_HEADER_PREFIX, PEER_HEADERS, SERVER_CONTEXT_KEY, SERVER_HEADER, SOURCE_HEADER
 from authz.model import Decision, HttpRequest
 
 log = logging.getLogger("mcp_authz.httpfront")
 
-# ---------------------------------------------------------------- the contract with the renderer
-
-ENVOY_HEADER_PREFIX = "x-mcp-authz-"  # headers only Envoy may set on an authorization request
-SERVER_HEADER = "x-mcp-authz-server"
-SOURCE_HEADER = "x-mcp-authz-source"
-PEER_HEADERS = ("x-mcp-authz-peer-uri-san", "x-mcp-authz-peer-dns-san", "x-mcp-authz-peer-subject")
-REMOVE_HEADER = "x-envoy-auth-headers-to-remove"
-ROUTE_METADATA_NAMESPACE = "mcp_authz"  # route metadata: filter_metadata.mcp_authz.server = <name>
+# The x-mcp-authz-* names shared with the renderer are in authz.contract.
+REMOVE_HEADER = "x-envoy-auth-headers-to-remove"  # Envoy's own: headers to remove upstream on allow
 
 MAX_HEADER_BYTES = 96 * 1024  # URL + header names and values
 MAX_HEADERS = 200

@@ -115,12 +115,11 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
-from authz import handover
+from authz import contract
 from authz.config import Config, Server
 
 AUTHZ_CLUSTER = "mcp_authz"
 DISCOVERY_CLUSTER = "mcp_discovery"
-CONTEXT_EXTENSION = "mcp_server"  # the contract with the authorizer: names the MCP server of the request
 EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 EXT_PROC = "envoy.filters.http.ext_proc"
@@ -135,7 +134,6 @@ STATELESS_REVISION = "2026-07-28"  # requests of this revision mirror the JSON-R
 DISCOVERY_PREFIXES = ("/.well-known/", "/jwks/")
 
 # HTTP ext_authz (envoy.authorizer: http): the contract with authz.front.http_service.
-ROUTE_METADATA_NAMESPACE = "mcp_authz"  # route metadata filter_metadata.mcp_authz.server = <server name>
 HTTP_ALLOWED_HEADERS = (  # besides :method, :path, host, authorization and content-length, always sent
     "mcp-method",
     "mcp-name",
@@ -147,13 +145,15 @@ HTTP_ALLOWED_HEADERS = (  # besides :method, :path, host, authorization and cont
     "traceparent",
 )
 HTTP_CONTEXT_HEADERS = (  # set by Envoy on each authorization request, overwriting any copy
-    ("x-mcp-authz-server", f"%METADATA(ROUTE:{ROUTE_METADATA_NAMESPACE}:server)%"),
-    ("x-mcp-authz-source", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
-    ("x-mcp-authz-peer-uri-san", "%DOWNSTREAM_PEER_URI_SAN%"),
-    ("x-mcp-authz-peer-dns-san", "%DOWNSTREAM_PEER_DNS_SAN%"),
-    ("x-mcp-authz-peer-subject", "%DOWNSTREAM_PEER_SUBJECT%"),
+    (
+        contract.SERVER_HEADER,
+        f"%METADATA(ROUTE:{contract.ROUTE_METADATA_NAMESPACE}:{contract.ROUTE_METADATA_SERVER})%",
+    ),
+    (contract.SOURCE_HEADER, "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%"),
+    (contract.PEER_URI_SAN_HEADER, "%DOWNSTREAM_PEER_URI_SAN%"),
+    (contract.PEER_DNS_SAN_HEADER, "%DOWNSTREAM_PEER_DNS_SAN%"),
+    (contract.PEER_SUBJECT_HEADER, "%DOWNSTREAM_PEER_SUBJECT%"),
 )
-HTTP_SERVER_HEADER = HTTP_CONTEXT_HEADERS[0][0]  # names the MCP server (Istio: one HTTP provider per server)
 HTTP_CLIENT_HEADERS = ("content-type", "www-authenticate", "retry-after")  # on deny, with status and body
 
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -288,9 +288,13 @@ def server_routes(server: Server, *, http_authorizer: bool = False) -> list[Rout
     context extensions travel over gRPC only, so the filter copies this metadata into the
     ``x-mcp-authz-server`` header of the authorization request (see ``http_ext_authz_filter``).
     """
-    context = {CONTEXT_EXTENSION: server.name}
+    context = {contract.SERVER_CONTEXT_KEY: server.name}
     metadata = (
-        Metadata(filter_metadata={ROUTE_METADATA_NAMESPACE: Struct.from_dict({"server": server.name})})
+        Metadata(
+            filter_metadata={
+                contract.ROUTE_METADATA_NAMESPACE: Struct.from_dict({contract.ROUTE_METADATA_SERVER: server.name})
+            }
+        )
         if http_authorizer
         else None
     )
@@ -395,11 +399,11 @@ def _unless_listing(server: Server, routes: list[Route]) -> list[Route]:
         HeaderMatcher(name="mcp-method", present_match=True),
         HeaderMatcher(name="mcp-method", string_match=StringMatcher(suffix="/list"), invert_match=True),
     ]
-    checked = [HeaderMatcher(name=handover.ROUTE_HEADER, string_match=StringMatcher(exact="0"))]
+    checked = [HeaderMatcher(name=contract.LIST_ROUTE_HEADER, string_match=StringMatcher(exact="0"))]
     shadowed = [r for r in routes if r.name.endswith("/header-only")] if server.header_only else routes
     result = _copies(shadowed, "no-list", not_a_list) + _copies(routes, "checked-no-list", checked) + routes
     for route in result:
-        route.request_headers_to_remove = [*route.request_headers_to_remove, handover.ROUTE_HEADER]
+        route.request_headers_to_remove = [*route.request_headers_to_remove, contract.LIST_ROUTE_HEADER]
     return result
 
 
@@ -547,7 +551,7 @@ def ext_proc_filter(config: Config) -> HttpFilter:
             response_trailer_mode=ProcessingModeHeaderSendMode.SKIP,
         ),
         metadata_options=MetadataOptions(
-            forwarding_namespaces=MetadataOptionsMetadataNamespaces(untyped=[handover.NAMESPACE])
+            forwarding_namespaces=MetadataOptionsMetadataNamespaces(untyped=[contract.HANDOVER_NAMESPACE])
         ),
     )
     return HttpFilter(name=EXT_PROC, typed_config=AnyMessage.pack(processor))
@@ -557,7 +561,7 @@ def extproc_local_reply() -> LocalReplyConfig:
     """Envoy's own answer when the list filter fails (unreachable, timeout): a JSON-RPC error
     carrying the request's id, taken from the Check's handover (``null`` for a batch)."""
     only_extproc = ExpressionFilter(expression="response.code_details.startsWith('ext_proc')")
-    request_id = f"%DYNAMIC_METADATA({handover.NAMESPACE}:{handover.KEY}:id)%"
+    request_id = f"%DYNAMIC_METADATA({contract.HANDOVER_NAMESPACE}:{contract.HANDOVER_KEY}:{contract.HANDOVER_ID})%"
     body = {"jsonrpc": "2.0", "id": request_id, "error": {"code": -32603, "message": "list filtering unavailable"}}
     return LocalReplyConfig(
         mappers=[

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from authz import contract
 from authz.config import Config, Server
 from authz.render import authorizer_pod, envoy
 from discovery import rfc8414, rfc9728
@@ -90,9 +91,9 @@ def http_provider(config: Config, name: str, service: str, port: int, server: Se
     """The HTTP provider with the header lists ``authz.front.http_service`` needs; ``server`` is named in a header."""
     added = dict(envoy.HTTP_CONTEXT_HEADERS)
     if server is None:
-        added.pop(envoy.HTTP_SERVER_HEADER)
+        added.pop(contract.SERVER_HEADER)
     else:
-        added[envoy.HTTP_SERVER_HEADER] = server.name
+        added[contract.SERVER_HEADER] = server.name
     return {
         "name": name,
         "envoyExtAuthzHttp": {

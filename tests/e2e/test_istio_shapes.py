@@ -51,6 +51,7 @@ from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
 
+from authz import contract
 from authz.config import Config, parse_config
 from authz.identity.devkey import ensure_key, mint
 from authz.render import authorizer_pod, istio
@@ -396,7 +397,7 @@ async def test_http_provider_names_its_server(shared_http: tuple[list[Workload],
 async def test_http_provider_client_cannot_pick_the_server(shared_http: tuple[list[Workload], Path, str]) -> None:
     (alpha, beta), key, issuer = shared_http
     beta.sample.clear_logs()
-    forged = {render.HTTP_SERVER_HEADER: "alpha", "x-mcp-subject": "mallory"}
+    forged = {contract.SERVER_HEADER: "alpha", "x-mcp-subject": "mallory"}
     async with RawMcp(beta.url, token=token(key, issuer, alpha.url, ["tools:read"]), headers=forged) as mcp:
         response = await mcp.call_tool("search", {"query": "x"})
     assert response.status == 401

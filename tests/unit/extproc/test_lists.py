@@ -9,7 +9,7 @@ import pytest
 from google.protobuf import json_format
 from support import make_config, policy, server_spec
 
-from authz import handover
+from authz import contract, handover
 from authz.extproc.lists import ListParseError, entry_call, filter_result, id_key, rewrite_json, rewrite_message
 from authz.extproc.service import policy_check
 from authz.front.grpc_service import to_check_response
@@ -39,7 +39,7 @@ def handover_of(who: Caller, *calls: McpCall, batch: bool = False) -> handover.H
     mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=calls, batch=batch)
     decision = allow(server(), who, mcp, "lists", source=("10.0.0.1", "spiffe://proxy"))
     struct = to_check_response(decision).dynamic_metadata
-    return handover.decode({handover.NAMESPACE: json_format.MessageToDict(struct)})
+    return handover.decode({contract.HANDOVER_NAMESPACE: json_format.MessageToDict(struct)})
 
 
 def allowed_for(who: Caller) -> Any:
@@ -162,7 +162,11 @@ def test_claims_stay_out_without_cel_and_no_metadata_without_filter_lists() -> N
     plain = make_config(servers=[server_spec(policy=policy({"name": "all"}), filter_lists=True)]).servers["mcp"]
     mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=(McpCall("tools/list", id=1),))
     value = allow(plain, caller("a"), mcp, "all").metadata
-    assert value is not None and "claims" not in value[handover.KEY] and "source" not in value[handover.KEY]
+    assert (
+        value is not None
+        and "claims" not in value[contract.HANDOVER_KEY]
+        and "source" not in value[contract.HANDOVER_KEY]
+    )
     off = make_config(servers=[server_spec(policy=policy({"name": "all"}))]).servers["mcp"]
     decision: Decision = allow(off, caller("a"), mcp, "all")
     assert decision.metadata is None
@@ -173,12 +177,16 @@ def test_claims_stay_out_without_cel_and_no_metadata_without_filter_lists() -> N
     "found",
     [
         {},
-        {handover.NAMESPACE: {}},
-        {handover.NAMESPACE: {"mcp_authz": {"lists": []}}},
-        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[1, "tools/call"]]}'}}},
-        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": []}'}}},
-        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": "{not json"}}},
-        {handover.NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[true, "tools/list"]]}'}}},
+        {contract.HANDOVER_NAMESPACE: {}},
+        {contract.HANDOVER_NAMESPACE: {"mcp_authz": {"lists": []}}},
+        {contract.HANDOVER_NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": [[1, "tools/call"]]}'}}},
+        {contract.HANDOVER_NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": '{"lists": []}'}}},
+        {contract.HANDOVER_NAMESPACE: {"mcp_authz": {"server": "mcp", "handover": "{not json"}}},
+        {
+            contract.HANDOVER_NAMESPACE: {
+                "mcp_authz": {"server": "mcp", "handover": '{"lists": [[true, "tools/list"]]}'}
+            }
+        },
     ],
 )
 def test_missing_or_bad_handover_is_refused(found: dict[str, Any]) -> None:
@@ -190,7 +198,7 @@ def test_a_header_only_check_matches_the_one_answer_whatever_its_id() -> None:
     mcp = McpRequest(http_method="POST", revision="2026-07-28", calls=(McpCall("tools/list"),), from_headers=True)
     decision = allow(server(), caller("tools:read"), mcp, "lists")
     struct = to_check_response(decision).dynamic_metadata
-    got = handover.decode({handover.NAMESPACE: json_format.MessageToDict(struct)})
+    got = handover.decode({contract.HANDOVER_NAMESPACE: json_format.MessageToDict(struct)})
     assert got.any_id and got.lists == (handover.ListRequest(None, "tools/list"),)
     who = policy_check(server(), got, {})
     new, answered = rewrite_json(json.dumps(response({"tools": TOOLS}, 77)).encode(), {}, who, "tools/list")

@@ -12,7 +12,7 @@ from envoy.service.ext_proc.v3 import external_processor_pb2 as pb
 from google.protobuf import struct_pb2
 from support import make_config, policy, server_spec
 
-from authz import handover
+from authz import contract, handover
 from authz.config import Config
 from authz.extproc.service import Exchange
 from authz.model import Caller, McpCall, McpRequest
@@ -37,7 +37,7 @@ def forwarded(*calls: McpCall) -> base_pb2.Metadata:
     decision = allow(cfg.servers["mcp"], who, mcp, "lists")
     struct = struct_pb2.Struct()
     struct.update(decision.metadata or {})
-    return base_pb2.Metadata(filter_metadata={handover.NAMESPACE: struct})
+    return base_pb2.Metadata(filter_metadata={contract.HANDOVER_NAMESPACE: struct})
 
 
 def headers(**values: str) -> pb.HttpHeaders:
@@ -172,7 +172,7 @@ def test_the_decision_cache_keeps_callers_apart() -> None:
         struct = struct_pb2.Struct()
         struct.update(allow(cfg.servers["mcp"], who, mcp, "lists").metadata or {})
         exchange = Exchange(cfg, cache)
-        exchange.answer(request_headers(base_pb2.Metadata(filter_metadata={handover.NAMESPACE: struct})))
+        exchange.answer(request_headers(base_pb2.Metadata(filter_metadata={contract.HANDOVER_NAMESPACE: struct})))
         exchange.answer(response_headers("application/json"))
         new = exchange.answer(body(rpc(TOOLS))).response_body.response.body_mutation.body
         return [t["name"] for t in json.loads(new or rpc(TOOLS))["result"]["tools"]]

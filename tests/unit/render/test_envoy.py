@@ -22,8 +22,9 @@ from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
 from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import BufferSettings
 
 from authz.config import Config, parse_config
+from authz.contract import SERVER_CONTEXT_KEY
 from authz.identity.devkey import ensure_key
-from authz.render.envoy import CONTEXT_EXTENSION, EXT_AUTHZ, render_envoy, render_envoy_yaml
+from authz.render.envoy import EXT_AUTHZ, render_envoy, render_envoy_yaml
 from authz.render.envoy import bootstrap as typed_bootstrap
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -138,7 +139,7 @@ def test_routes_name_their_server(example: Config) -> None:
     assert {r["match"].get("path") or r["match"].get("prefix") for r in demo} == {"/mcp", "/mcp/"}
     assert [r["match"] for r in demo][-2:] == [{"path": "/mcp"}, {"prefix": "/mcp/"}]
     for route in demo:
-        assert per_route(route)["check_settings"] == {"context_extensions": {CONTEXT_EXTENSION: "demo"}}
+        assert per_route(route)["check_settings"] == {"context_extensions": {SERVER_CONTEXT_KEY: "demo"}}
         assert route["route"]["timeout"] == "0s"  # SSE responses
 
 

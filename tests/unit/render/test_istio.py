@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 import yaml
 
+from authz import contract
 from authz.cli import main
 from authz.config import Config, parse_config
 from authz.identity.devkey import ensure_key
@@ -121,14 +122,14 @@ def test_http_provider_per_server_with_the_header_lists_of_the_envoy_chain(key: 
         assert http["headersToDownstreamOnDeny"] == names(service["authorization_response"]["allowed_client_headers"])
         assert "www-authenticate" in http["headersToDownstreamOnDeny"]
         added = http["includeAdditionalHeadersInCheck"]
-        assert added[envoy.HTTP_SERVER_HEADER] == name  # names the server: no context extension in Istio
+        assert added[contract.SERVER_HEADER] == name  # names the server: no context extension in Istio
         envoy_added = {h["key"]: h["value"] for h in service["authorization_request"]["headers_to_add"]}
-        assert {k: v for k, v in added.items() if k != envoy.HTTP_SERVER_HEADER} == {
-            k: v for k, v in envoy_added.items() if k != envoy.HTTP_SERVER_HEADER
+        assert {k: v for k, v in added.items() if k != contract.SERVER_HEADER} == {
+            k: v for k, v in envoy_added.items() if k != contract.SERVER_HEADER
         }
     local = found[istio.LOCAL_PROVIDER]["envoyExtAuthzHttp"]
     assert local["service"] == istio.LOCAL_HTTP_HOST
-    assert envoy.HTTP_SERVER_HEADER not in local["includeAdditionalHeadersInCheck"]  # a sidecar serves one server
+    assert contract.SERVER_HEADER not in local["includeAdditionalHeadersInCheck"]  # a sidecar serves one server
     policies = {
         p["spec"]["selector"]["matchLabels"][istio.SERVER_LABEL]: p for p in docs(files["authorization-policy.yaml"])
     }
