@@ -42,6 +42,11 @@ log = logging.getLogger("mcp_authz")
 decisions = logging.getLogger("mcp_authz.decision")
 
 
+def _claims_read(config: Config) -> bool:
+    """Does any policy read token claims (CEL ``jwt.*``)? Else cached tokens keep only what the Check needs."""
+    return any(s.policy is not None and s.policy.uses_cel for s in config.servers.values())
+
+
 class Authorizer:
     def __init__(self, config: Config, path: str | None = None) -> None:
         self.path = path
@@ -78,7 +83,7 @@ class Authorizer:
         exchanger = TokenExchanger(self._session, self.store, config.secret_keys)
         return Checker(
             config,
-            Verifier(config.issuers, keys, config.spec.token_cache_size),
+            Verifier(config.issuers, keys, config.spec.token_cache_size, keep_claims=_claims_read(config)),
             approvals=self.approvals,
             upstream=UpstreamCredentials(exchanger),
             store=self.store,

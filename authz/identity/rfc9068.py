@@ -5,23 +5,30 @@ size → shape → header (alg allow-list, no `none`/HMAC, typ, crit, key refere
 issuer → key → signature → claim types → exp/nbf/iat → lifetime. The audience is checked
 per MCP server on every Check, because one verified token may be presented to several servers.
 Verified tokens are cached (bounded) until they expire, or until the key that verified them is
-withdrawn from the issuer's JWKS. An unknown ``kid`` is 401 only once a fetch of the issuer's JWKS
-that could know it did not have it; while the JWKS cannot be fetched, or no refetch is allowed yet
-(``jwks_min_refetch``), it is the dependency's failure, not the token's: 503 (fail closed), which
-clients retry, where a 401 would make them discard the token.
+withdrawn from the issuer's JWKS. An entry holds only what a Check needs (~0.4 KB, see
+bench/token_cache_memory.py): it is found by a 128-bit BLAKE2b digest of the token, not by the token's
+text; issuers, subjects, client ids, scope and audience sets, times and grants are shared between
+entries; the claims are kept whole only where policy reads them (CEL ``jwt.*``, ``keep_claims``),
+else only ``iat``.
+
+An unknown ``kid`` is 401 only once a fetch of the issuer's JWKS that could know it did not have it;
+while the JWKS cannot be fetched, or no refetch is allowed yet (``jwks_min_refetch``), it is the
+dependency's failure, not the token's: 503 (fail closed), which clients retry, where a 401 would make
+them discard the token.
 """
 
 from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import re
 import time
 from collections import OrderedDict
-from collections.abc import Mapping
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Hashable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 import jwt
 
@@ -35,28 +42,52 @@ _B64URL = re.compile(r"[A-Za-z0-9_-]*")
 _NUMERIC_DATE_MAX = 2**40  # far beyond any real expiry; bigger values are hostile
 _KEY_REFERENCE_HEADERS = ("jku", "x5u", "jwk", "x5c")
 _MAX_KID = 256
+_MAX_SHARED = 65_536  # distinct values (subjects, scope sets...) shared between cache entries
+_H = TypeVar("_H", bound=Hashable)
 
 
 @dataclass(frozen=True, slots=True)
-class Verified:
+class Grant:
+    """What a verified token shares with many others: its issuer, audiences and key (one object for all)."""
+
     issuer: str  # issuer config name
-    caller: Caller
     audiences: frozenset[str]
-    expires_at: int
     key: Key | None = None  # the key that verified the signature
+    recheck_at: int | None = None  # a token without exp: verify it again from then on (such grants are not shared)
+
+
+@dataclass(frozen=True, slots=True, eq=False)
+class Verified(Caller):
+    """A cache entry: the caller itself (one object per token) with the grant it shares."""
+
+    grant: Grant = field(kw_only=True, compare=False, repr=False)
+
+    @property
+    def caller(self) -> Caller:
+        return self
+
+    @property
+    def expires_at_or_recheck(self) -> int:
+        """Until when the entry may be used: the token's ``exp``, or the re-verification time."""
+        return self.expires_at if self.expires_at is not None else self.grant.recheck_at or 0
+
+
+def _digest(token: str) -> bytes:
+    """The cache key of a token: 16 bytes instead of its ~1 KB of text (a collision is out of reach)."""
+    return hashlib.blake2b(token.encode(), digest_size=16).digest()
 
 
 class TokenCache:
-    """Verified tokens by their text, bounded; the oldest entry goes first when full."""
+    """Verified tokens by their digest, bounded; the oldest entry goes first when full (O(1))."""
 
     def __init__(self, size: int) -> None:
         self.size = size
-        self._entries: OrderedDict[str, Verified] = OrderedDict()
+        self._entries: OrderedDict[bytes, Verified] = OrderedDict()
         self.hits = 0
         self.misses = 0
 
     def get(self, token: str) -> Verified | None:
-        entry = self._entries.get(token)
+        entry = self._entries.get(_digest(token))
         if entry is None:
             self.misses += 1
         else:
@@ -64,15 +95,77 @@ class TokenCache:
         return entry
 
     def put(self, token: str, entry: Verified) -> None:
-        self._entries[token] = entry
+        self._entries[_digest(token)] = entry
         if len(self._entries) > self.size:
             self._entries.popitem(last=False)
 
     def drop(self, token: str) -> None:
-        self._entries.pop(token, None)
+        self._entries.pop(_digest(token), None)
 
     def __len__(self) -> int:
         return len(self._entries)
+
+
+class _Shared:
+    """One copy of each equal value (strings, sets, times) across cache entries. Bounded: when full it starts
+    afresh (values already shared stay shared; later ones share among themselves)."""
+
+    __slots__ = ("_values",)
+
+    def __init__(self) -> None:
+        self._values: dict[Any, Any] = {}
+
+    def __call__(self, value: _H) -> _H:
+        found = self._values.get(value)
+        if found is not None:
+            return found  # type: ignore[no-any-return]
+        self._add(value, value)
+        return value
+
+    def issued_at(self, iat: int) -> IssuedAt:
+        """The claims of a lean caller: one object per second of issue (tokens issued together share it)."""
+        found = self._values.get(("iat", iat))
+        if found is None:
+            found = IssuedAt(self(iat))
+            self._add(("iat", iat), found)
+        return found
+
+    def grant(self, issuer: str, audiences: frozenset[str], key: Key) -> Grant:
+        """The grant of tokens with an ``exp`` (keys are not hashable: known by identity, which the
+        table keeps alive)."""
+        found = self._values.get(("grant", issuer, audiences, id(key)))
+        if found is None or found.key is not key:
+            found = Grant(issuer, self(audiences), key)
+            self._add(("grant", issuer, audiences, id(key)), found)
+        return found
+
+    def _add(self, key: Any, value: Any) -> None:
+        if len(self._values) >= _MAX_SHARED:
+            self._values.clear()
+        self._values[key] = value
+
+
+class IssuedAt(Mapping[str, int]):
+    """The claims a cached caller keeps when no policy reads claims: only ``iat`` (the revocation check's)."""
+
+    __slots__ = ("_iat",)
+
+    def __init__(self, iat: int) -> None:
+        self._iat = iat
+
+    def __getitem__(self, name: str) -> int:
+        if name != "iat":
+            raise KeyError(name)
+        return self._iat
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(("iat",))
+
+    def __len__(self) -> int:
+        return 1
+
+
+_NO_CLAIMS: Mapping[str, Any] = {}
 
 
 def _b64(segment: str) -> bytes:
@@ -138,11 +231,21 @@ def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
 class Verifier:
     """Verifies bearer JWTs for the configured issuers."""
 
-    def __init__(self, issuers: Mapping[str, Issuer], keys: Mapping[str, KeySet], cache_size: int = 10_000) -> None:
+    def __init__(
+        self,
+        issuers: Mapping[str, Issuer],
+        keys: Mapping[str, KeySet],
+        cache_size: int = 10_000,
+        *,
+        keep_claims: bool = True,
+    ) -> None:
+        """``keep_claims``: callers carry every claim (a policy reads ``jwt.*``); else only ``iat``."""
         self._by_iss = {i.issuer: i for i in issuers.values()}
         self._keys = keys
         self._max_bytes = max((i.max_token_bytes for i in issuers.values()), default=8000)
         self.cache = TokenCache(cache_size)
+        self.keep_claims = keep_claims
+        self._shared = _Shared()
 
     def keyset(self, name: str) -> KeySet | None:
         """A key set by name: an issuer's, or a Cloudflare Access team's (``Config.key_issuers``)."""
@@ -156,26 +259,28 @@ class Verifier:
         now = int(time.time())
         entry = self.cache.get(token)
         telemetry.count_token_cache(entry is not None)
-        if entry is not None and entry.expires_at <= now - self._skew(entry):
+        if entry is not None and entry.expires_at_or_recheck <= now - self._skew(entry):
             self.cache.drop(token)
-            if entry.caller.expires_at is not None:
+            if entry.expires_at is not None:
                 raise InvalidToken("token_expired", "expired while cached")
             entry = None  # no exp: the entry only aged out of the cache; verify the token again
-        if entry is not None and entry.key is not None and not self._keys[entry.issuer].holds(entry.key):
+        grant = entry.grant if entry is not None else None
+        if grant is not None and grant.key is not None and not self._keys[grant.issuer].holds(grant.key):
             self.cache.drop(token)  # the issuer withdrew (or replaced) the key: verify the token again
             entry = None
         if entry is None:
             entry = await self._verify(token, now)
             self.cache.put(token, entry)
-        if entry.issuer not in server.issuers:
-            raise InvalidToken("token_issuer_untrusted", f"issuer {entry.issuer!r} not trusted for {server.name!r}")
-        accepted = self._by_iss[entry.caller.issuer or ""].audiences | {server.resource}
-        if not entry.audiences & accepted:
+        grant = entry.grant
+        if grant.issuer not in server.issuers:
+            raise InvalidToken("token_issuer_untrusted", f"issuer {grant.issuer!r} not trusted for {server.name!r}")
+        accepted = self._by_iss[entry.issuer or ""].audiences | {server.resource}
+        if not grant.audiences & accepted:
             raise InvalidToken("token_audience_mismatch", f"aud does not contain {server.resource}")
-        return entry.caller
+        return entry
 
     def _skew(self, entry: Verified) -> int:
-        issuer = self._by_iss.get(entry.caller.issuer or "")
+        issuer = self._by_iss.get(entry.issuer or "")
         return issuer.clock_skew if issuer else 0
 
     async def _verify(self, token: str, now: int) -> Verified:
@@ -242,6 +347,7 @@ class Verifier:
         if issuer.require_jti and not isinstance(claims.get("jti"), str):
             raise InvalidToken("token_claim_missing", "no jti claim")
         exp = _numeric_date(claims, "exp")
+        exp = self._shared(exp) if exp is not None else None  # tokens issued in the same second share it
         nbf = _numeric_date(claims, "nbf")
         iat = _numeric_date(claims, "iat")
         skew = issuer.clock_skew
@@ -257,15 +363,22 @@ class Verifier:
         if sub is not None and not isinstance(sub, str):
             raise InvalidToken("token_claim_invalid", "sub must be a string")
         client_id = claims.get("client_id", claims.get("azp"))
+        client_id = self._shared(client_id) if isinstance(client_id, str) else None
         jti = claims.get("jti")
-        caller = Caller(
-            subject=sub or (client_id if isinstance(client_id, str) else None) or "",
-            claims=claims,
-            scopes=_scopes(claims),
-            client_id=client_id if isinstance(client_id, str) else None,
+        if self.keep_claims:
+            kept: Mapping[str, Any] = claims
+        else:
+            kept = self._shared.issued_at(iat) if iat is not None else _NO_CLAIMS
+        audiences = _audiences(claims)
+        grant = self._shared.grant(issuer.name, audiences, key) if exp is not None else None
+        return Verified(
+            subject=self._shared(sub or client_id or ""),
+            claims=kept,
+            scopes=self._shared(_scopes(claims)),
+            client_id=client_id,
             issuer=issuer.issuer,
             mode="jwt",
             token_id=jti if isinstance(jti, str) else None,
             expires_at=exp,
+            grant=grant or Grant(issuer.name, audiences, key, now + 300),
         )
-        return Verified(issuer.name, caller, _audiences(claims), exp if exp is not None else now + 300, key)

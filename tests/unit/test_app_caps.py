@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from support import ISSUER, RESOURCE, issuer_spec, make_config
+from support import ISSUER, RESOURCE, issuer_spec, make_config, policy, server_spec
 
 from authz.app import Authorizer
 from authz.config import ConfigError
@@ -36,4 +36,19 @@ async def test_the_token_cache_holds_at_most_token_cache_size_tokens(tmp_path: P
     assert (stats["token_cache"], stats["token_cache_size"]) == (5, 5)
     assert stats["jwks_keys"] == {"main": 1}
     assert verifier.cache.get(tokens[0]) is None and verifier.cache.get(tokens[-1]) is not None
+    await authorizer.stop()
+
+
+@pytest.mark.parametrize(("when", "kept"), [(None, False), ('"admins" in jwt.groups', True)])
+async def test_cached_tokens_keep_their_claims_only_when_a_policy_reads_them(
+    tmp_path: Path, when: str | None, kept: bool
+) -> None:
+    key = devkey.ensure_key(tmp_path / "dev.pem")
+    rule: dict[str, object] = {"name": "r", "methods": ["*"], **({"when": when} if when else {})}
+    server = server_spec(policy=policy(rule))
+    config = make_config([issuer_spec(local_key_file=str(key))], [server])
+    authorizer = Authorizer(config)
+    token = devkey.mint(key, issuer=ISSUER, audience=RESOURCE, subject="alice", extra={"groups": ["admins"]})
+    caller = await authorizer.checker.verifier.verify(token, config.servers["mcp"])
+    assert ("groups" in caller.claims) is kept and "iat" in caller.claims
     await authorizer.stop()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import fields
 from types import SimpleNamespace
 from typing import Any
 
@@ -31,7 +32,7 @@ from authz.config import Config
 from authz.errors import InvalidToken, Unavailable
 from authz.identity import jwks as jwks_module
 from authz.identity import rfc9068
-from authz.identity.rfc9068 import TokenCache, Verified, Verifier
+from authz.identity.rfc9068 import Grant, TokenCache, Verified, Verifier
 from authz.model import Caller
 
 ALL_ALGS = ["RS256", "PS256", "ES256", "ES384", "EdDSA"]
@@ -85,7 +86,7 @@ async def test_every_key_type_verifies(jwks_server: JwksServer, http_session: ai
     s = make_setup(jwks_server, http_session, key)
     claims = make_claims(jti="t-1")
     caller = await s.verify(key.token(claims))
-    assert caller == Caller(
+    assert Caller(**{f.name: getattr(caller, f.name) for f in fields(Caller)}) == Caller(
         subject="alice",
         claims=claims,
         scopes=frozenset({"tools:read", "tools:write"}),
@@ -328,7 +329,7 @@ async def test_refused_tokens_are_not_cached(setup: Setup) -> None:
 
 def test_cache_is_bounded() -> None:
     cache = TokenCache(2)
-    entry = Verified("main", Caller("s", {}, frozenset()), frozenset(), 0)
+    entry = Verified("s", {}, frozenset(), grant=Grant("main", frozenset()))
     for token in ("a", "b", "c"):
         cache.put(token, entry)
     assert len(cache) == 2
@@ -380,7 +381,7 @@ async def test_token_without_exp_is_reverified_not_expired(
     monkeypatch.setattr(rfc9068, "time", SimpleNamespace(time=lambda: later))
     assert (await s.verify(token)).subject == "alice"
     entry = s.verifier.cache.get(token)  # verified afresh: the entry now runs from `later`
-    assert entry is not None and entry.expires_at == later + 300
+    assert entry is not None and entry.expires_at is None and entry.grant.recheck_at == later + 300
 
 
 async def test_cached_token_is_refused_once_its_key_is_withdrawn(
@@ -446,3 +447,67 @@ async def test_a_new_kid_while_refetching_is_throttled_is_503_not_401(
     assert (info.value.status, info.value.reason) == (503, "jwks_unavailable")
     now[0] += 29
     assert (await s.verify(k.rsa_new.token())).subject == "alice"
+
+
+# ---------------------------------------------------------------- issue 21 item 6: what a cached token costs
+
+
+def _many_tokens(n: int) -> list[str]:
+    k = keys()
+    extra = {"email": "alice@corp.test", "groups": ["a", "b"], "auth_time": 1}
+    return [k.ec256.token(make_claims(jti=f"jti-{i:06d}-{'x' * 20}", **extra)) for i in range(n)]
+
+
+@pytest.mark.parametrize(("keep_claims", "budget"), [(False, 700), (True, 2600)])
+async def test_a_cached_token_costs_little(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession, keep_claims: bool, budget: int
+) -> None:
+    """Cached: a digest of the token (not its text), shared strings and sets, claims only when CEL reads them."""
+    import gc
+    import tracemalloc
+
+    s = make_setup(jwks_server, http_session, keys().ec256)
+    verifier = Verifier(s.config.issuers, s.verifier._keys, 10_000, keep_claims=keep_claims)
+    tokens = _many_tokens(2000)
+    await verifier.verify(tokens[0], s.config.servers["mcp"])  # keys fetched, interned values in place
+    gc.collect()
+    tracemalloc.start()
+    before = tracemalloc.get_traced_memory()[0]
+    for token in tokens[1:]:
+        await verifier.verify(token, s.config.servers["mcp"])
+    gc.collect()
+    per_token = (tracemalloc.get_traced_memory()[0] - before) / (len(tokens) - 1)
+    tracemalloc.stop()
+    assert len(verifier.cache) == len(tokens)
+    assert per_token <= budget, f"{per_token:.0f} B per cached token"
+
+
+async def test_the_cache_keeps_the_claims_only_when_asked(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    s = make_setup(jwks_server, http_session, keys().ec256)
+    token = keys().ec256.token(make_claims(groups=["admins"]))
+    lean = Verifier(s.config.issuers, s.verifier._keys, 10, keep_claims=False)
+    full = Verifier(s.config.issuers, s.verifier._keys, 10, keep_claims=True)
+    server = s.config.servers["mcp"]
+    slim, rich = await lean.verify(token, server), await full.verify(token, server)
+    assert rich.claims["groups"] == ["admins"] and "groups" not in slim.claims
+    assert slim.claims["iat"] == rich.claims["iat"]  # what the revocation check reads
+    assert dict(slim.claims) == {"iat": rich.claims["iat"]}
+    assert (slim.subject, slim.scopes, slim.client_id, slim.token_id, slim.expires_at) == (
+        rich.subject,
+        rich.scopes,
+        rich.client_id,
+        rich.token_id,
+        rich.expires_at,
+    )
+    assert (await lean.verify(token, server)) is slim  # a cache hit: the same object
+    assert lean.cache.get(token) is not None and len(lean.cache) == 1
+
+
+def test_a_cache_entry_is_found_by_the_token_and_no_other() -> None:
+    cache = TokenCache(4)
+    entry = Verified("s", {}, frozenset(), grant=Grant("main", frozenset()))
+    cache.put("a.b.c", entry)
+    assert cache.get("a.b.c") is entry
+    assert cache.get("a.b.d") is None and cache.get("a.b.c ") is None
