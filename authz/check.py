@@ -89,7 +89,13 @@ class Checker:
             await self.approvals.check(server, caller, mcp, rule, req)
             credentials = await self.upstream.headers(server, caller)
             return response.allow(
-                server, caller, mcp, rule, credentials, source=(req.source_address, req.source_principal)
+                server,
+                caller,
+                mcp,
+                rule,
+                credentials,
+                source=(req.source_address, req.source_principal),
+                client_headers=req.headers,
             )
         except Refusal as refusal:
             return response.deny(refusal, server, mcp, caller=caller)

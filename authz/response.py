@@ -4,11 +4,12 @@ identity headers for the MCP server, and the caller's token removed."""
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from authz import handover
 from authz.config import Server
-from authz.contract import LIST_ROUTE_HEADER
+from authz.contract import ENVOY_HEADER_PREFIX, LIST_ROUTE_HEADER
 from authz.errors import (
     FORBIDDEN_CODE,
     ApprovalRefused,
@@ -120,11 +121,14 @@ def allow(
     extra_headers: tuple[tuple[str, str], ...] = (),
     *,
     source: tuple[str, str] = ("", ""),
+    client_headers: Iterable[str] = (),
 ) -> Decision:
     """Identity headers set (overwriting whatever the client sent), the token and unset ones removed.
 
     ``extra_headers`` are upstream credentials (integration secret, exchanged token): set, replacing
     any client copy, and never in the remove list (Envoy removes after it sets).
+    ``client_headers``: the names of the request's headers; any ``x-mcp-authz-*`` one (the names
+    Envoy and the authorizer use between them) is removed, unless this decision sets it.
     For a ``filter_lists`` server, ``metadata`` hands the caller to the list filter (``source``:
     the request's address and mTLS principal, kept only when CEL conditions may read them).
     """
@@ -150,6 +154,10 @@ def allow(
     if server.filter_lists:  # routes the request past ext_proc unless it lists (see the Envoy renderer)
         listing = any(c.method in handover.LIST_METHODS for c in mcp.calls)
         set_headers += ((LIST_ROUTE_HEADER, "1" if listing else "0"),)
+    reserved = [h for h in client_headers if h.startswith(ENVOY_HEADER_PREFIX)]
+    if reserved:
+        setting = {k for k, _ in set_headers}
+        remove += tuple(h for h in reserved if h not in setting and h not in remove)
     return Decision(
         allowed=True,
         status=200,

@@ -47,6 +47,8 @@ import yaml
 from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, ExtensionFilter
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation as MutationRule
+from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutationRemoveOnMatch
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
     ApiVersion,
@@ -94,6 +96,8 @@ from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
     ProcessingModeBodySendMode,
     ProcessingModeHeaderSendMode,
 )
+from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import HeaderMutation as HeaderMutationFilter
+from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import Mutations as HeaderMutations
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -124,6 +128,7 @@ EXT_AUTHZ = "envoy.filters.http.ext_authz"
 ROUTER = "envoy.filters.http.router"
 EXT_PROC = "envoy.filters.http.ext_proc"
 CORS = "envoy.filters.http.cors"
+HEADER_MUTATION = "envoy.filters.http.header_mutation"
 # CORS for browser MCP clients, on the routes of servers with `origins`: what they send and may read.
 CORS_ALLOW_HEADERS = (
     "authorization, content-type, accept, last-event-id, mcp-protocol-version, mcp-session-id, mcp-method, mcp-name"
@@ -588,9 +593,19 @@ def http_filters(config: Config, authorizer: str) -> list[HttpFilter]:
     http_authorizer = config.spec.envoy.authorizer == "http"
     authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
     cors = [cors_filter()] if any(s.origins for s in config.servers.values()) else []  # before ext_authz
-    if filters_lists(config):  # after ext_authz: it needs the Check's metadata
-        return [*cors, authz, ext_proc_filter(config), router_filter()]
-    return [*cors, authz, router_filter()]
+    extproc = [ext_proc_filter(config)] if filters_lists(config) else []  # after ext_authz: it needs the metadata
+    return [*cors, authz, *extproc, strip_authorizer_headers_filter(), router_filter()]
+
+
+def strip_authorizer_headers_filter() -> HttpFilter:
+    """Removes every ``x-mcp-authz-*`` header before the request goes upstream: the names Envoy and the
+    authorizer use between them mean nothing to the MCP server, and a client's own copies must not reach
+    it (the HTTP authorizer never sees them, so it cannot name them in ``x-envoy-auth-headers-to-remove``).
+    Last before the router, so the route chosen on ``x-mcp-authz-list`` is already fixed."""
+    prefix = StringMatcher(prefix=contract.ENVOY_HEADER_PREFIX, ignore_case=True)
+    remove = MutationRule(remove_on_match=HeaderMutationRemoveOnMatch(key_matcher=prefix))
+    mutation = HeaderMutationFilter(mutations=HeaderMutations(request_mutations=[remove]))
+    return HttpFilter(name=HEADER_MUTATION, typed_config=AnyMessage.pack(mutation))
 
 
 def cors_filter() -> HttpFilter:

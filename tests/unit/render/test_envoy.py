@@ -24,7 +24,7 @@ from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import BufferSe
 from authz.config import Config, parse_config
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.identity.devkey import ensure_key
-from authz.render.envoy import EXT_AUTHZ, render_envoy, render_envoy_yaml
+from authz.render.envoy import EXT_AUTHZ, HEADER_MUTATION, render_envoy, render_envoy_yaml
 from authz.render.envoy import bootstrap as typed_bootstrap
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -188,8 +188,15 @@ def test_header_only_route_comes_first_and_skips_the_body(key: Path) -> None:
 def test_ext_authz_fails_closed(example: Config) -> None:
     bootstrap = render_envoy(example)
     names = [f["name"] for f in http_filters(bootstrap)]
-    # CORS first (the example lists origins: preflights carry no token), ext_proc after ext_authz (lists)
-    assert names == ["envoy.filters.http.cors", EXT_AUTHZ, "envoy.filters.http.ext_proc", "envoy.filters.http.router"]
+    # CORS first (the example lists origins: preflights carry no token), ext_proc after ext_authz (lists),
+    # the x-mcp-authz-* headers stripped last before the router
+    assert names == [
+        "envoy.filters.http.cors",
+        EXT_AUTHZ,
+        "envoy.filters.http.ext_proc",
+        HEADER_MUTATION,
+        "envoy.filters.http.router",
+    ]
     authz = http_filters(bootstrap)[1]["typed_config"]
     assert authz["failure_mode_allow"] is False
     assert authz["status_on_error"] == {"code": "ServiceUnavailable"}

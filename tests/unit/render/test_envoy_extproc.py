@@ -16,6 +16,7 @@ from authz.config import Config, ConfigError
 from authz.render.envoy import (
     EXT_PROC,
     EXTPROC_CLUSTER,
+    HEADER_MUTATION,
     ext_proc_filter,
     extproc_local_reply,
     render_envoy,
@@ -46,7 +47,7 @@ def hcm(boot: dict[str, Any]) -> dict[str, Any]:
 def test_ext_proc_follows_ext_authz_with_headers_only_and_overrides() -> None:
     boot = render_envoy(config())
     names = [f["name"] for f in hcm(boot)["http_filters"]]
-    assert names == ["envoy.filters.http.ext_authz", EXT_PROC, "envoy.filters.http.router"]
+    assert names == ["envoy.filters.http.ext_authz", EXT_PROC, HEADER_MUTATION, "envoy.filters.http.router"]
     proc = hcm(boot)["http_filters"][1]["typed_config"]
     assert proc["grpc_service"] == {"envoy_grpc": {"cluster_name": EXTPROC_CLUSTER}}
     assert proc["allow_mode_override"] is True
