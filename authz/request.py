@@ -41,6 +41,8 @@ MAX_BATCH = 256
 MAX_BODY_BYTES = 16 * 1024 * 1024
 # Any value in the sentinel form is decoded or refused, never taken as plain text (as the SDK does).
 _B64_FORM = re.compile(r"=\?base64\?(?P<payload>.*)\?=")
+# RFC 9110 field values as MCP lets clients send them plain: visible ASCII, space, tab (else base64-encoded).
+_PLAIN_VALUE = re.compile(r"[\t\x20-\x7e]*")
 
 
 def decode_header_value(value: str) -> str | None:
@@ -163,12 +165,15 @@ def _envelope(item: dict[str, Any]) -> None:
 
 
 def _name(header: str | None) -> str | None:
-    if header is None:
-        return None
-    name = decode_header_value(header)
-    if name is None:
-        raise BadRequest("header_malformed", "Mcp-Name is not a valid encoded value", code=HEADER_MISMATCH)
-    return name
+    return None if header is None else _header_value(header, "Mcp-Name")
+
+
+def _header_value(raw: str, what: str) -> str:
+    """A mirrored header's value, decoded; invalid characters or a malformed encoding are -32020."""
+    value = decode_header_value(raw) if _PLAIN_VALUE.fullmatch(raw) else None
+    if value is None:
+        raise BadRequest("header_malformed", f"{what} is not a valid header value", code=HEADER_MISMATCH)
+    return value
 
 
 def _peek_id(body: bytes) -> str | int | None:

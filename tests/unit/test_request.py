@@ -625,3 +625,9 @@ def test_the_sdk_refuses_what_the_parser_refuses() -> None:
         assert isinstance(ours, BadRequest) == isinstance(theirs, InboundLadderRejection)
         if isinstance(ours, BadRequest) and isinstance(theirs, InboundLadderRejection):
             assert ours.code == theirs.code == INVALID_PARAMS
+
+
+@pytest.mark.parametrize("header", ["résumé", "a\x00b", "a\x7fb", "tool\x1b[31m"])
+def test_a_mcp_name_with_invalid_characters_is_32020(header: str) -> None:
+    """2026-07-28 Server Validation: a header value with invalid characters is a failure (clients encode)."""
+    assert_mismatch(stateless(tool_call(header), "tools/call", header), "header_malformed")
