@@ -5,7 +5,8 @@ and calls the policy refuses.
 Measured on the authorizer process after a warm-up and again after the load: resident memory (VmRSS),
 open file descriptors (/proc/<pid>/fd), asyncio tasks and cache sizes (its SIGUSR1 `stats` line).
 Every answer must be the normal one for its kind (no 503: each Check answered within Envoy's 2 s
-timeout), nothing refused may reach the MCP server, the caches stay at their caps, unknown kids cause
+timeout; only an unknown kid may get the authorizer's retryable 503 ``jwks_unavailable`` while refetching
+is throttled), nothing refused may reach the MCP server, the caches stay at their caps, unknown kids cause
 at most one JWKS refetch per `jwks_min_refetch`, and after the load the service answers normally.
 """
 
@@ -27,7 +28,8 @@ MIN_REFETCH = 10
 WARM_UP = 1.5
 DURATION = 7.0
 RSS_GROWTH_KB = 32 * 1024  # generous: the caches are far smaller; an unbounded one would pass it only briefly
-EXPECTED = {"valid": 200, "forbidden": 403, "unknown-kid": 401, "garbage": 401, "anonymous": 401}
+# An unknown kid: 401 once a fetch has looked for it, else 503 jwks_unavailable (refetch throttled: retry).
+EXPECTED = {"valid": {200}, "forbidden": {403}, "unknown-kid": {401, 503}, "garbage": {401}, "anonymous": {401}}
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +69,7 @@ def kinds(stack: FaultStack) -> list[dict[str, Any]]:
 
 
 def check_answers(stack: FaultStack, results: list[dict[str, Any]]) -> None:
-    wrong = [r for r in results if r["status"] != EXPECTED[r["kind"]]]
+    wrong = [r for r in results if r["status"] not in EXPECTED[r["kind"]]]
     assert not wrong, f"{len(wrong)} abnormal answers, e.g. {wrong[:3]}"
     markers = {r["marker"] for r in results}
     assert stack.reached_upstream() & markers == {r["marker"] for r in results if r["kind"] == "valid"}
@@ -108,5 +110,5 @@ def test_load_held(stack: FaultStack) -> None:
         status, _marker = stack.call("search", token)
         assert status == 200
     status, _marker = stack.call("search", stack.token(Signer("after-burst")))  # unknown kid: refused as before
-    assert status == 401
+    assert status in EXPECTED["unknown-kid"]
     assert stack.authorizer.proc.alive
