@@ -44,6 +44,22 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config_reference(args: argparse.Namespace) -> int:
+    """Print the configuration reference (Markdown, generated from the schema; docs/configuration.md holds it)."""
+    from authz.config.reference import reference
+
+    print(reference())
+    return 0
+
+
+def cmd_config_schema(args: argparse.Namespace) -> int:
+    """Print the JSON Schema of the config file (docs/config.schema.json holds it)."""
+    from authz.config.reference import json_schema_text
+
+    sys.stdout.write(json_schema_text())
+    return 0
+
+
 def cmd_token(args: argparse.Namespace) -> int:
     from authz.app import ensure_dev_keys
     from authz.identity import devkey
@@ -172,7 +188,9 @@ def parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config_check)
 
     ref = cfg.add_parser("reference", help="print the configuration reference (Markdown)")
-    ref.set_defaults(func=lambda _: print(__import__("authz.config.reference").config.reference.reference()) or 0)
+    ref.set_defaults(func=cmd_config_reference)
+    sch = cfg.add_parser("schema", help="print the JSON Schema of the config file (for editors)")
+    sch.set_defaults(func=cmd_config_schema)
 
     t = sub.add_parser("token", help="mint a development access token with the local dev key")
     t.add_argument("-c", "--config", default=DEFAULT_CONFIG)
