@@ -18,6 +18,7 @@ from typing import Any
 import aiohttp
 import grpc
 
+from authz import __version__
 from authz.approval.gate import ApprovalGate
 from authz.check import Checker
 from authz.config import Config, ConfigError, load_config
@@ -188,7 +189,7 @@ class Authorizer:
             export_interval=t.export_interval,
         )
         try:
-            telemetry.setup(settings, version=_version())
+            telemetry.setup(settings, version=__version__)
         except Exception:  # no telemetry is better than no authorizer
             log.exception("telemetry setup failed; serving without metrics and traces")
 
@@ -323,15 +324,6 @@ class Authorizer:
             if mtime is not None and mtime != self._mtime:
                 self._mtime = mtime
                 await self.reload()
-
-
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version("mcp-authz")
-    except PackageNotFoundError:
-        return ""
 
 
 async def serve(path: str) -> None:

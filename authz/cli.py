@@ -7,8 +7,9 @@ import asyncio
 import json
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
+from authz import __version__
 from authz.config import Config, ConfigError, load_config
 
 DEFAULT_CONFIG = "examples/config.yaml"
@@ -22,6 +23,48 @@ def _load(path: str) -> Config:
         raise SystemExit(2) from None
 
 
+def _fail(message: str) -> NoReturn:
+    """One line on stderr and exit status 2: what a user's mistake gets instead of a traceback."""
+    print(f"mcp-authz: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _existing_config(path: str) -> str:
+    """``path`` when it is a file; else exit 2 saying where the (default) config was looked for."""
+    if not Path(path).is_file():
+        if path == DEFAULT_CONFIG:
+            _fail(
+                f"no {DEFAULT_CONFIG} here (the default -c, relative to the working directory {Path.cwd()}): "
+                "run from the repository root or pass -c CONFIG"
+            )
+        _fail(f"-c {path}: no such file")
+    return path
+
+
+def _read_json(option: str, path: str) -> Any:
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        _fail(f"{option} {path}: cannot read it: {exc.strerror or exc}")
+    except UnicodeDecodeError:
+        _fail(f"{option} {path}: not JSON (not UTF-8 text)")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        _fail(f"{option} {path}: not JSON: {exc.msg} at line {exc.lineno} column {exc.colno}")
+
+
+def _write(option: str, path: str, text: str) -> None:
+    """Write an output file; a missing directory or a refused write exits 2 naming the option."""
+    target = Path(path)
+    if not target.parent.is_dir():
+        _fail(f"{option} {path}: directory {target.parent} does not exist (create it first)")
+    try:
+        target.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        _fail(f"{option} {path}: cannot write it: {exc.strerror or exc}")
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     import uvloop
 
@@ -33,8 +76,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"mcp-authz: {exc}", file=sys.stderr)
         return 2
+    from authz.ports import PortsUnavailable
+
     logs.setup(config.spec.log_level)
-    uvloop.run(app.serve(args.config))
+    try:
+        uvloop.run(app.serve(args.config))
+    except PortsUnavailable as exc:
+        _fail(f"serve: {exc} (is another mcp-authz, or `mcp-authz dev up`, running? or change the key)")
     return 0
 
 
@@ -60,11 +108,22 @@ def cmd_config_schema(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_token(args: argparse.Namespace) -> int:
+def _ensure_dev_keys(path: str) -> None:
+    """Make the development keys the config names; a file that is no YAML is left for the loader to report."""
+    import yaml
+
     from authz.app import ensure_dev_keys
+
+    try:
+        ensure_dev_keys(path)
+    except (OSError, yaml.YAMLError):
+        pass
+
+
+def cmd_token(args: argparse.Namespace) -> int:
     from authz.identity import devkey
 
-    ensure_dev_keys(args.config)
+    _ensure_dev_keys(_existing_config(args.config))
     config = _load(args.config)
     local = [i for i in config.issuers.values() if i.local_key_file and (args.issuer in (None, i.name))]
     if not local:
@@ -74,6 +133,8 @@ def cmd_token(args: argparse.Namespace) -> int:
         )
         return 2
     issuer = local[0]
+    if args.server and args.server not in config.servers:
+        _fail(f"token --server {args.server!r}: not in the config's servers (known: {', '.join(config.servers)})")
     server = config.servers[args.server] if args.server else next(iter(config.servers.values()))
     extra: dict[str, Any] = {"groups": args.groups.split(",")} if args.groups else {}
     print(
@@ -94,7 +155,7 @@ def cmd_policy_explain(args: argparse.Namespace) -> int:
     from authz.explain.offline import explain
 
     config = _load(args.config)
-    spec = json.loads(Path(args.request).read_text(encoding="utf-8"))
+    spec = _read_json("--request", args.request)
     result = asyncio.run(explain(config, spec, args.token))
     print(json.dumps(result, indent=2))
     return 0 if result["decision"] == "allow" else 1
@@ -168,6 +229,22 @@ def cmd_secret_encrypt(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_health(args: argparse.Namespace) -> int:
+    """Exit 0 when the authorizer answers ready (the image's HEALTHCHECK: no curl needed)."""
+    from authz import probe
+
+    try:
+        if args.grpc:
+            result = probe.grpc_health(args.address or probe.GRPC, args.timeout)
+        else:
+            result = probe.readyz(args.address or probe.DISCOVERY, args.timeout)
+    except ValueError as exc:
+        print(f"mcp-authz: health: --address: {exc}", file=sys.stderr)
+        return 2
+    print(result.detail, file=sys.stdout if result.ok else sys.stderr)
+    return 0 if result.ok else 1
+
+
 def cmd_dev_up(args: argparse.Namespace) -> int:
     from authz.devstack import up
 
@@ -175,7 +252,10 @@ def cmd_dev_up(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
+    from authz.render.authorizer_pod import IMAGE
+
     p = argparse.ArgumentParser(prog="mcp-authz", description="Envoy external authorizer for MCP servers")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("serve", help="run the gRPC authorizer and the discovery service")
@@ -220,7 +300,7 @@ def parser() -> argparse.ArgumentParser:
     ri = r.add_parser("istio", help="Istio objects: MeshConfig providers, CUSTOM policies, routing, the authorizer")
     ri.add_argument("-c", "--config", required=True)
     ri.add_argument("-o", "--output", help="directory (default: all files on stdout)")
-    ri.add_argument("--image", default="mcp-authz:0.1.0", help="the authorizer's container image")
+    ri.add_argument("--image", default=IMAGE, help="the authorizer's container image (default: %(default)s)")
     ri.add_argument("--namespace", default="mcp-authz", help="the shared authorizer's namespace")
     ri.add_argument("--mcp-namespace", default="mcp", help="the MCP servers' namespace")
     ri.add_argument("--sidecar-only", action="store_true", help="only the sidecar layout's provider and policy")
@@ -228,7 +308,7 @@ def parser() -> argparse.ArgumentParser:
     rk = r.add_parser("kubernetes", help="standalone Envoy + authorizer + MCP server in one pod, no mesh")
     rk.add_argument("-c", "--config", required=True)
     rk.add_argument("-o", "--output")
-    rk.add_argument("--image", default="mcp-authz:0.1.0", help="the authorizer's container image")
+    rk.add_argument("--image", default=IMAGE, help="the authorizer's container image (default: %(default)s)")
     rk.set_defaults(func=cmd_render_kubernetes)
 
     sec = sub.add_parser("secret", help="integration secrets").add_subparsers(dest="action", required=True)
@@ -239,6 +319,14 @@ def parser() -> argparse.ArgumentParser:
     )
     se.add_argument("--key-file", help="read the key from this file instead of the environment")
     se.set_defaults(func=cmd_secret_encrypt)
+
+    h = sub.add_parser("health", help="probe a running authorizer: GET /readyz (or grpc.health.v1); exit 0 if ready")
+    h.add_argument(
+        "--address", help="listen.discovery to probe (default 127.0.0.1:9192; with --grpc listen.grpc, 127.0.0.1:9191)"
+    )
+    h.add_argument("--grpc", action="store_true", help="ask grpc.health.v1 on the gRPC port instead of /readyz")
+    h.add_argument("--timeout", type=float, default=3.0, help="seconds (default 3)")
+    h.set_defaults(func=cmd_health)
 
     d = sub.add_parser("dev", help="local development stack").add_subparsers(dest="action", required=True)
     du = d.add_parser("up", help="run Envoy, the authorizer and a sample MCP server locally")

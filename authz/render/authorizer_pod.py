@@ -17,9 +17,11 @@ from typing import Any
 
 import yaml
 
+from authz import __version__
 from authz.config import Config
 
-IMAGE = "mcp-authz:0.1.0"  # the image the Dockerfile builds; `--image` sets another
+REPOSITORY = "mcp-authz"  # the image the Dockerfile builds (docs/install.md); `--image` sets another
+IMAGE = f"{REPOSITORY}:{__version__.replace('+', '-')}"  # tagged with the package version ("+" is no tag character)
 UID = 10001  # the image's numeric non-root user
 CONFIG_DIR = "/etc/mcp-authz"
 CONFIG_FILE = "config.yaml"  # the image's ENTRYPOINT reads CONFIG_DIR/CONFIG_FILE

