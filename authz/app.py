@@ -23,7 +23,9 @@ from authz.approval.gate import ApprovalGate
 from authz.check import Checker
 from authz.config import Config, ConfigError, load_config
 from authz.extproc.service import ExtProcService
+from authz.front.grpc_h2corn import GrpcFront, H2cornServer, start_grpc_h2corn
 from authz.front.grpc_service import AuthorizationService, start_grpc
+from authz.front.grpc_wire import message_limit
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
@@ -41,6 +43,17 @@ from discovery import start as start_discovery
 
 log = logging.getLogger("mcp_authz")
 decisions = logging.getLogger("mcp_authz.decision")
+GRPC_GRACE = 2.0  # seconds the gRPC front drains on SIGTERM
+GRPC_SERVER_ENV = "MCP_AUTHZ_GRPC_SERVER"  # grpcio | h2corn; becomes listen.grpc_server once config/ is split
+GRPC_SERVERS = ("grpcio", "h2corn")
+
+
+def grpc_server() -> str:
+    """Which gRPC front serves ``listen.grpc`` (docs/grpc-server.md); refuses an unknown name."""
+    chosen = os.environ.get(GRPC_SERVER_ENV, "") or "grpcio"
+    if chosen not in GRPC_SERVERS:
+        raise ValueError(f"{GRPC_SERVER_ENV}={chosen!r}: expected one of {', '.join(GRPC_SERVERS)}")
+    return chosen
 
 
 def _claims_read(config: Config) -> bool:
@@ -54,7 +67,7 @@ class Authorizer:
         self._http: aiohttp.ClientSession | None = None
         self._keys: dict[str, KeySet] = {}
         self._refreshers: list[asyncio.Task[None]] = []
-        self._grpc: grpc.aio.Server | None = None
+        self._grpc: grpc.aio.Server | H2cornServer | None = None
         self._discovery: Any = None
         self._http_front: asyncio.Server | None = None
         self._admin: grpc.aio.Server | None = None
@@ -153,9 +166,7 @@ class Authorizer:
         await self.store.start()
         self._configure_webhook()
         self._start_refreshers()
-        service = AuthorizationService(lambda: self.checker, self.observe)
-        processor = ExtProcService(lambda: self.config)  # list filtering (ext_proc) on the same server
-        self._grpc, _ = await start_grpc(self.config.listen.grpc, service, processor)
+        await self._start_grpc()
         if self.config.listen.http:
             from authz.front.http_service import start_http
 
@@ -166,6 +177,7 @@ class Authorizer:
             "mcp-authz serving",
             extra={
                 "grpc": self.config.listen.grpc,
+                "grpc_server": grpc_server(),
                 "http": self.config.listen.http or None,
                 "discovery": self.config.listen.discovery,
                 "servers": sorted(self.config.servers),
@@ -174,6 +186,20 @@ class Authorizer:
             },
         )
         log.info("configuration in force", extra={"settings": self.settings_summary()})
+
+    def message_limit(self) -> int:
+        """The largest gRPC message accepted, from ``envoy.max_request_bytes`` and ``ext_proc.max_body_bytes``."""
+        return message_limit(self.config.spec.envoy.max_request_bytes, self.config.spec.ext_proc.max_body_bytes)
+
+    async def _start_grpc(self) -> None:
+        """The gRPC front ``listen.grpc_server`` names: ext_authz, the list filter (ext_proc), health."""
+        processor = ExtProcService(lambda: self.config)
+        if grpc_server() == "h2corn":
+            front = GrpcFront(lambda: self.checker, self.observe, self.message_limit, processor)
+            self._grpc = await start_grpc_h2corn(self.config.listen.grpc, front, grace=GRPC_GRACE)
+            return
+        service = AuthorizationService(lambda: self.checker, self.observe)
+        self._grpc, _ = await start_grpc(self.config.listen.grpc, service, processor, self.message_limit())
 
     # ------------------------------------------------------------------ telemetry and audit sinks
 
@@ -261,7 +287,7 @@ class Authorizer:
         if self._http_front is not None:
             self._http_front.close()
         if self._grpc is not None:
-            await self._grpc.stop(grace=2)
+            await self._grpc.stop(grace=GRPC_GRACE)  # health NOT_SERVING, GOAWAY, in-flight calls finish
         if self._discovery is not None:
             await self._discovery.cleanup()
         if self._http is not None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import sys
 from pathlib import Path
@@ -82,7 +83,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     try:
         uvloop.run(app.serve(args.config))
     except PortsUnavailable as exc:
-        _fail(f"serve: {exc} (is another mcp-authz, or `mcp-authz dev up`, running? or change the key)")
+        _fail(
+            f"serve: {exc} (another mcp-authz or `mcp-authz dev up` may be running: "
+            f"stop it, or change these in {args.config})"
+        )
     return 0
 
 
@@ -114,10 +118,8 @@ def _ensure_dev_keys(path: str) -> None:
 
     from authz.app import ensure_dev_keys
 
-    try:
+    with contextlib.suppress(OSError, yaml.YAMLError):
         ensure_dev_keys(path)
-    except (OSError, yaml.YAMLError):
-        pass
 
 
 def cmd_token(args: argparse.Namespace) -> int:
@@ -166,7 +168,7 @@ def cmd_render_envoy(args: argparse.Namespace) -> int:
 
     text = render_envoy_yaml(_load(args.config))
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        _write("-o", args.output, text)
     else:
         sys.stdout.write(text)
     return 0
@@ -189,9 +191,12 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
         sys.stdout.write("".join(f"# ---- {name}\n{text}" for name, text in files.items()))
         return 0
     out = Path(args.output)
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _fail(f"-o {args.output}: cannot make this directory: {exc.strerror or exc}")
     for name, text in files.items():
-        (out / name).write_text(text, encoding="utf-8")
+        _write("-o", str(out / name), text)
     return 0
 
 
@@ -206,7 +211,7 @@ def cmd_render_kubernetes(args: argparse.Namespace) -> int:
         print(f"mcp-authz: {exc}", file=sys.stderr)
         return 2
     if args.output:
-        Path(args.output).write_text(text, encoding="utf-8")
+        _write("-o", args.output, text)
     else:
         sys.stdout.write(text)
     return 0

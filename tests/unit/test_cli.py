@@ -1,0 +1,160 @@
+"""First use of the command line, tried as a new user would (issue 21): a mistake gets one line on stderr naming
+what to fix and exit status 2, never a traceback."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from authz.cli import main
+
+ROOT = Path(__file__).resolve().parents[2]
+EXAMPLE = ROOT / "examples" / "config.yaml"
+
+
+def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    """Exit status, stdout and stderr of ``mcp-authz ARGV`` in this process."""
+    try:
+        code = main(argv)
+    except SystemExit as exit_:
+        code = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def one_line(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, f"expected one line on stderr, got: {err!r}"
+    assert lines[0].startswith("mcp-authz: ") and "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A working directory holding a copy of the example config (its dev key is made there)."""
+    shutil.copy(EXAMPLE, tmp_path / "config.yaml")
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def test_token_for_an_unknown_server_names_the_known_ones(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, err = run(["token", "-c", "config.yaml", "--server", "nope"], capsys)
+    line = one_line(err)
+    assert code == 2 and out == ""
+    assert "--server" in line and "'nope'" in line and "demo" in line
+
+
+def test_token_for_a_known_server_still_mints(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run(["token", "-c", "config.yaml", "--server", "demo"], capsys)
+    assert code == 0 and out.count(".") == 2
+
+
+def test_token_outside_the_repository_says_where_the_default_config_is(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    code, _, err = run(["token"], capsys)
+    line = one_line(err)
+    assert code == 2
+    assert "examples/config.yaml" in line and "-c" in line and "repository" in line
+
+
+def test_token_with_a_missing_config_file_names_it(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["token", "-c", "missing.yaml"], capsys)
+    assert code == 2 and "missing.yaml" in one_line(err)
+
+
+@pytest.mark.parametrize(
+    ("content", "expected"),
+    [(None, "cannot read"), ("{not json", "not JSON"), ('{"jsonrpc": "2.0",', "not JSON")],
+    ids=["missing", "not-json", "truncated"],
+)
+def test_policy_explain_with_a_bad_request_file(
+    repo: Path, capsys: pytest.CaptureFixture[str], content: str | None, expected: str
+) -> None:
+    if content is not None:
+        (repo / "req.json").write_text(content, encoding="utf-8")
+    run(["token", "-c", "config.yaml"], capsys)  # makes the dev key the config names
+    code, out, err = run(["policy", "explain", "-c", "config.yaml", "--request", "req.json"], capsys)
+    line = one_line(err)
+    assert code == 2 and out == ""
+    assert "--request" in line and "req.json" in line and expected in line
+
+
+def test_policy_explain_still_explains(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "req.json").write_text('{"jsonrpc": "2.0", "id": 1, "method": "ping"}', encoding="utf-8")
+    run(["token", "-c", "config.yaml"], capsys)
+    code, out, _ = run(["policy", "explain", "-c", "config.yaml", "--request", "req.json"], capsys)
+    assert code == 1 and '"decision": "deny"' in out  # no token: strict mode refuses
+
+
+@pytest.mark.parametrize("target", ["envoy", "kubernetes"])
+def test_render_into_a_missing_directory(repo: Path, capsys: pytest.CaptureFixture[str], target: str) -> None:
+    run(["token", "-c", "config.yaml"], capsys)
+    code, _, err = run(["render", target, "-c", "config.yaml", "-o", "no/such/dir/out.yaml"], capsys)
+    line = one_line(err)
+    assert code == 2
+    assert "-o" in line and "no/such/dir" in line and "does not exist" in line
+    assert not (repo / "no").exists()
+
+
+def test_render_istio_into_a_path_that_is_a_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(["token", "-c", "config.yaml"], capsys)
+    (repo / "taken").write_text("x", encoding="utf-8")
+    code, _, err = run(["render", "istio", "-c", "config.yaml", "-o", "taken"], capsys)
+    line = one_line(err)
+    assert code == 2 and "-o" in line and "taken" in line
+
+
+def test_render_into_an_existing_directory_still_writes(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    run(["token", "-c", "config.yaml"], capsys)
+    (repo / "out").mkdir()
+    assert run(["render", "envoy", "-c", "config.yaml", "-o", "out/envoy.yaml"], capsys)[0] == 0
+    assert "ext_authz" in (repo / "out" / "envoy.yaml").read_text(encoding="utf-8")
+
+
+# ---------------------------------------------------------------- serve on a busy port (a real process)
+
+
+@pytest.fixture
+def held() -> Iterator[socket.socket]:
+    """A listening socket on a loopback port: what a running authorizer (or anything else) looks like."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        sock.listen()
+        yield sock
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.mark.parametrize("key", ["grpc", "http", "discovery"])
+def test_serve_on_a_busy_port_names_the_listen_key(repo: Path, held: socket.socket, key: str) -> None:
+    busy = f"127.0.0.1:{held.getsockname()[1]}"
+    ports = {name: f"127.0.0.1:{free_port()}" for name in ("grpc", "http", "discovery")}
+    ports[key] = busy
+    text = (repo / "config.yaml").read_text(encoding="utf-8")
+    listen = "listen:\n" + "".join(f"  {name}: {address}\n" for name, address in ports.items())
+    start = text.index("listen:\n")
+    end = text.index("\n\n", start) + 1
+    (repo / "config.yaml").write_text(text[:start] + listen + text[end:], encoding="utf-8")
+    subprocess.run([sys.executable, "-m", "authz", "token", "-c", "config.yaml"], cwd=repo, check=True, timeout=60)
+    done = subprocess.run(
+        [sys.executable, "-m", "authz", "serve", "-c", "config.yaml"],
+        cwd=repo,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2, done.stderr
+    line = one_line(done.stderr)
+    assert f"listen.{key} {busy}" in line and "already in use" in line
