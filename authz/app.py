@@ -162,6 +162,16 @@ class Authorizer:
         )
 
     async def start(self) -> None:
+        from authz import ports
+
+        ports.require(  # before anything binds: a busy port is one message naming its key, not a traceback
+            {
+                "listen.grpc": self.config.listen.grpc,
+                "listen.http": self.config.listen.http,
+                "listen.discovery": self.config.listen.discovery,
+                "admin.listen": self.config.spec.admin.listen,
+            }
+        )
         self._start_telemetry()
         await self.store.start()
         self._configure_webhook()
