@@ -297,11 +297,18 @@ class Bench:
         self.upstream = f"127.0.0.1:{port}"
 
     def authz_config(
-        self, run: Run, *, header_only: bool = False, policy: dict[str, Any] | None = None, http: bool = False
+        self,
+        run: Run,
+        *,
+        header_only: bool = False,
+        policy: dict[str, Any] | None = None,
+        http: bool = False,
+        grpc_server: str | None = None,
     ) -> dict[str, Any]:
         """The authorizer's own config for this case: the dev issuer, one server, the upstream.
 
         ``http``: Envoy asks the authorizer over HTTP ext_authz (``listen.http``) instead of gRPC.
+        ``grpc_server``: ``listen.grpc_server`` (``grpcio`` | ``h2corn``); None: the config's default.
         """
         server: dict[str, Any] = {
             "name": "bench",
@@ -313,6 +320,8 @@ class Bench:
         if policy is not None:
             server["policy"] = policy
         listen = {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"}
+        if grpc_server is not None:  # start_authorizer_and_envoy moves it into the environment
+            listen["grpc_server"] = grpc_server
         envoy: dict[str, Any] = {"listen": f"127.0.0.1:{run.front_port}", "admin_port": 0}
         if http:
             listen["http"] = f"127.0.0.1:{free_port()}"
@@ -419,9 +428,12 @@ class AuthzCase:
     header_only: bool = False
     policy: dict[str, Any] | None = None
     http: bool = False
+    grpc_server: str | None = None  # listen.grpc_server; None: the default
 
     def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
-        spec = bench.authz_config(run, header_only=self.header_only, policy=self.policy, http=self.http)
+        spec = bench.authz_config(
+            run, header_only=self.header_only, policy=self.policy, http=self.http, grpc_server=self.grpc_server
+        )
         authz, pid = start_authorizer_and_envoy(bench, self.name, spec, stack)
         return Front(run.resource, bench.headers(run), pid, authz.pid)
 
@@ -430,11 +442,17 @@ def start_authorizer_and_envoy(
     bench: Bench, name: str, spec: dict[str, Any], stack: contextlib.ExitStack
 ) -> tuple[subprocess.Popen[bytes], int]:
     """``mcp-authz serve`` with ``spec`` (ready once ``/readyz`` says so), then the Envoy rendered from it."""
+    spec = copy.deepcopy(spec)
+    env = dict(os.environ)
+    grpc_server = spec["listen"].pop("grpc_server", None)  # the gRPC front: MCP_AUTHZ_GRPC_SERVER (authz.app)
+    if grpc_server is not None:
+        env["MCP_AUTHZ_GRPC_SERVER"] = grpc_server
     config = bench.path(f"{name}.authz.yaml")
     config.write_text(yaml.safe_dump(spec, sort_keys=False))
     log = bench.path(f"{name}.authz.log")
     with log.open("wb") as out:
-        authz = subprocess.Popen(authorizer_command(config), stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        command = authorizer_command(config)
+        authz = subprocess.Popen(command, stdout=out, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     stack.callback(stop, authz)
     readyz = f"http://{spec['listen']['discovery']}/readyz"
     try:
@@ -580,10 +598,12 @@ class MixedCase:
     title: str
     filter_lists: bool
     legacy: bool = False  # 2025-11-25 requests (a session, no Mcp-Method): the Check routes them
+    grpc_server: str = "grpcio"  # listen.grpc_server
 
     def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
         spec = bench.authz_config(
             run,
+            grpc_server=self.grpc_server,
             policy={
                 "default": "deny",
                 "rules": [
@@ -629,9 +649,12 @@ CASES: list[Case] = [
         "Envoy jwt_authn, jwt_cache_config",
         lambda bench, run: [jwt_authn(bench, run, cache=True)],
     ),
-    AuthzCase("mcp-authz", "Envoy + mcp-authz, no policy, header-only", header_only=True),
-    AuthzCase("mcp-authz-body", "Envoy + mcp-authz, no policy, body sent"),
-    AuthzCase("mcp-authz-policy", "Envoy + mcp-authz, 50 rules, body sent", policy=policy_of(50)),
+    AuthzCase("mcp-authz", "Envoy + mcp-authz, no policy, header-only", header_only=True, grpc_server="grpcio"),
+    AuthzCase("mcp-authz-body", "Envoy + mcp-authz, no policy, body sent", grpc_server="grpcio"),
+    AuthzCase("mcp-authz-policy", "Envoy + mcp-authz, 50 rules, body sent", policy=policy_of(50), grpc_server="grpcio"),
+    AuthzCase("h2corn", "as mcp-authz, gRPC front on h2corn", header_only=True, grpc_server="h2corn"),
+    AuthzCase("h2corn-body", "as mcp-authz-body, gRPC front on h2corn", grpc_server="h2corn"),
+    AuthzCase("h2corn-policy", "as mcp-authz-policy, gRPC front on h2corn", policy=policy_of(50), grpc_server="h2corn"),
     AuthzCase("http", "Envoy + mcp-authz over HTTP ext_authz, no policy, header-only", header_only=True, http=True),
     AuthzCase("http-body", "Envoy + mcp-authz over HTTP ext_authz, no policy, body sent", http=True),
     AuthzCase(
@@ -656,6 +679,12 @@ CASES += [
         "mixed-extproc",
         f"the same with filter_lists (ext_proc), 1 tools/list per {CALLS_PER_LIST} calls",
         filter_lists=True,
+    ),
+    MixedCase(
+        "mixed-extproc-h2corn",
+        "as mixed-extproc, gRPC front (ext_authz and ext_proc) on h2corn",
+        filter_lists=True,
+        grpc_server="h2corn",
     ),
     MixedCase("mixed-legacy", "as mixed, 2025-11-25 requests (no Mcp-Method)", filter_lists=False, legacy=True),
     MixedCase("mixed-legacy-extproc", "as mixed-extproc, 2025-11-25 requests", filter_lists=True, legacy=True),
@@ -760,9 +789,10 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
         return f"{rps / base:.2f}x" if base else "-"
 
     bases = (rps_of(BASELINE), rps_of(CACHED), rps_of(NO_AUTH))
+    envoy_alone = next((r.envoy_us for r in results if r.case.name == NO_AUTH and not r.skipped), None)
     head = (
-        f"{'case':<18} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs jwt':>7} {'vs jwt$':>7} {'vs envoy':>8}"
-        f" {'envoy µs':>9} {'authz µs':>9}  note"
+        f"{'case':<20} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'vs jwt':>7} {'vs jwt$':>7} {'vs envoy':>8}"
+        f" {'envoy µs':>9} {'authz µs':>9} {'authz/E0':>8}  note"
     )
     rounds = f", median of {args.repeat} rounds" if args.repeat > 1 else ""
     lines = [
@@ -772,14 +802,15 @@ def table(results: list[Result], args: argparse.Namespace) -> str:
     ]
     for r in results:
         if r.skipped:
-            lines.append(f"{r.case.name:<18} skipped: {r.skipped}")
+            lines.append(f"{r.case.name:<20} skipped: {r.skipped}")
             continue
         ratios = f"{ratio(r.rps, bases[0]):>7} {ratio(r.rps, bases[1]):>7} {ratio(r.rps, bases[2]):>8}"
         envoy = f"{r.envoy_us:.0f}" if r.envoy_us is not None else "-"
         authz = f"{r.authz_us:.0f}" if r.authz_us is not None else "-"
+        unit = f"{r.authz_us / envoy_alone:.2f}x" if r.authz_us is not None and envoy_alone else "-"
         note = r.case.title + (f"; {r.bad} bad responses/errors" if r.bad else "")
-        figures = f"{r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratios} {envoy:>9} {authz:>9}"
-        lines.append(f"{r.case.name:<18} {figures}  {note}")
+        figures = f"{r.rps:>9.0f} {r.p50_ms:>8.2f} {r.p99_ms:>8.2f} {ratios} {envoy:>9} {authz:>9} {unit:>8}"
+        lines.append(f"{r.case.name:<20} {figures}  {note}")
     return "\n".join(lines)
 
 
@@ -842,10 +873,19 @@ def main(argv: list[str] | None = None) -> int:
     stores = [median(runs[n]) for n in ("store-redis", "store-memory") if n in runs]
     if len(stores) == 2 and not (stores[0].skipped or stores[1].skipped):
         print(f"store-redis / store-memory req/s: {stores[0].rps / stores[1].rps:.2f}x")
-    for with_, without in (("mixed-extproc", "mixed"), ("mixed-legacy-extproc", "mixed-legacy")):
+    for with_, without in (
+        ("mixed-extproc", "mixed"),
+        ("mixed-extproc-h2corn", "mixed-extproc"),
+        ("mixed-legacy-extproc", "mixed-legacy"),
+    ):
         mixed = [median(runs[n]) for n in (with_, without) if n in runs]
         if len(mixed) == 2 and not (mixed[0].skipped or mixed[1].skipped):
             print(f"{with_} / {without} req/s: {mixed[0].rps / mixed[1].rps:.2f}x")
+    for new, old in (("h2corn", "mcp-authz"), ("h2corn-body", "mcp-authz-body"), ("h2corn-policy", "mcp-authz-policy")):
+        fronts = [median(runs[n]) for n in (new, old) if n in runs]
+        if len(fronts) == 2 and not (fronts[0].skipped or fronts[1].skipped):
+            cpu = (fronts[0].authz_us or 0) / (fronts[1].authz_us or 1)
+            print(f"{new} / {old}: req/s {fronts[0].rps / fronts[1].rps:.2f}x, authorizer CPU per Check {cpu:.2f}x")
     pair = [median(runs[n]) for n in ("exchange-warm", "mcp-authz-body") if n in runs]
     if len(pair) == 2 and not (pair[0].skipped or pair[1].skipped):
         exchanges = EXCHANGES.get("exchange-warm")

@@ -422,21 +422,17 @@ class Authorizer:
 
 
 GRPC_SERVER_ENV: Final = "MCP_AUTHZ_E2E_GRPC_SERVER"
-"""Which gRPC front every authorizer of the run uses (`listen.grpc_server`, e.g. `h2corn`), unless its config
-names one; `pytest --grpc-server NAME` sets it. Unset: the config's default."""
+"""Which gRPC front every authorizer of the run uses (grpcio | h2corn) unless its start names one;
+`pytest --grpc-server NAME` sets it. Unset: the authorizer's default."""
+AUTHZ_GRPC_SERVER_ENV: Final = "MCP_AUTHZ_GRPC_SERVER"  # what the authorizer reads (authz.app.grpc_server)
 
 
-def with_grpc_server(text: str) -> str:
-    """The config text with `listen.grpc_server` from `$MCP_AUTHZ_E2E_GRPC_SERVER` (if set and not named)."""
+def with_grpc_server(env: Mapping[str, str] | None) -> Mapping[str, str] | None:
+    """The authorizer's extra environment with the run's gRPC front, unless ``env`` names one."""
     chosen = os.environ.get(GRPC_SERVER_ENV, "")
-    if not chosen:
-        return text
-    spec = yaml.safe_load(text) or {}
-    listen = spec.setdefault("listen", {})
-    if "grpc_server" in listen:
-        return text
-    listen["grpc_server"] = chosen
-    return yaml.safe_dump(spec, sort_keys=False)
+    if not chosen or (env is not None and AUTHZ_GRPC_SERVER_ENV in env):
+        return env
+    return {**(env or {}), AUTHZ_GRPC_SERVER_ENV: chosen}
 
 
 def start_authorizer(
@@ -455,10 +451,6 @@ def start_authorizer(
         config_path = log_dir / f"authz-{next(_LOG_SEQ)}.yaml"
         config_path.write_text(config, encoding="utf-8")
         text = config
-    chosen = with_grpc_server(text)
-    if chosen != text:  # the run selects another gRPC front: the file names it (in place, so reload tests
-        text = chosen  # that rewrite it go on working; a rewrite without it only changes what a restart picks)
-        config_path.write_text(text, encoding="utf-8")
     listen = {str(k): str(v) for k, v in ((yaml.safe_load(text) or {}).get("listen") or {}).items()}
     if "discovery" not in listen:
         raise ValueError("the authorizer config has no listen.discovery address to wait on")
@@ -468,7 +460,7 @@ def start_authorizer(
         [cli] if cli.exists() else [sys.executable, "-c", "import sys; from authz.cli import main; sys.exit(main())"]
     )
     argv = [*launcher, "serve", "-c", config_path]
-    proc = Proc("mcp-authz", argv, log_dir=log_dir, env=env, cwd=REPO_ROOT)
+    proc = Proc("mcp-authz", argv, log_dir=log_dir, env=with_grpc_server(env), cwd=REPO_ROOT)
     _start_or_fail(proc, lambda p: p.wait_http(f"http://{listen['discovery']}/readyz", timeout=timeout))
     return Authorizer(config_path=config_path, listen=listen, proc=proc)
 

@@ -38,7 +38,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--grpc-server",
         default=None,
-        help=f"the gRPC front every authorizer uses (listen.grpc_server: grpcio | h2corn); sets ${GRPC_SERVER_ENV}",
+        help=f"the gRPC front every authorizer uses (grpcio | h2corn); sets ${GRPC_SERVER_ENV}",
     )
 
 

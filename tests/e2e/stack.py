@@ -227,7 +227,7 @@ def start_stack(
 
     `server` overrides fields of the `demo` server entry (policy, origins, revisions, header_only,
     scopes_supported, ...); `envoy_settings` overrides the config's `envoy` section; `grpc_server` names
-    `listen.grpc_server` (else the run's choice, see `components.with_grpc_server`, or the default).
+    the gRPC front (grpcio | h2corn; else the run's choice, see `components.with_grpc_server`, or the default).
     """
     sample = sample_server()
     port = free_port()
@@ -246,11 +246,7 @@ def start_stack(
         **(server or {}),
     }
     spec = {
-        "listen": {
-            "grpc": f"127.0.0.1:{free_port()}",
-            "discovery": f"127.0.0.1:{free_port()}",
-            **({"grpc_server": grpc_server} if grpc_server else {}),
-        },
+        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
         "log_level": log_level,
         "issuers": [
             {
@@ -282,7 +278,7 @@ def start_stack(
     config = parse_config(text, str(config_path))
     started: list[Any] = [sample]
     try:
-        authz = authorizer(config_path)
+        authz = authorizer(config_path, env={"MCP_AUTHZ_GRPC_SERVER": grpc_server} if grpc_server else None)
         started.append(authz)
         proxy = envoy(render_envoy_yaml(config))
         started.append(proxy)
