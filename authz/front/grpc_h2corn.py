@@ -14,7 +14,10 @@ its job, in Rust threads. What gRPC adds on top is this module's job, and ``auth
 * every answer is response headers (``:status 200``, ``content-type: application/grpc``), the
   messages, then trailers with ``grpc-status`` and, on error, a percent-encoded ``grpc-message``.
 
-It costs about a quarter of grpcio's CPU per Check (bench/grpc_stacks.py, bench/README.md). One
+It costs about a quarter of grpcio's CPU per Check (bench/grpc_stacks.py, bench/README.md). h2corn refuses
+a peer that resets streams faster than its fixed "rapid reset" limit with GOAWAY (ENHANCE_YOUR_CALM), and
+Envoy's ext_proc resets a stream whenever its HTTP stream ends first: under load that costs a filtered list
+now and then (docs/grpc-server.md), which is why ``grpcio`` stays the default. One
 process: h2corn's multi-worker mode forks the whole application, and the memory store, discovery
 and admin servers live in this one (see docs/grpc-server.md).
 """
@@ -46,6 +49,7 @@ AUTHZ_SERVICE = "envoy.service.auth.v3.Authorization"
 CHECK = f"/{AUTHZ_SERVICE}/Check"
 PROCESS = f"/{EXTPROC_SERVICE_NAME}/Process"
 HEALTH_CHECK = "/grpc.health.v1.Health/Check"
+SEND_AFTER_CLOSE = "SendAfterCloseError"  # h2corn's error for a send on a stream the peer has reset
 LIMIT_KEYS = "envoy.max_request_bytes / ext_proc.max_body_bytes"  # what sets message_limit()
 
 Scope = MutableMapping[str, Any]
@@ -206,6 +210,8 @@ class GrpcFront:
         except _Disconnected:
             return
         except Exception as exc:  # never crash the server; Envoy applies status_on_error (fail closed)
+            if type(exc).__name__ == SEND_AFTER_CLOSE:  # the peer reset the stream (Envoy's ext_proc does)
+                return
             log.exception("gRPC call failed", extra={"reason": "grpc_internal", "method": path})
             await _finish_quietly(call, Status.INTERNAL, type(exc).__name__)
 
