@@ -21,7 +21,9 @@ import grpc
 from authz import __version__
 from authz.approval.gate import ApprovalGate
 from authz.check import Checker
-from authz.config import Config, ConfigError, load_config
+from authz.config.errors import ConfigError
+from authz.config.load import load_config
+from authz.config.runtime import Config, HostPort
 from authz.extproc.service import ExtProcService
 from authz.front.grpc_h2corn import GrpcFront, H2cornServer, start_grpc_h2corn
 from authz.front.grpc_service import AuthorizationService, start_grpc
@@ -56,6 +58,11 @@ def grpc_server() -> str:
     return chosen
 
 
+def _text(address: HostPort | None) -> str | None:
+    """An address for a log line; None when that listener is off."""
+    return str(address) if address is not None else None
+
+
 def _claims_read(config: Config) -> bool:
     """Does any policy read token claims (CEL ``jwt.*``)? Else cached tokens keep only what the Check needs."""
     return any(s.policy is not None and s.policy.uses_cel for s in config.servers.values())
@@ -76,7 +83,7 @@ class Authorizer:
         self.audit = Auditor()
         self.approvals = ApprovalGate(None, None, self._session, self.audit.step)
         self.webhook: WebhookSink | None = None
-        self.store: Store = open_store(config.spec.store)  # started in start(); kept across reloads
+        self.store: Store = open_store(config.store)  # started in start(); kept across reloads
         self.checker = self._build(config)
 
     # ------------------------------------------------------------------ building a config's runtime
@@ -92,12 +99,12 @@ class Authorizer:
             old = self._keys.get(name)
             keys[name] = old if old is not None and old.issuer == issuer else KeySet(issuer, self._session)
         self._keys = keys
-        self.audit.configure(config.spec.audit.enabled, config.spec.audit.argument_keys)
+        self.audit.configure(config.audit.enabled, config.audit.argument_keys)
         self.approvals.configure(config.approvals, self.store)
         exchanger = TokenExchanger(self._session, self.store, config.secret_keys)
         return Checker(
             config,
-            Verifier(config.issuers, keys, config.spec.token_cache_size, keep_claims=_claims_read(config)),
+            Verifier(config.issuers, keys, config.token_cache_size, keep_claims=_claims_read(config)),
             approvals=self.approvals,
             upstream=UpstreamCredentials(exchanger),
             store=self.store,
@@ -164,14 +171,8 @@ class Authorizer:
     async def start(self) -> None:
         from authz import ports
 
-        ports.require(  # before anything binds: a busy port is one message naming its key, not a traceback
-            {
-                "listen.grpc": self.config.listen.grpc,
-                "listen.http": self.config.listen.http,
-                "listen.discovery": self.config.listen.discovery,
-                "admin.listen": self.config.spec.admin.listen,
-            }
-        )
+        # before anything binds: a busy port is one message naming its key, not a traceback
+        ports.require(self.config.listeners())
         self._start_telemetry()
         await self.store.start()
         self._configure_webhook()
@@ -186,10 +187,10 @@ class Authorizer:
         log.info(
             "mcp-authz serving",
             extra={
-                "grpc": self.config.listen.grpc,
+                "grpc": str(self.config.listen.grpc),
                 "grpc_server": grpc_server(),
-                "http": self.config.listen.http or None,
-                "discovery": self.config.listen.discovery,
+                "http": _text(self.config.listen.http),
+                "discovery": _text(self.config.listen.discovery),
                 "servers": sorted(self.config.servers),
                 "issuers": sorted(self.config.issuers),
                 "config": self.path,
@@ -199,43 +200,33 @@ class Authorizer:
 
     def message_limit(self) -> int:
         """The largest gRPC message accepted, from ``envoy.max_request_bytes`` and ``ext_proc.max_body_bytes``."""
-        return message_limit(self.config.spec.envoy.max_request_bytes, self.config.spec.ext_proc.max_body_bytes)
+        return message_limit(self.config.envoy.max_request_bytes, self.config.ext_proc.max_body_bytes)
 
     async def _start_grpc(self) -> None:
         """The gRPC front ``listen.grpc_server`` names: ext_authz, the list filter (ext_proc), health."""
         processor = ExtProcService(lambda: self.config)
         if grpc_server() == "h2corn":
             front = GrpcFront(lambda: self.checker, self.observe, self.message_limit, processor)
-            self._grpc = await start_grpc_h2corn(self.config.listen.grpc, front, grace=GRPC_GRACE)
+            self._grpc = await start_grpc_h2corn(str(self.config.listen.grpc), front, grace=GRPC_GRACE)
             return
         service = AuthorizationService(lambda: self.checker, self.observe)
-        self._grpc, _ = await start_grpc(self.config.listen.grpc, service, processor, self.message_limit())
+        self._grpc, _ = await start_grpc(str(self.config.listen.grpc), service, processor, self.message_limit())
 
     # ------------------------------------------------------------------ telemetry and audit sinks
 
     def _start_telemetry(self) -> None:
-        t = self.config.spec.telemetry
-        settings = telemetry.Settings(
-            service_name=t.service_name,
-            otlp_endpoint=t.otlp_endpoint,
-            otlp_protocol=t.otlp_protocol,
-            traces=t.traces,
-            metrics=t.metrics,
-            sample_ratio=t.sample_ratio,
-            export_interval=t.export_interval,
-        )
         try:
-            telemetry.setup(settings, version=__version__)
+            telemetry.setup(self.config.telemetry, version=__version__)
         except Exception:  # no telemetry is better than no authorizer
             log.exception("telemetry setup failed; serving without metrics and traces")
 
     def _configure_webhook(self) -> None:
         """Start, replace or stop the audit webhook sink to match the config (the old one flushes meanwhile)."""
-        spec = self.config.spec.audit.webhook
+        settings = self.config.audit.webhook
         old = self.webhook
-        if old is not None and old.spec == spec:
+        if old is not None and old.settings == settings:
             return
-        self.webhook = WebhookSink(spec, self.config.secret_keys) if spec is not None else None
+        self.webhook = WebhookSink(settings) if settings is not None else None
         self.audit.sink = self.webhook.submit if self.webhook is not None else None
         if self.webhook is not None:
             self.webhook.start()
@@ -257,18 +248,18 @@ class Authorizer:
                 raw = yaml.safe_load(Path(self.path).read_text(encoding="utf-8"))
             except (OSError, ValueError):
                 raw = None
-        result: dict[str, Any] = masked(self.config.spec.model_dump(mode="json"), raw)
+        result: dict[str, Any] = masked(self.config.settings, raw)
         return result
 
     async def _start_admin(self) -> None:
         """The admin API (revocation, sessions, explain) on ``admin.listen``, if set."""
-        if not self.config.spec.admin.listen:
+        if self.config.admin.listen is None:
             return
         from authz.admin.server import start_admin
         from authz.admin.service import AdminService
 
         service = AdminService(lambda: self.checker, lambda: self.store)
-        self._admin, _ = await start_admin(self.config.spec.admin, service)
+        self._admin, _ = await start_admin(self.config.admin, service)
 
     def _start_refreshers(self) -> None:
         for task in self._refreshers:
@@ -277,9 +268,8 @@ class Authorizer:
 
     async def _start_discovery(self) -> None:
         address = self.config.listen.discovery
-        if not address:
+        if address is None:
             return
-        host, _, port = address.rpartition(":")
         app = build_app(
             self.config,
             readiness=self.readiness,
@@ -287,7 +277,7 @@ class Authorizer:
             metrics=telemetry.prometheus_text,
             approval_callback=self.approvals.callback if self.config.approvals else None,
         )
-        self._discovery = await start_discovery(app, host, int(port))
+        self._discovery = await start_discovery(app, address.host, address.port)
 
     async def stop(self) -> None:
         for task in self._refreshers:
@@ -325,18 +315,18 @@ class Authorizer:
             log.error("config reload refused; the running config stays", extra={"errors": exc.errors})
             return False
         old = self.config
-        if (config.listen, config.spec.listen) != (old.listen, old.spec.listen):
+        if config.listen != old.listen:
             log.warning("listen addresses change only on restart")
-        if config.spec.admin != old.spec.admin:
+        if config.admin != old.admin:
             log.warning("admin settings change only on restart")
         await self._swap_store(config)
         self.checker = self._build(config)
         self._start_refreshers()
         self._configure_webhook()
-        if config.spec.telemetry != old.spec.telemetry:
+        if config.telemetry != old.telemetry:
             log.warning("telemetry settings change only on restart")
-        if config.spec.log_level != old.spec.log_level:
-            logging.getLogger().setLevel(config.spec.log_level.upper())
+        if config.log_level != old.log_level:
+            logging.getLogger().setLevel(config.log_level.upper())
         if self._discovery is not None:
             await self._discovery.cleanup()
             await self._start_discovery()
@@ -346,9 +336,9 @@ class Authorizer:
 
     async def _swap_store(self, config: Config) -> None:
         """A changed ``store`` section opens (and starts) the new store, then closes the old one."""
-        if config.spec.store == self.config.spec.store:
+        if config.store == self.config.store:
             return
-        old, self.store = self.store, open_store(config.spec.store)
+        old, self.store = self.store, open_store(config.store)
         await self.store.start()
         self._background(old.close())
         log.info("store replaced", extra={"store": self.store.kind})

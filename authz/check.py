@@ -1,5 +1,5 @@
-"""The Check pipeline: select server → origin → identify → revocation → parse → authorize → session binding →
-rate limit → approval → upstream credentials → respond.
+"""The Check pipeline: select server → origin → identify → revocation → parse → authorize → rate limit →
+session binding → approval → upstream credentials → respond.
 
 No I/O of its own (the key set and the ``Store`` it is handed may do some). An unexpected exception
 turns into a fail-closed deny here, and only here.
@@ -12,7 +12,7 @@ from typing import Any
 
 from authz import request, response, routing
 from authz.approval.gate import ApprovalGate
-from authz.config import Config, Server
+from authz.config.runtime import Config, Server
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.errors import Forbidden, Refusal, Unavailable
 from authz.identity.rfc9068 import Verifier
@@ -47,7 +47,7 @@ class Checker:
         self.verifier = verifier
         self.approvals = approvals if approvals is not None else ApprovalGate(None, None, _no_http)
         self.upstream = upstream if upstream is not None else UpstreamCredentials()
-        self.guards = Guards(store if store is not None else MemoryStore(), config.spec.store.failure)
+        self.guards = Guards(store if store is not None else MemoryStore(), config.store.failure)
         self._only = next(iter(config.servers.values())) if len(config.servers) == 1 else None
 
     def select_server(self, req: HttpRequest) -> Server:
@@ -84,8 +84,8 @@ class Checker:
                 raise parsed
             mcp = parsed
             rule = authorize(server.policy, caller, mcp, req)
+            await self.guards.rate_limit(server, caller, mcp, req.source_address)  # before a new session is stored
             await self.guards.session(server, caller, mcp)
-            await self.guards.rate_limit(server, caller, mcp, req.source_address)
             await self.approvals.check(server, caller, mcp, rule, req)
             credentials = await self.upstream.headers(server, caller)
             return response.allow(
@@ -102,4 +102,4 @@ class Checker:
         except Exception as exc:  # fail closed: never allow, never crash
             log.exception("internal error in Check", extra={"reason": "internal_error"})
             failure = Unavailable("internal_error", f"{type(exc).__name__}: {exc}")
-            return response.deny(failure, server, mcp, status=self.config.spec.failure_status, caller=caller)
+            return response.deny(failure, server, mcp, status=self.config.failure_status, caller=caller)

@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from authz import __version__
-from authz.config import Config, ConfigError, load_config
+from authz.config.errors import ConfigError
+from authz.config.load import load_config
+from authz.config.runtime import Config
 
 DEFAULT_CONFIG = "examples/config.yaml"
 
@@ -79,7 +81,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return 2
     from authz.ports import PortsUnavailable
 
-    logs.setup(config.spec.log_level)
+    logs.setup(config.log_level)
     try:
         uvloop.run(app.serve(args.config))
     except PortsUnavailable as exc:

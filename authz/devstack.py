@@ -23,7 +23,9 @@ import yaml
 
 from authz import ports
 from authz.app import ensure_dev_keys
-from authz.config import Config, ConfigError, load_config
+from authz.config.errors import ConfigError
+from authz.config.load import load_config
+from authz.config.runtime import Config, HostPort
 from authz.render.envoy import render_envoy_yaml
 
 STATE = Path(".dev")
@@ -49,19 +51,16 @@ def _fail(message: str) -> int:
     return 2
 
 
-def _listeners(config: Config) -> dict[str, str]:
+def _listeners(config: Config) -> dict[str, str | HostPort | None]:
     """Every address the stack listens on, by the config key that sets it."""
-    spec = config.spec
+    envoy = config.envoy
     found = {
-        "envoy.listen": spec.envoy.listen,
-        "envoy.admin_port": f"127.0.0.1:{spec.envoy.admin_port}" if spec.envoy.admin_port else "",
-        "listen.grpc": config.listen.grpc,
-        "listen.http": config.listen.http,
-        "listen.discovery": config.listen.discovery,
-        "admin.listen": spec.admin.listen,
+        "envoy.listen": str(envoy.listen),
+        "envoy.admin_port": f"127.0.0.1:{envoy.admin_port}" if envoy.admin_port else "",
+        **config.listeners(),
     }
     server = next(iter(config.servers.values()))
-    found[f"servers[{server.name}].upstream"] = server.upstream
+    found[f"servers[{server.name}].upstream"] = str(server.upstream)
     return found
 
 
@@ -108,7 +107,7 @@ def _up_locked(config_path: str, lock: TextIO) -> int:
     envoy_yaml = STATE / "envoy.yaml"
     envoy_yaml.write_text(render_envoy_yaml(config), encoding="utf-8")
     server = next(iter(config.servers.values()))
-    up_host, _, up_port = server.upstream.rpartition(":")
+    up_host, up_port = server.upstream.host, str(server.upstream.port)
     commands = {
         "sample-server": [sys.executable, str(SAMPLE_SERVER), "--host", up_host, "--port", up_port],
         "authorizer": [sys.executable, "-m", "authz", "serve", "-c", config_path],
@@ -120,7 +119,7 @@ def _up_locked(config_path: str, lock: TextIO) -> int:
             log = (STATE / f"{name}.log").open("wb")
             procs.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT))
         _wait(f"http://{config.listen.discovery}/readyz", "the authorizer", procs)
-        _wait(f"http://{config.spec.envoy.listen}/.well-known/oauth-protected-resource{server.path}", "Envoy", procs)
+        _wait(f"http://{config.envoy.listen}/.well-known/oauth-protected-resource{server.path}", "Envoy", procs)
         if any(p.poll() is not None for p in procs):  # answered by something else: no banner for a dead stack
             raise RuntimeError(f"a process exited while starting; see {STATE}/*.log")
         _banner(config_path, server.resource)

@@ -16,7 +16,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from authz.config import Server
+from authz.config.runtime import Server
 from authz.contract import HANDOVER_ID, HANDOVER_KEY, HANDOVER_NAMESPACE
 from authz.model import ANONYMOUS, Caller, McpRequest
 

@@ -8,6 +8,8 @@ import socket
 from collections.abc import Mapping
 from dataclasses import dataclass
 
+from authz.config.runtime import HostPort
+
 _PROBLEMS = {
     errno.EADDRINUSE: "address already in use",
     errno.EADDRNOTAVAIL: "not an address of this host",
@@ -35,13 +37,11 @@ class PortsUnavailable(Exception):
         super().__init__("cannot listen on " + "; ".join(str(u) for u in unavailable))
 
 
-def problem(address: str) -> str | None:
+def problem(address: str | HostPort) -> str | None:
     """Why nothing can listen on ``host:port`` here, or None when a bind would succeed (port 0 always does)."""
-    host, _, port = address.rpartition(":")
     try:
-        infos = socket.getaddrinfo(
-            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
-        )
+        at = HostPort.of(address)
+        infos = socket.getaddrinfo(at.host, at.port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     except (OSError, ValueError) as exc:
         return f"cannot resolve it ({exc})"
     for family, kind, proto, _, sockaddr in infos:
@@ -54,16 +54,17 @@ def problem(address: str) -> str | None:
     return None
 
 
-def unavailable(listeners: Mapping[str, str]) -> list[Unavailable]:
-    """The listeners (config key → ``host:port``; empty: disabled) that cannot be bound, in the given order."""
+def unavailable(listeners: Mapping[str, str | HostPort | None]) -> list[Unavailable]:
+    """The listeners (config key → ``host:port``; empty or None: disabled) that cannot be bound, in the given
+    order."""
     found = []
     for key, address in listeners.items():
         if address and (why := problem(address)) is not None:
-            found.append(Unavailable(key, address, why))
+            found.append(Unavailable(key, str(address), why))
     return found
 
 
-def require(listeners: Mapping[str, str]) -> None:
+def require(listeners: Mapping[str, str | HostPort | None]) -> None:
     """Raise PortsUnavailable naming every listener that cannot be bound."""
     found = unavailable(listeners)
     if found:

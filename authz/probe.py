@@ -10,9 +10,11 @@ from __future__ import annotations
 import http.client
 from dataclasses import dataclass
 
+from authz.config.runtime import HostPort
+
 DISCOVERY = "127.0.0.1:9192"  # listen.discovery's default port, on loopback
 GRPC = "127.0.0.1:9191"  # listen.grpc's default port, on loopback
-_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
+_WILDCARDS = {"0.0.0.0": "127.0.0.1", "::": "::1"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,11 +25,10 @@ class Result:
 
 def local(address: str) -> tuple[str, int]:
     """``host:port`` (``[v6]:port`` too) → (host, port) to connect to; a wildcard host becomes loopback."""
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit() or not 0 < int(port) < 65536:
+    at = HostPort.parse(address)
+    if at.port == 0:
         raise ValueError(f"expected host:port, got {address!r}")
-    host = host.removeprefix("[").removesuffix("]")
-    return _WILDCARDS.get(host, host), int(port)
+    return _WILDCARDS.get(at.host, at.host), at.port
 
 
 def _url_host(host: str) -> str:

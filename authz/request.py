@@ -17,7 +17,7 @@ import json
 import re
 from typing import Any
 
-from authz.config import Server
+from authz.config.runtime import Server
 from authz.errors import (
     HEADER_MISMATCH,
     INVALID_PARAMS,

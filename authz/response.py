@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from typing import Any
 
 from authz import handover
-from authz.config import Server
+from authz.config.runtime import Server
 from authz.contract import ENVOY_HEADER_PREFIX, LIST_ROUTE_HEADER
 from authz.errors import (
     FORBIDDEN_CODE,

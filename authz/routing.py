@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from authz.config import Server
+from authz.config.runtime import Server
 
 
 def _host_name(authority: str) -> str:

@@ -40,7 +40,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from authz.config import parse_config  # noqa: E402
+from authz.config.load import parse_config  # noqa: E402
 from authz.identity.devkey import ensure_key, mint, public_jwks  # noqa: E402
 from authz.render.envoy import render_envoy  # noqa: E402
 

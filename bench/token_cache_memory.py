@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import authz.app  # noqa: F401  (the authorizer's import footprint is part of its RSS)
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
@@ -182,7 +182,7 @@ def main() -> None:
             return
         config = parse_config(config_text(key, args.tokens), "bench.json")
         keys = {name: KeySet(issuer, _no_http) for name, issuer in config.key_issuers.items()}
-        verifier = Verifier(config.issuers, keys, config.spec.token_cache_size, keep_claims=args.claims)
+        verifier = Verifier(config.issuers, keys, config.token_cache_size, keep_claims=args.claims)
         gc.collect()
         base = rss_kb()
         print(f"the authorizer's modules loaded, cache empty: RSS {base / 1024:.1f} MB")

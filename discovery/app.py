@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 from aiohttp import web
 
-from authz.config import Config, Issuer
+from authz.config.runtime import Config, Issuer
 from authz.oauth.rfc8414 import MetadataError, fetch_issuer_metadata
 from discovery import rfc8414, rfc9728
 

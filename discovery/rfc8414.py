@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from authz.config import Config, Issuer
+from authz.config.runtime import Config, Issuer
 from authz.oauth.rfc8414 import metadata_urls
 
 OAUTH_WELL_KNOWN = "/.well-known/oauth-authorization-server"

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
-from authz.config import Config, Issuer, Server
+from authz.config.runtime import Config, Issuer, Server
 
 WELL_KNOWN = "/.well-known/oauth-protected-resource"
 _DEFAULT_PORTS = {"http": 80, "https": 443}

@@ -26,3 +26,26 @@ fi
 if [ ! -d tests/idp/node_modules/oidc-provider ]; then
   (cd tests/idp && npm ci --silent --no-audit --no-fund)
 fi
+
+# Manifest schemas: Istio and Gateway API CRD schemas (npm), read by tests/schemas/validate.mjs.
+if [ ! -d tests/schemas/node_modules/@kubernetes-models/istio ]; then
+  (cd tests/schemas && npm ci --silent --no-audit --no-fund)
+fi
+
+# Helm for `helm lint` / `helm template` in the suite (tests/helm/helm_run.py): PyPI helm-sdkpy embeds Helm and
+# needs Python >= 3.12, so it gets a small venv of its own from a python3.12 on PATH or in pyenv's versions.
+# Without one the Helm chart tests fail, saying why.
+if [ ! -x .venv-helm/bin/python ]; then
+  py312=$(command -v python3.12 || true)
+  if [ -z "$py312" ]; then
+    for candidate in "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.1[2-9]*/bin/python; do
+      [ -x "$candidate" ] && py312=$candidate && break
+    done
+  fi
+  if [ -n "$py312" ]; then
+    "$py312" -m venv .venv-helm
+    .venv-helm/bin/pip install --quiet --disable-pip-version-check 'helm-sdkpy==0.1.32'
+  else
+    echo "setup: no Python >= 3.12 found: the Helm chart tests (tests/unit/render/test_helm_chart.py) will fail" >&2
+  fi
+fi

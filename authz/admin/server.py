@@ -6,7 +6,6 @@ It refuses to start unguarded. The token is compared in constant time and never 
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -16,7 +15,7 @@ import grpc
 
 from authz.admin._pb import admin_pb2_grpc
 from authz.admin.service import AdminService
-from authz.config import AdminSpec
+from authz.config.runtime import Admin
 
 log = logging.getLogger("mcp_authz.admin")
 
@@ -48,7 +47,7 @@ class TokenGuard(grpc.aio.ServerInterceptor):  # type: ignore[misc]
         return self._refuse
 
 
-def _credentials(spec: AdminSpec) -> Any:
+def _credentials(spec: Admin) -> Any:
     """TLS server credentials; with ``client_ca`` every caller must present a certificate it signed."""
     assert spec.tls_cert and spec.tls_key
     key, cert = Path(spec.tls_key).read_bytes(), Path(spec.tls_cert).read_bytes()
@@ -56,35 +55,30 @@ def _credentials(spec: AdminSpec) -> Any:
     return grpc.ssl_server_credentials([(key, cert)], root_certificates=ca, require_client_auth=ca is not None)
 
 
-def _loopback(address: str) -> bool:
-    host = address.rpartition(":")[0].strip("[]")
-    try:
-        return host == "localhost" or ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
-async def start_admin(spec: AdminSpec, service: AdminService) -> tuple[grpc.aio.Server, int]:
-    """Serve the admin API on ``spec.listen``; the server and its port. ValueError when unguarded, OSError if it
-    cannot listen."""
+async def start_admin(spec: Admin, service: AdminService) -> tuple[grpc.aio.Server, int]:
+    """Serve the admin API on ``spec.listen``; the server and its port. ValueError when unguarded or without an
+    address, OSError if it cannot listen."""
+    if spec.listen is None:
+        raise ValueError("admin API not started: admin.listen is empty")
+    address = str(spec.listen)
     if spec.token is None and not spec.client_ca:
         raise ValueError("admin API refused to start: set admin.token or admin.client_ca (mTLS)")
-    interceptors = [TokenGuard(spec.token.get_secret_value())] if spec.token is not None else []
+    interceptors = [TokenGuard(spec.token.reveal())] if spec.token is not None else []
     server = grpc.aio.server(interceptors=interceptors, options=[("grpc.so_reuseport", 0)])
     admin_pb2_grpc.add_AdminServicer_to_server(service, server)  # type: ignore[no-untyped-call]
     if spec.tls_cert:
-        port = server.add_secure_port(spec.listen, _credentials(spec))
+        port = server.add_secure_port(address, _credentials(spec))
     else:
-        if not _loopback(spec.listen):
+        if not spec.listen.is_loopback:
             log.warning("admin API without TLS on a non-loopback address: the admin token travels in clear")
-        port = server.add_insecure_port(spec.listen)
+        port = server.add_insecure_port(address)
     if port == 0:
-        raise OSError(f"admin API cannot listen on {spec.listen}")
+        raise OSError(f"admin API cannot listen on {address}")
     await server.start()
     log.info(
         "admin API serving",
         extra={
-            "admin": spec.listen,
+            "admin": address,
             "mtls": bool(spec.client_ca),
             "tls": bool(spec.tls_cert),
             "token": bool(spec.token),

@@ -19,11 +19,12 @@ import grpc
 from authz.admin._pb import admin_pb2, admin_pb2_grpc
 from authz.approval.gate import ApprovalGate
 from authz.check import Checker
-from authz.config import Config, Server
+from authz.config.runtime import Config, Server
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.errors import ApprovalRefused
 from authz.explain.dryrun import DryRunStore
 from authz.model import Caller, Decision, HttpRequest, McpRequest
+from authz.state.revocation import subject_revocation_until
 from authz.store.base import Store, StoreError
 from authz.upstream.credentials import UpstreamCredentials
 
@@ -69,7 +70,7 @@ def shown_headers(config: Config, decision: Decision) -> dict[str, str]:
     if not decision.allowed:
         return dict(decision.deny_headers)
     server = config.servers.get(decision.server or "")
-    names: Iterable[str] = () if server is None else server.identity_headers.model_dump().values()
+    names: Iterable[str] = () if server is None else server.identity_headers.names
     visible = set(names)
     return {k: (v if k in visible else REDACTED) for k, v in decision.set_headers}
 
@@ -142,7 +143,8 @@ class AdminService(admin_pb2_grpc.AdminServicer):
         try:
             subject = _required("subject", request.subject)
             before = _epoch("before", request.before) if request.HasField("before") else self._clock()
-            await self._store().revoke_subject(subject, before)
+            until = subject_revocation_until(self._checker().config.issuers.values(), before)
+            await self._store().revoke_subject(subject, before, until=until)
         except (InvalidArgument, StoreError) as exc:
             await _abort(context, exc)
         log.info("admin: subject revoked", extra={"subject": subject, "before": before, "peer": context.peer()})

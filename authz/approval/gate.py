@@ -30,7 +30,7 @@ from typing import Any
 
 import aiohttp
 
-from authz.config import Approvals, Server
+from authz.config.runtime import Approvals, Server
 from authz.errors import ApprovalRefused, Forbidden, MissingToken, Unavailable
 from authz.model import Caller, HttpRequest, McpCall, McpRequest
 from authz.observe import telemetry

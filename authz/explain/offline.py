@@ -9,7 +9,7 @@ import aiohttp
 
 from authz.admin.service import ExplainApprovals, ExplainCredentials
 from authz.check import Checker
-from authz.config import Config
+from authz.config.runtime import Config
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier

@@ -29,7 +29,7 @@ from envoy.type.v3 import http_status_pb2
 from google.protobuf import struct_pb2
 
 from authz import handover
-from authz.config import Config, Server
+from authz.config.runtime import Config, Server
 from authz.contract import HANDOVER_KEY, HANDOVER_NAMESPACE
 from authz.errors import Refusal
 from authz.extproc.lists import Allowed, IdKey, ListParseError, dumps, error_message, id_key, rewrite_json
@@ -188,7 +188,7 @@ class Exchange:
     def __init__(self, config: Config, cache: DecisionCache | None = None) -> None:
         self.config = config
         self.cache = cache
-        self.closed = config.spec.ext_proc.failure == "closed"
+        self.closed = config.ext_proc.failure == "closed"
         self.lists: ListStream | None = None
         self.mode = Mode.NONE
         self.dropping = False  # closed failure mid-stream: the rest of the body is withheld
@@ -223,7 +223,7 @@ class Exchange:
             return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_DONE)
         headers = _headers(request.request_headers) if server.policy and server.policy.uses_cel else {}
         allowed = policy_check(server, given, headers, self.cache)
-        self.lists = ListStream(given, allowed, self.config.spec.ext_proc.max_body_bytes)
+        self.lists = ListStream(given, allowed, self.config.ext_proc.max_body_bytes)
         return pb.ProcessingResponse(request_headers=pb.HeadersResponse(), mode_override=_body_mode(Mode.NONE))
 
     def response_headers(self, request: pb.ProcessingRequest) -> pb.ProcessingResponse:
@@ -277,7 +277,7 @@ class Exchange:
         body = dumps(error_message(request_id))
         return pb.ProcessingResponse(
             immediate_response=pb.ImmediateResponse(
-                status=http_status_pb2.HttpStatus(code=self.config.spec.failure_status),
+                status=http_status_pb2.HttpStatus(code=self.config.failure_status),
                 headers=pb.HeaderMutation(set_headers=[_set("content-type", "application/json")]),
                 body=body,
                 details="mcp_authz_list_filter_failed",

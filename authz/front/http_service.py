@@ -70,6 +70,7 @@ from typing import cast
 import httptools
 
 from authz.check import Checker
+from authz.config.runtime import HostPort
 from authz.contract import ENVOY_HEADER_PREFIX, PEER_HEADERS, SERVER_CONTEXT_KEY, SERVER_HEADER, SOURCE_HEADER
 from authz.model import Decision, HttpRequest
 
@@ -161,7 +162,7 @@ class HttpFront:
 
     def max_body(self) -> int:
         try:
-            return self.checker().config.spec.envoy.max_request_bytes
+            return self.checker().config.envoy.max_request_bytes
         except Exception:  # a stub checker in tests
             return DEFAULT_MAX_BODY
 
@@ -366,20 +367,13 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             self._transport.close()
 
 
-def _split_address(address: str) -> tuple[str, int]:
-    host, sep, port = address.rpartition(":")
-    if not sep or not port.isdigit():
-        raise ValueError(f"expected host:port, got {address!r}")
-    return host.removeprefix("[").removesuffix("]") or "0.0.0.0", int(port)
-
-
 async def start_http(
-    address: str,
+    address: str | HostPort,
     checker: Callable[[], Checker],
     observe: Callable[[HttpRequest, Decision, int], None],
 ) -> asyncio.Server:
     """Listen on ``address`` (host:port) for Envoy's HTTP authorization requests."""
-    host, port = _split_address(address)
+    at = HostPort.of(address)
     front = HttpFront(checker, observe)
     loop = asyncio.get_running_loop()
-    return await loop.create_server(lambda: ExtAuthzHttpProtocol(front), host, port, backlog=1024)
+    return await loop.create_server(lambda: ExtAuthzHttpProtocol(front), at.host, at.port, backlog=1024)

@@ -18,7 +18,7 @@ from typing import Any, NamedTuple
 
 import jwt
 
-from authz.config import CloudflareAccess
+from authz.config.runtime import CloudflareAccess
 from authz.errors import InvalidToken, Unavailable
 from authz.identity.jwks import Key, KeySet
 

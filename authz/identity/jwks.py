@@ -28,7 +28,7 @@ from typing import Any, Literal
 import aiohttp
 import jwt
 
-from authz.config import Issuer
+from authz.config.runtime import Issuer
 from authz.identity import devkey
 from authz.oauth.rfc8414 import MetadataError, fetch_issuer_metadata, fetch_json
 from authz.observe import telemetry

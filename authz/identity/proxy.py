@@ -12,7 +12,7 @@ import ipaddress
 import logging
 from typing import Any
 
-from authz.config import CLOUDFLARE_ASSERTION_HEADER, ProxyTrust
+from authz.config.runtime import CLOUDFLARE_ASSERTION_HEADER, ProxyTrust
 from authz.errors import InvalidToken
 from authz.identity import cloudflare
 from authz.identity.jwks import KeySet

@@ -32,7 +32,7 @@ from typing import Any, TypeVar
 
 import jwt
 
-from authz.config import Issuer, Server
+from authz.config.runtime import Issuer, Server
 from authz.errors import InvalidToken, Unavailable
 from authz.identity.jwks import Key, KeySet
 from authz.model import Caller

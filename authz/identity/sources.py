@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 from urllib.parse import unquote_plus
 
-from authz.config import Server
+from authz.config.runtime import Server
 from authz.errors import InvalidRequest, InvalidToken, MissingToken
 from authz.identity import proxy
 from authz.identity.rfc9068 import Verifier

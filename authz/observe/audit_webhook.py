@@ -20,13 +20,12 @@ import hmac
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from urllib.parse import urlsplit
 
 import aiohttp
 
-from authz.config import WebhookSpec
-from authz.config.secrets import reveal
+from authz.config.runtime import AuditWebhook
 from authz.observe import telemetry
 
 log = logging.getLogger("mcp_authz.webhook")
@@ -61,15 +60,14 @@ class WebhookSink:
 
     def __init__(
         self,
-        spec: WebhookSpec,
-        keys: Sequence[bytes] = (),
+        settings: AuditWebhook,
         *,
         backoff: float = BACKOFF,
         max_backoff: float = MAX_BACKOFF,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.spec = spec
-        self._secret = reveal(spec.secret, keys).reveal().encode("utf-8")  # plain, or `v2:` with `secrets.keys`
+        self.settings = settings
+        self._secret = settings.secret.reveal().encode("utf-8")  # decrypted by the config compiler
         self._queue: deque[bytes] = deque()
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -83,7 +81,7 @@ class WebhookSink:
         self.dropped = 0
 
     def __repr__(self) -> str:  # never shows the secret
-        host = urlsplit(self.spec.url).hostname
+        host = urlsplit(self.settings.url).hostname
         return f"WebhookSink(host={host!r}, queued={len(self._queue)}, dropped={self.dropped})"
 
     # ------------------------------------------------------------ the Check side
@@ -91,13 +89,13 @@ class WebhookSink:
     def submit(self, line: str) -> None:
         """Queue one serialised event; drop and count it when the queue is full. Never blocks or raises."""
         queue = self._queue
-        if len(queue) >= self.spec.queue_size:
+        if len(queue) >= self.settings.queue_size:
             self.dropped += 1
             self._unlogged_drops += 1
             telemetry.count_webhook("dropped")
             return
         queue.append(line.encode("utf-8"))
-        if len(queue) >= self.spec.batch_size:
+        if len(queue) >= self.settings.batch_size:
             self._wake.set()
 
     @property
@@ -128,25 +126,25 @@ class WebhookSink:
         self._log_drops()
 
     async def _run(self) -> None:
-        timeout = aiohttp.ClientTimeout(total=self.spec.timeout)
+        timeout = aiohttp.ClientTimeout(total=self.settings.timeout)
         async with aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": "mcp-authz"}) as session:
             while True:
-                if len(self._queue) < self.spec.batch_size and not self._stopping:
+                if len(self._queue) < self.settings.batch_size and not self._stopping:
                     self._wake.clear()
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(self._wake.wait(), self.spec.flush_interval)
+                        await asyncio.wait_for(self._wake.wait(), self.settings.flush_interval)
                 self._log_drops()
                 if not self._queue:
                     if self._stopping:
                         return
                     continue
-                batch = [self._queue.popleft() for _ in range(min(self.spec.batch_size, len(self._queue)))]
+                batch = [self._queue.popleft() for _ in range(min(self.settings.batch_size, len(self._queue)))]
                 await self._deliver(session, b"[" + b",".join(batch) + b"]", len(batch))
 
     async def _deliver(self, session: aiohttp.ClientSession, body: bytes, events: int) -> None:
         """POST one batch, retrying with backoff; count it as sent or failed."""
         error = ""
-        for attempt in range(self.spec.max_retries + 1):
+        for attempt in range(self.settings.max_retries + 1):
             if attempt:
                 await asyncio.sleep(min(self._backoff * 2 ** (attempt - 1), self._max_backoff))
             try:
@@ -165,7 +163,7 @@ class WebhookSink:
         log.warning(
             "audit webhook: batch dropped after %d attempts",
             attempt + 1,
-            extra={"events": events, "error": error, "host": urlsplit(self.spec.url).hostname},
+            extra={"events": events, "error": error, "host": urlsplit(self.settings.url).hostname},
         )
 
     async def _post(self, session: aiohttp.ClientSession, body: bytes) -> None:
@@ -175,7 +173,7 @@ class WebhookSink:
             TIMESTAMP_HEADER: timestamp,
             SIGNATURE_HEADER: sign(self._secret, timestamp, body),
         }
-        async with session.post(self.spec.url, data=body, headers=headers, allow_redirects=False) as response:
+        async with session.post(self.settings.url, data=body, headers=headers, allow_redirects=False) as response:
             await response.read()
             if 200 <= response.status < 300:
                 return
@@ -189,5 +187,5 @@ class WebhookSink:
             log.warning(
                 "audit webhook queue full: %d events dropped",
                 dropped,
-                extra={"dropped": dropped, "dropped_total": self.dropped, "queue_size": self.spec.queue_size},
+                extra={"dropped": dropped, "dropped_total": self.dropped, "queue_size": self.settings.queue_size},
             )

@@ -13,9 +13,10 @@ import time
 from collections.abc import Mapping
 from typing import Any
 
+from authz.config.load import ENV_REF
+
 MASK = "***"
 _SECRET_NAME = re.compile(r"secret|token|password|key", re.IGNORECASE)
-_ENV_REF = re.compile(r"\$\{[A-Za-z_][A-Za-z0-9_]*(?::-[^}]*)?\}")
 _URL_PASSWORD = re.compile(r"(://[^/@:\s]*:)[^/@\s]*@")  # scheme://user:password@host (e.g. store.url)
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
@@ -57,7 +58,7 @@ def masked(value: Any, raw: Any = None, name: str = "") -> Any:
     if isinstance(value, list | tuple):
         raw_list = raw if isinstance(raw, list) else []
         return [masked(v, raw_list[i] if i < len(raw_list) else None, name) for i, v in enumerate(value)]
-    secret = _SECRET_NAME.search(name) or (isinstance(raw, str) and _ENV_REF.search(raw))
+    secret = _SECRET_NAME.search(name) or (isinstance(raw, str) and ENV_REF.search(raw))
     if secret and isinstance(value, str) and value:
         return MASK
     return _URL_PASSWORD.sub(rf"\1{MASK}@", value) if isinstance(value, str) else value

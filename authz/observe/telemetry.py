@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from authz.config.runtime import Telemetry
 from authz.model import Decision, HttpRequest
 
 log = logging.getLogger("mcp_authz.telemetry")
@@ -77,6 +78,16 @@ STORE_TRANSITIONS = _Counts(
     "Store health changes by store kind and new state (healthy, unhealthy)",
     ("kind", "state"),
 )
+STORE_EVICTIONS = _Counts(
+    "mcp_authz.store.evictions",
+    "Live entries the memory store evicted to make room, by table (sessions, rate_limits, values)",
+    ("table",),
+)
+STORE_DATA_LOSS = _Counts(
+    "mcp_authz.store.data_loss",
+    "Times this replica found that Redis had lost the revocations (epoch key gone or changed)",
+    ("kind",),
+)
 EXCHANGES = _Counts(
     "mcp_authz.token_exchanges",
     "Upstream token exchanges by result (ok, error) and whether served from cache",
@@ -94,6 +105,8 @@ COUNTERS: tuple[_Counts, ...] = (
     JWKS_FETCHES,
     STORE_ERRORS,
     STORE_TRANSITIONS,
+    STORE_EVICTIONS,
+    STORE_DATA_LOSS,
     EXCHANGES,
     APPROVALS,
     WEBHOOK,
@@ -153,6 +166,16 @@ def count_token_cache(hit: bool) -> None:
 def count_store_error(feature: str) -> None:
     """A store operation of ``feature`` (revocation, sessions, rate_limit, ...) failed."""
     STORE_ERRORS.add((str(feature),))
+
+
+def count_store_eviction(table: str) -> None:
+    """The memory store evicted a live entry of ``table`` to stay within its size."""
+    STORE_EVICTIONS.add((str(table),))
+
+
+def count_store_data_loss(kind: str) -> None:
+    """The store of ``kind`` found its backend had lost data this replica still holds."""
+    STORE_DATA_LOSS.add((str(kind),))
 
 
 def set_store_state(kind: str, healthy: bool) -> None:
@@ -254,21 +277,8 @@ def _span(
 # ---------------------------------------------------------------- setup
 
 
-@dataclass(frozen=True, slots=True)
-class Settings:
-    """What ``setup`` needs (built from the config's ``telemetry`` section)."""
-
-    service_name: str = "mcp-authz"
-    otlp_endpoint: str | None = None
-    otlp_protocol: str = "http/protobuf"
-    traces: bool = True
-    metrics: bool = True
-    sample_ratio: float = 1.0
-    export_interval: float = 60.0
-
-
 def setup(
-    settings: Settings,
+    settings: Telemetry,
     *,
     version: str = "",
     metric_readers: Sequence[Any] = (),
@@ -289,7 +299,7 @@ def setup(
         _setup_traces(settings, resource, span_exporter)
 
 
-def _setup_metrics(settings: Settings, resource: Any, extra: Iterable[Any]) -> None:
+def _setup_metrics(settings: Telemetry, resource: Any, extra: Iterable[Any]) -> None:
     """Two meter providers: one read by Prometheus (counts only; latency has its own collector) and,
     when OTLP or another reader is asked for, one for those readers that also has the SDK histogram."""
     from opentelemetry.exporter.prometheus import PrometheusMetricReader
@@ -369,7 +379,7 @@ class _LatencyCollector:
         return []
 
 
-def _setup_traces(settings: Settings, resource: Any, exporter: Any) -> None:
+def _setup_traces(settings: Telemetry, resource: Any, exporter: Any) -> None:
     from opentelemetry.sdk.trace import TracerProvider
     from opentelemetry.sdk.trace.export import BatchSpanProcessor, SimpleSpanProcessor
     from opentelemetry.sdk.trace.sampling import ParentBased, TraceIdRatioBased
@@ -386,11 +396,11 @@ def _setup_traces(settings: Settings, resource: Any, exporter: Any) -> None:
     _rt.shutdown.append(provider.shutdown)
 
 
-def _otlp_url(settings: Settings, signal: str) -> str:
+def _otlp_url(settings: Telemetry, signal: str) -> str:
     return (settings.otlp_endpoint or "").rstrip("/") + f"/v1/{signal}"
 
 
-def _otlp_metric_exporter(settings: Settings) -> Any:
+def _otlp_metric_exporter(settings: Telemetry) -> Any:
     if settings.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter as GrpcMetrics
 
@@ -400,7 +410,7 @@ def _otlp_metric_exporter(settings: Settings) -> Any:
     return OTLPMetricExporter(endpoint=_otlp_url(settings, "metrics"), timeout=EXPORT_TIMEOUT)
 
 
-def _otlp_span_exporter(settings: Settings) -> Any:
+def _otlp_span_exporter(settings: Telemetry) -> Any:
     if settings.otlp_protocol == "grpc":
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter as GrpcSpans
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-from authz.config import Policy, Rule
+from authz.config.runtime import Policy, Rule
 from authz.errors import Forbidden, InsufficientScope, MissingToken, Refusal
 from authz.model import Caller, HttpRequest, McpCall, McpRequest
 

@@ -11,14 +11,14 @@ so no secret value is ever rendered.
 from __future__ import annotations
 
 import copy
-import re
 from dataclasses import dataclass
 from typing import Any
 
 import yaml
 
 from authz import __version__
-from authz.config import Config
+from authz.config.load import env_names
+from authz.config.runtime import Config, HostPort
 
 REPOSITORY = "mcp-authz"  # the image the Dockerfile builds (docs/install.md); `--image` sets another
 IMAGE = f"{REPOSITORY}:{__version__.replace('+', '-')}"  # tagged with the package version ("+" is no tag character)
@@ -27,7 +27,6 @@ CONFIG_DIR = "/etc/mcp-authz"
 CONFIG_FILE = "config.yaml"  # the image's ENTRYPOINT reads CONFIG_DIR/CONFIG_FILE
 KEYS_DIR = "/var/run/secrets/mcp-authz"  # local_key_file PEMs from the Secret, one file per issuer
 CONTAINER = "mcp-authz"
-_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-[^}]*)?\}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -40,8 +39,8 @@ class Ports:
 
     @classmethod
     def of(cls, config: Config) -> Ports:
-        def port(address: str) -> int:
-            return int(address.rpartition(":")[2]) if address else 0
+        def port(address: HostPort | None) -> int:
+            return address.port if address is not None else 0
 
         discovery = port(config.listen.discovery)
         if not discovery:
@@ -64,7 +63,7 @@ def raw_config(path: str) -> dict[str, Any]:
 def env_references(raw: dict[str, Any]) -> list[str]:
     """Names of the ``${NAME}`` environment references in the raw config: the Secret's keys."""
     text = yaml.safe_dump(raw, sort_keys=True)
-    return sorted(set(_ENV_REF.findall(text)))
+    return env_names(text)
 
 
 def key_files(raw: dict[str, Any]) -> dict[str, str]:

@@ -120,7 +120,7 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
 from authz import contract
-from authz.config import Config, Server
+from authz.config.runtime import Config, HostPort, Server
 
 AUTHZ_CLUSTER = "mcp_authz"
 DISCOVERY_CLUSTER = "mcp_discovery"
@@ -175,12 +175,10 @@ MAX_DOWNSTREAM_CONNECTIONS = 50_000
 # ---------------------------------------------------------------- addresses
 
 
-def _split_host_port(value: str) -> tuple[str, int]:
+def _split_host_port(value: str | HostPort) -> tuple[str, int]:
     """``host:port`` or ``[v6]:port`` → (host, port)."""
-    host, sep, port = value.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
-        raise ValueError(f"expected host:port, got {value!r}")
-    return host.removeprefix("[").removesuffix("]"), int(port)
+    address = HostPort.of(value)
+    return address.host, address.port
 
 
 def _is_ip(host: str) -> bool:
@@ -195,17 +193,17 @@ def _socket(host: str, port: int) -> Address:
     return Address(socket_address=SocketAddress(address=host, port_value=port))
 
 
-def _listen_address(value: str) -> Address:
+def _listen_address(value: str | HostPort) -> Address:
     """A socket address Envoy binds (must be an IP; ``localhost`` is taken as 127.0.0.1)."""
     host, port = _split_host_port(value)
     if host == "localhost":
         host = "127.0.0.1"
     if not _is_ip(host):
-        raise ValueError(f"envoy.listen must be an IP address and port, got {value!r}")
+        raise ValueError(f"envoy.listen must be an IP address and port, got {str(value)!r}")
     return _socket(host, port)
 
 
-def _connect_address(value: str) -> tuple[str, int]:
+def _connect_address(value: str | HostPort) -> tuple[str, int]:
     """A host:port to connect to; a wildcard bind address means this host's loopback."""
     host, port = _split_host_port(value)
     wildcard = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}
@@ -219,7 +217,7 @@ def _milliseconds(value: int) -> timedelta:
 # ---------------------------------------------------------------- clusters
 
 
-def cluster(name: str, address: str, *, http2: bool = False) -> Cluster:
+def cluster(name: str, address: str | HostPort, *, http2: bool = False) -> Cluster:
     """One upstream cluster: STATIC for an IP, STRICT_DNS for a host name; HTTP/2 for gRPC."""
     host, port = _connect_address(address)
     ip = _is_ip(host)
@@ -419,7 +417,7 @@ def route_config(config: Config, *, with_discovery: bool) -> RouteConfiguration:
     routes = discovery_routes() if with_discovery else []
     if lists:
         _without_extproc(routes)
-    http_authorizer = config.spec.envoy.authorizer == "http"
+    http_authorizer = config.envoy.authorizer == "http"
     for server in servers:
         own = server_routes(server, http_authorizer=http_authorizer)
         if lists:
@@ -456,7 +454,7 @@ def http_request_headers(config: Config) -> list[str]:
 def http_upstream_headers(config: Config) -> list[str]:
     """HTTP ext_authz: the authorizer's headers set on the upstream request on allow (Envoy
     ``allowed_upstream_headers``, Istio ``headersToUpstreamOnAllow``): identity, then injected headers."""
-    identity = sorted({name for server in config.servers.values() for _, name in server.identity_headers})
+    identity = sorted({name for server in config.servers.values() for name in server.identity_headers.names})
     identity += sorted({h for s in config.servers.values() for h in s.injected_headers} - set(identity))
     return identity
 
@@ -464,7 +462,7 @@ def http_upstream_headers(config: Config) -> list[str]:
 def _body(config: Config) -> BufferSettings:
     """The JSON-RPC body goes to the Check up to the bound; a larger one gets 413 before any Check."""
     return BufferSettings(
-        max_request_bytes=config.spec.envoy.max_request_bytes,
+        max_request_bytes=config.envoy.max_request_bytes,
         allow_partial_message=False,
         pack_as_bytes=True,  # byte-exact JSON
     )
@@ -474,7 +472,7 @@ def _deny_on_error() -> HttpStatus:
     return HttpStatus(code=StatusCode.ServiceUnavailable)  # authorizer unreachable, slow or 5xx: deny with 503
 
 
-def http_ext_authz_filter(config: Config, authorizer: str) -> HttpFilter:
+def http_ext_authz_filter(config: Config, authorizer: str | HostPort) -> HttpFilter:
     """ext_authz over HTTP/1.1 (``http_service``) to ``authz.front.http_service`` at ``authorizer`` (host:port).
 
     The contract is the docstring of ``authz.front.http_service``: which request headers go to the
@@ -490,7 +488,7 @@ def http_ext_authz_filter(config: Config, authorizer: str) -> HttpFilter:
             server_uri=HttpUri(
                 uri=f"http://{f'[{host}]' if ':' in host else host}:{port}",
                 cluster=AUTHZ_CLUSTER,
-                timeout=_milliseconds(config.spec.envoy.timeout_ms),
+                timeout=_milliseconds(config.envoy.timeout_ms),
             ),
             authorization_request=AuthorizationRequest(
                 headers_to_add=[HeaderValue(key=key, value=value) for key, value in HTTP_CONTEXT_HEADERS]
@@ -514,7 +512,7 @@ def ext_authz_filter(config: Config) -> HttpFilter:
     authz = ExtAuthz(
         grpc_service=GrpcService(
             envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=AUTHZ_CLUSTER),
-            timeout=_milliseconds(config.spec.envoy.timeout_ms),
+            timeout=_milliseconds(config.envoy.timeout_ms),
         ),
         transport_api_version=ApiVersion.V3,
         failure_mode_allow=False,
@@ -538,7 +536,7 @@ def ext_proc_filter(config: Config) -> HttpFilter:
     (``forwarding_namespaces``). Failure as ``ext_proc.failure`` says; ``message_timeout`` bounds
     every wait, so a stuck processor never hangs a request longer.
     """
-    spec = config.spec.ext_proc
+    spec = config.ext_proc
     processor = ExternalProcessor(
         grpc_service=GrpcService(envoy_grpc=GrpcServiceEnvoyGrpc(cluster_name=EXTPROC_CLUSTER)),
         failure_mode_allow=spec.failure == "open",
@@ -588,9 +586,9 @@ def router_filter() -> HttpFilter:
     return HttpFilter(name=ROUTER, typed_config=AnyMessage.pack(Router()))
 
 
-def http_filters(config: Config, authorizer: str) -> list[HttpFilter]:
+def http_filters(config: Config, authorizer: str | HostPort) -> list[HttpFilter]:
     """The HTTP filter chain in order; the router is last. Add a filter here with a function of its own."""
-    http_authorizer = config.spec.envoy.authorizer == "http"
+    http_authorizer = config.envoy.authorizer == "http"
     authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
     cors = [cors_filter()] if any(s.origins for s in config.servers.values()) else []  # before ext_authz
     extproc = [ext_proc_filter(config)] if filters_lists(config) else []  # after ext_authz: it needs the metadata
@@ -641,7 +639,7 @@ def http_connection_manager(
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=AnyMessage.pack(manager))
 
 
-def listener(address: str, manager: Filter) -> Listener:
+def listener(address: str | HostPort, manager: Filter) -> Listener:
     return Listener(name="mcp", address=_listen_address(address), filter_chains=[FilterChain(filters=[manager])])
 
 
@@ -656,28 +654,33 @@ def overload_manager() -> OverloadManager:
     )
 
 
-def bootstrap(config: Config, *, authorizer: str | None = None, discovery: str | None = None) -> Bootstrap:
+def bootstrap(
+    config: Config, *, authorizer: str | HostPort | None = None, discovery: str | HostPort | None = None
+) -> Bootstrap:
     """The typed Envoy bootstrap for ``config``.
 
     ``authorizer`` and ``discovery`` (host:port) default to ``config.listen.grpc`` (``listen.http``
     with ``envoy.authorizer: http``) and ``config.listen.discovery``; with no discovery address,
     the discovery routes are left out.
     """
-    http_authorizer = config.spec.envoy.authorizer == "http"
-    authorizer = authorizer or (config.listen.http if http_authorizer else config.listen.grpc)
-    discovery = discovery if discovery is not None else config.listen.discovery
-    envoy = config.spec.envoy
+    http_authorizer = config.envoy.authorizer == "http"
+    listen = config.listen
+    authorizer_at = HostPort.of(authorizer) if authorizer else (listen.http if http_authorizer else None) or listen.grpc
+    discovery_at = HostPort.of(discovery) if discovery else None  # "": no discovery routes
+    if discovery is None:
+        discovery_at = listen.discovery
+    envoy = config.envoy
     lists = filters_lists(config)
     manager = http_connection_manager(
-        route_config(config, with_discovery=bool(discovery)),
-        http_filters(config, authorizer),
+        route_config(config, with_discovery=discovery_at is not None),
+        http_filters(config, authorizer_at),
         extproc_local_reply() if lists else None,
     )
-    clusters = [cluster(AUTHZ_CLUSTER, authorizer, http2=not http_authorizer)]
+    clusters = [cluster(AUTHZ_CLUSTER, authorizer_at, http2=not http_authorizer)]
     if lists:  # filter_lists needs the gRPC authorizer: the list filter is served next to it
-        clusters.append(cluster(EXTPROC_CLUSTER, authorizer, http2=True))
-    if discovery:
-        clusters.append(cluster(DISCOVERY_CLUSTER, discovery))
+        clusters.append(cluster(EXTPROC_CLUSTER, authorizer_at, http2=True))
+    if discovery_at is not None:
+        clusters.append(cluster(DISCOVERY_CLUSTER, discovery_at))
     clusters.extend(cluster(upstream_cluster_name(s), s.upstream) for s in config.servers.values())
     return Bootstrap(
         admin=Admin(address=_socket("127.0.0.1", envoy.admin_port)),
@@ -719,7 +722,9 @@ def to_json(message: betterproto2.Message) -> dict[str, Any]:
     return result
 
 
-def render_envoy(config: Config, *, authorizer: str | None = None, discovery: str | None = None) -> dict[str, Any]:
+def render_envoy(
+    config: Config, *, authorizer: str | HostPort | None = None, discovery: str | HostPort | None = None
+) -> dict[str, Any]:
     """``bootstrap`` as the plain dict Envoy reads."""
     return to_json(bootstrap(config, authorizer=authorizer, discovery=discovery))
 
@@ -731,7 +736,9 @@ class _Dumper(yaml.SafeDumper):
         return True
 
 
-def render_envoy_yaml(config: Config, *, authorizer: str | None = None, discovery: str | None = None) -> str:
+def render_envoy_yaml(
+    config: Config, *, authorizer: str | HostPort | None = None, discovery: str | HostPort | None = None
+) -> str:
     """``render_envoy`` as YAML, with a header naming the source; same input, same bytes."""
     source = config.source or "<config>"
     header = (

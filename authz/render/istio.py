@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from authz import contract
-from authz.config import Config, Server
+from authz.config.runtime import Config, Server
 from authz.render import authorizer_pod, envoy
 from discovery import rfc8414, rfc9728
 
@@ -61,7 +61,7 @@ def _service_host(options: Options) -> str:
 
 
 def _http_mode(config: Config) -> bool:
-    return config.spec.envoy.authorizer == "http"
+    return config.envoy.authorizer == "http"
 
 
 # ---------------------------------------------------------------- MeshConfig extension providers
@@ -69,14 +69,14 @@ def _http_mode(config: Config) -> bool:
 
 def request_body(config: Config) -> dict[str, Any]:
     """The body bound, as the standalone chain has it (a larger body: 413 before any Check)."""
-    return {"maxRequestBytes": config.spec.envoy.max_request_bytes, "allowPartialMessage": False, "packAsBytes": True}
+    return {"maxRequestBytes": config.envoy.max_request_bytes, "allowPartialMessage": False, "packAsBytes": True}
 
 
 def _common(config: Config, service: str, port: int) -> dict[str, Any]:
     return {
         "service": service,
         "port": port,
-        "timeout": f"{config.spec.envoy.timeout_ms / 1000:g}s",  # Istio's default is 600 s
+        "timeout": f"{config.envoy.timeout_ms / 1000:g}s",  # Istio's default is 600 s
         "failOpen": False,
         "statusOnError": "503",
         "includeRequestBodyInCheck": request_body(config),
@@ -173,7 +173,7 @@ def _hosts(config: Config) -> dict[str, list[Server]]:
 
 
 def _upstream_port(server: Server) -> int:
-    return int(server.upstream.rpartition(":")[2])
+    return server.upstream.port
 
 
 def _slug(host: str) -> str:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from authz.config import Config
+from authz.config.runtime import Config, HostPort
 from authz.render import authorizer_pod, envoy
 
 NAME = "mcp-gateway"
@@ -24,17 +24,15 @@ SECRET = "mcp-gateway-secrets"
 
 
 def _listen_port(config: Config) -> int:
-    return int(config.spec.envoy.listen.rpartition(":")[2])
+    return config.envoy.listen.port
 
 
 def pod_envoy(config: Config) -> str:
     """``render envoy`` for the pod: listening on all addresses, the authorizer on loopback."""
     ports = authorizer_pod.Ports.of(config)
-    spec = config.spec.model_copy(
-        update={"envoy": config.spec.envoy.model_copy(update={"listen": f"0.0.0.0:{_listen_port(config)}"})}
-    )
-    in_pod = dataclasses.replace(config, spec=spec)
-    http = config.spec.envoy.authorizer == "http"
+    everywhere = HostPort("0.0.0.0", _listen_port(config))
+    in_pod = dataclasses.replace(config, envoy=dataclasses.replace(config.envoy, listen=everywhere))
+    http = config.envoy.authorizer == "http"
     authorizer = f"127.0.0.1:{ports.http if http else ports.grpc}"
     bootstrap = envoy.render_envoy(in_pod, authorizer=authorizer, discovery=f"127.0.0.1:{ports.discovery}")
     return authorizer_pod.dump([bootstrap], "")
@@ -61,7 +59,7 @@ def manifests(config: Config, raw: dict[str, Any], image: str = authorizer_pod.I
         "volumeMounts": [{"name": "envoy", "mountPath": "/etc/envoy", "readOnly": True}],
     }
     authorizer = authorizer_pod.authorizer_container(image, ports, raw, SECRET, grpc_probe=False)
-    upstreams = sorted({s.upstream.rpartition(":")[2] for s in config.servers.values()})
+    upstreams = sorted({str(s.upstream.port) for s in config.servers.values()})
     server = {
         "name": "mcp-server",
         "image": "registry.example/your-mcp-server:latest",

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from authz.config import StoreSpec
+from authz.config.runtime import Store as StoreSettings
 from authz.store.base import SessionBinding, Store, StoreError
 from authz.store.memory import MemoryStore
 
 __all__ = ["MemoryStore", "SessionBinding", "Store", "StoreError", "open_store"]
 
 
-def open_store(spec: StoreSpec) -> Store:
+def open_store(spec: StoreSettings) -> Store:
     """The store for ``spec`` (not started yet): Redis when ``url`` is set, else in memory."""
     if spec.url is None:
         return MemoryStore()
@@ -18,7 +18,7 @@ def open_store(spec: StoreSpec) -> Store:
     return RedisStore(
         spec.url,
         key_prefix=spec.key_prefix,
-        timeout=spec.timeout_ms / 1000,
+        timeout=spec.timeout,
         pool_size=spec.pool_size,
-        resync=float(spec.resync_seconds),
+        resync=spec.resync,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from authz.config import Server
+from authz.config.runtime import Server
 from authz.errors import Unavailable
 from authz.model import Caller
 from authz.upstream.exchange import REASON, TokenExchanger

@@ -21,7 +21,7 @@ from urllib.parse import quote, urlsplit
 
 import aiohttp
 
-from authz.config import Exchange
+from authz.config.runtime import Exchange
 from authz.config.secrets import SecretError, decrypt_bytes, encrypt
 from authz.errors import Forbidden, Refusal, Unavailable
 from authz.model import Caller

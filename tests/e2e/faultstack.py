@@ -31,7 +31,7 @@ from harness import Authorizer, Envoy, Factory, Proc, SampleServer, free_port
 from jwks_server import JwksControl, start_jwks_server
 from stack import ACCEPT, call_body
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.render.envoy import render_envoy_yaml
 
 HERE = Path(__file__).resolve().parent

@@ -24,7 +24,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
-from authz.config import Config
+from authz.config.runtime import Config
 from authz.render.envoy import render_envoy
 
 _TLS = "envoy.transport_sockets.tls"

@@ -38,7 +38,8 @@ from harness import (
     free_port,
 )
 
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from authz.identity import devkey
 from authz.render.envoy import render_envoy_yaml
 
@@ -111,7 +112,7 @@ class Stack:
 
     @property
     def max_request_bytes(self) -> int:
-        return self.config.spec.envoy.max_request_bytes
+        return self.config.envoy.max_request_bytes
 
     def idp_token(self, client_id: str, scope: str | None = None, *, resource: str | None = None) -> str:
         """A client-credentials access token from the real identity provider for this server."""

@@ -31,7 +31,7 @@ import yaml
 from harness import VENV_BIN, Authorizer, Envoy, Factory, RawMcp, Redis, SampleServer, free_port
 from stack import ACCEPT, DEFAULT_POLICY, call_body
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity import devkey
 from authz.render.envoy import render_envoy_yaml
 

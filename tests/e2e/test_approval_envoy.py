@@ -27,7 +27,7 @@ from mcp.shared.exceptions import MCPError
 from stack import call_body
 
 from authz.approval.gate import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign, signature_valid
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity.devkey import ensure_key, mint
 from authz.observe.audit import STREAM
 from authz.render.envoy import render_envoy_yaml

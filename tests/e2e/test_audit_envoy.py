@@ -19,7 +19,7 @@ import yaml
 from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
 from stack import sample_spec
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity.devkey import ensure_key, mint
 from authz.observe.audit import STREAM
 from authz.render.envoy import render_envoy_yaml

@@ -39,7 +39,7 @@ from harness import (
 from mcp.shared.exceptions import MCPError
 from stack import ACCEPT, META
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.render.envoy import EXTPROC_CLUSTER, render_envoy_yaml
 
 POLICY: dict[str, Any] = {

@@ -18,7 +18,7 @@ import pytest
 import yaml
 from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity.devkey import ensure_key, mint
 from authz.render.envoy import render_envoy_yaml
 

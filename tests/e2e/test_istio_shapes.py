@@ -52,7 +52,8 @@ from envoy_data_plane.google.protobuf import Any as AnyMessage
 from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
 
 from authz import contract
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from authz.identity.devkey import ensure_key, mint
 from authz.render import authorizer_pod, istio
 from authz.render import envoy as render

@@ -26,7 +26,7 @@ from harness import VENV_BIN, Authorizer, Envoy, Factory, SampleServer, free_por
 from proxy_envoy import Pki, auth_proxy_yaml, gateway_yaml, make_pki
 from stack import ACCEPT, call_body
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity import devkey
 from authz.render.envoy import render_envoy_yaml
 

@@ -27,7 +27,7 @@ import yaml
 from harness import Authorizer, Envoy, Factory, RawMcp, RawResponse, Redis, SampleServer, free_port, start_redis
 
 from authz.admin.client import AdminClient
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity.devkey import ensure_key, mint
 from authz.render.envoy import render_envoy_yaml
 from authz.store.redis import RedisStore

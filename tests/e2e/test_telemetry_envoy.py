@@ -26,7 +26,7 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 from prometheus_client.parser import text_string_to_metric_families
 from stack import sample_spec
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.identity.devkey import ensure_key, mint
 from authz.render.envoy import render_envoy_yaml
 

@@ -32,7 +32,7 @@ import yaml
 from harness import VENV_BIN, Authorizer, Envoy, Factory, IdP, RawMcp, SampleServer, free_port
 from stack import call_body
 
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.observe.audit import STREAM
 from authz.render.envoy import render_envoy_yaml
 

@@ -22,7 +22,7 @@ import pytest
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519
 
-from authz.config import Config, Server
+from authz.config.runtime import Config, Server
 from authz.errors import InvalidToken, Refusal
 from authz.identity.rfc9068 import Verifier
 from authz.identity.sources import identify

@@ -26,7 +26,8 @@ from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
 from authz.check import Checker
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier

@@ -8,12 +8,12 @@ import pytest
 from support import ISSUER, RESOURCE, issuer_spec, make_config, policy, server_spec
 
 from authz.app import Authorizer
-from authz.config import ConfigError
+from authz.config.errors import ConfigError
 from authz.identity import devkey
 
 
 def test_token_cache_size_defaults_to_ten_thousand() -> None:
-    assert make_config().spec.token_cache_size == 10_000
+    assert make_config().token_cache_size == 10_000
 
 
 @pytest.mark.parametrize("size", [0, -1, 1_000_001, "many"])

@@ -353,7 +353,7 @@ def test_challenge_quoting_and_rate_limit(tmp_path: Path) -> None:
 
 
 def test_identity_claim_with_control_characters_is_refused_not_forwarded() -> None:
-    from authz.config import parse_config
+    from authz.config.load import parse_config
     from authz.errors import Forbidden
     from authz.model import Caller
     from authz.response import allow

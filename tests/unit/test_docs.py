@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from authz.config import ConfigError, parse_config
+from authz.config.errors import ConfigError
+from authz.config.load import parse_config
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"

@@ -120,7 +120,7 @@ def test_health_command_exit_codes(
 
 def test_health_defaults_to_the_listen_defaults() -> None:
     """The image's HEALTHCHECK runs `mcp-authz health` bare: it must probe listen.*'s default ports."""
-    from authz.config import ListenSpec
+    from authz.config.schema import ListenSpec
 
     assert probe.DISCOVERY.rpartition(":")[2] == ListenSpec().discovery.rpartition(":")[2]
     assert probe.GRPC.rpartition(":")[2] == ListenSpec().grpc.rpartition(":")[2]

@@ -23,7 +23,7 @@ from support import (
 )
 
 from authz import request
-from authz.config import Server
+from authz.config.runtime import Server
 from authz.errors import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
@@ -533,7 +533,7 @@ def test_sdk_encoding_round_trips(value: str) -> None:
 
 
 def test_duplicated_routing_header_refusal_carries_the_request_id() -> None:
-    from authz.config import parse_config
+    from authz.config.load import parse_config
     from authz.errors import BadRequest
     from authz.model import HttpRequest
     from authz.request import parse

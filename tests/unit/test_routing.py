@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from authz.check import Checker
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from authz.errors import Forbidden
 from authz.identity.rfc9068 import Verifier
 from authz.model import HttpRequest

@@ -27,7 +27,9 @@ from support import DevStack, dev_stack, make_config, policy, server_spec, tool_
 from authz.admin.server import start_admin
 from authz.admin.service import REDACTED, AdminService
 from authz.cli import main
-from authz.config import AdminSpec, ConfigError
+from authz.config.compile import compile_admin
+from authz.config.errors import ConfigError
+from authz.config.schema import AdminSpec
 from authz.store.base import SessionBinding, StoreError
 from authz.store.memory import MemoryStore
 
@@ -62,7 +64,7 @@ def _stack(tmp_path: Path) -> DevStack:
 async def admin(tmp_path: Path) -> AsyncIterator[Admin]:
     stack = _stack(tmp_path)
     store = MemoryStore()
-    spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    spec = compile_admin(AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN}))
     server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
     try:
         yield Admin(f"127.0.0.1:{port}", store, stack)
@@ -255,11 +257,13 @@ def test_config_refuses_an_unguarded_admin_api() -> None:
         make_config(admin={"listen": "127.0.0.1:0", "token": "short"})
     with pytest.raises(ConfigError, match="client_ca"):
         make_config(admin={"listen": "127.0.0.1:0", "client_ca": "/ca.pem"})
-    assert make_config().spec.admin.listen == ""  # off by default
+    assert make_config().admin.listen is None  # off by default
 
 
 async def test_server_refuses_to_start_unguarded() -> None:
-    spec = AdminSpec.model_construct(listen="127.0.0.1:0", token=None, tls_cert=None, tls_key=None, client_ca=None)
+    spec = compile_admin(
+        AdminSpec.model_construct(listen="127.0.0.1:0", token=None, tls_cert=None, tls_key=None, client_ca=None)
+    )
     with pytest.raises(ValueError, match="refused to start"):
         await start_admin(spec, AdminService(lambda: None, MemoryStore))  # type: ignore[arg-type,return-value]
 
@@ -340,13 +344,15 @@ async def test_mtls_requires_a_client_certificate_from_the_ca(
     pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     store = MemoryStore()
-    spec = AdminSpec.model_validate(
-        {
-            "listen": "127.0.0.1:0",
-            "tls_cert": str(pki.server_cert),
-            "tls_key": str(pki.server_key),
-            "client_ca": str(pki.ca),
-        }
+    spec = compile_admin(
+        AdminSpec.model_validate(
+            {
+                "listen": "127.0.0.1:0",
+                "tls_cert": str(pki.server_cert),
+                "tls_key": str(pki.server_key),
+                "client_ca": str(pki.ca),
+            }
+        )
     )
     stack = _stack(tmp_path)
     server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
@@ -388,14 +394,16 @@ def test_token_guard_compares_the_whole_value() -> None:
 
 async def test_mtls_and_token_together_need_both(pki: Pki, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = MemoryStore()
-    spec = AdminSpec.model_validate(
-        {
-            "listen": "127.0.0.1:0",
-            "token": TOKEN,
-            "tls_cert": str(pki.server_cert),
-            "tls_key": str(pki.server_key),
-            "client_ca": str(pki.ca),
-        }
+    spec = compile_admin(
+        AdminSpec.model_validate(
+            {
+                "listen": "127.0.0.1:0",
+                "token": TOKEN,
+                "tls_cert": str(pki.server_cert),
+                "tls_key": str(pki.server_key),
+                "client_ca": str(pki.ca),
+            }
+        )
     )
     stack = _stack(tmp_path)
     server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
@@ -427,7 +435,7 @@ class DownStore(MemoryStore):
 async def test_store_down_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     store = DownStore()
     stack = _stack(tmp_path)
-    spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    spec = compile_admin(AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN}))
     server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
     base = ["admin", "--address", f"127.0.0.1:{port}", "--token", TOKEN]
     try:
@@ -447,7 +455,7 @@ async def test_explain_reports_a_call_waiting_for_approval_without_asking(
     approvals = {"webhook_url": "http://127.0.0.1:9/approve", "webhook_secret": "w" * 32, "callback_secret": "c" * 32}
     stack = dev_stack(tmp_path, [server_spec(policy=rules)], approvals=approvals)
     store = MemoryStore()
-    spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    spec = compile_admin(AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN}))
     server, port = await start_admin(spec, AdminService(lambda: stack.checker, lambda: store))
     request = _request_file(tmp_path, tool_call("delete_repo"))
     base = ["admin", "--address", f"127.0.0.1:{port}", "--token", TOKEN]
@@ -458,7 +466,7 @@ async def test_explain_reports_a_call_waiting_for_approval_without_asking(
         await server.stop(None)
     assert (code, out["decision"], out["reason"]) == (1, "deny", "approval_pending")
     assert "rule 'guarded' waits" in out["detail"]
-    assert store._values == {}  # no pending approval was recorded
+    assert len(store._values) == 0  # no pending approval was recorded
 
 
 async def test_explain_names_upstream_credentials_without_revealing_or_exchanging(
@@ -475,7 +483,7 @@ async def test_explain_names_upstream_credentials_without_revealing_or_exchangin
         },
     )
     stack = dev_stack(tmp_path, [server])
-    spec = AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN})
+    spec = compile_admin(AdminSpec.model_validate({"listen": "127.0.0.1:0", "token": TOKEN}))
     admin_server, port = await start_admin(spec, AdminService(lambda: stack.checker, MemoryStore))
     request = _request_file(tmp_path, tool_call("search"))
     try:

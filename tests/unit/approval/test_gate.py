@@ -26,7 +26,7 @@ from authz.approval.gate import (
     signature_valid,
 )
 from authz.check import Checker
-from authz.config import Config
+from authz.config.runtime import Config
 from authz.errors import FORBIDDEN_CODE
 from authz.model import Decision
 from authz.store.memory import MemoryStore

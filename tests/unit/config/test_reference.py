@@ -13,8 +13,8 @@ import yaml
 from pydantic import BaseModel, Field
 
 from authz.cli import main
-from authz.config import ConfigSpec
 from authz.config.reference import BEGIN, END, json_schema, json_schema_text, reference, sections
+from authz.config.schema import ConfigSpec
 
 ROOT = Path(__file__).resolve().parents[3]
 PAGE = ROOT / "docs" / "configuration.md"

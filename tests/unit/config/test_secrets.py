@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 from support import dev_stack, http_request, make_config, server_spec, tool_call
 
-from authz.config import ConfigError, secrets
+from authz.config import secrets
+from authz.config.errors import ConfigError
 
 KEY = "0123456789abcdef0123456789abcdef"
 OTHER_KEY = "fedcba9876543210fedcba9876543210"

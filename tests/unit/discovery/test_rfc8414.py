@@ -6,7 +6,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from authz.identity.devkey import ensure_key
 from discovery import rfc8414
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from discovery import rfc9728
 
 ROOT = "/.well-known/oauth-protected-resource"

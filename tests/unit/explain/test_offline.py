@@ -9,7 +9,7 @@ import pytest
 
 from authz.app import Authorizer
 from authz.cli import main
-from authz.config import load_config
+from authz.config.load import load_config
 from authz.identity import devkey
 from authz.model import HttpRequest
 

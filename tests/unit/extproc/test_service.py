@@ -13,7 +13,7 @@ from google.protobuf import struct_pb2
 from support import make_config, policy, server_spec
 
 from authz import contract, handover
-from authz.config import Config
+from authz.config.runtime import Config
 from authz.extproc.service import Exchange
 from authz.model import Caller, McpCall, McpRequest
 from authz.response import allow

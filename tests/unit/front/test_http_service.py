@@ -21,7 +21,7 @@ from support import RESOURCE, STATELESS, dev_stack, enveloped, policy, server_sp
 
 from authz import contract
 from authz.check import Checker
-from authz.config import parse_config
+from authz.config.load import parse_config
 from authz.front import http_service
 from authz.front.http_service import encode_decision, start_http
 from authz.identity.devkey import ensure_key
@@ -56,11 +56,7 @@ class Stub:
 
     seen: list[HttpRequest] = field(default_factory=list)
     decide: Callable[[HttpRequest], Decision] | None = None
-    config: Any = field(
-        default_factory=lambda: type(
-            "C", (), {"spec": type("S", (), {"envoy": type("E", (), {"max_request_bytes": 256})})}
-        )
-    )
+    config: Any = field(default_factory=lambda: type("C", (), {"envoy": type("E", (), {"max_request_bytes": 256})}))
 
     async def check(self, req: HttpRequest) -> Decision:
         self.seen.append(req)

@@ -3,6 +3,7 @@ signed by our own keys, the team's keys served by a loopback JWKS server and fet
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from collections.abc import Callable
@@ -26,7 +27,8 @@ from support import (
 )
 
 from authz.check import Checker
-from authz.config import Config, ConfigError
+from authz.config.errors import ConfigError
+from authz.config.runtime import Config
 from authz.identity import cloudflare
 from authz.model import Decision, HttpRequest
 from authz.render.envoy import render_envoy
@@ -136,7 +138,7 @@ def test_bad_cloudflare_settings_are_config_errors(cloudflare: dict[str, Any], n
 
 def test_http_authorizer_is_sent_the_assertion(team: JwksServer) -> None:
     config = cloudflare_config(team)
-    spec = config.spec.model_dump(mode="json", exclude_none=True)
+    spec = copy.deepcopy(dict(config.settings))
     spec["listen"]["http"] = "127.0.0.1:9193"
     spec["envoy"]["authorizer"] = "http"
     config = make_config(spec["issuers"], spec["servers"], listen=spec["listen"], envoy=spec["envoy"])

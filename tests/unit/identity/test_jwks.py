@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from support import JwksServer, issuer_spec, jwks, keys, make_config
 
-from authz.config import Issuer
+from authz.config.runtime import Issuer
 from authz.identity import devkey
 from authz.identity import jwks as jwks_module
 from authz.identity.jwks import MAX_KEYS, JwksError, Key, KeySet, parse_jwks

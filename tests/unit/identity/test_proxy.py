@@ -13,7 +13,7 @@ import pytest
 from support import DevStack, dev_stack, http_request, issuer_spec, policy, server_spec, tool_call
 
 from authz.cli import main
-from authz.config import ConfigError
+from authz.config.errors import ConfigError
 from authz.model import Decision, HttpRequest
 
 PROXY = "spiffe://example.org/ns/auth/sa/oauth2-proxy"

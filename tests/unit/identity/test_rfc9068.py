@@ -28,7 +28,7 @@ from support import (
     sign,
 )
 
-from authz.config import Config
+from authz.config.runtime import Config
 from authz.errors import InvalidToken, Unavailable
 from authz.identity import jwks as jwks_module
 from authz.identity import rfc9068
@@ -147,7 +147,7 @@ async def test_client_id_falls_back_to_azp_and_subject_to_client(setup: Setup) -
 
 def make_setup_no_sub(setup: Setup) -> Setup:
     """The same issuer, with `sub` not required (client-credentials tokens)."""
-    spec = setup.config.spec.issuers[0].model_dump()
+    spec = dict(setup.config.settings["issuers"][0])
     spec["required_claims"] = ["exp", "iss", "aud"]
     config = make_config([spec])
     return Setup(Verifier(config.issuers, setup.verifier._keys), config)

@@ -163,7 +163,7 @@ def test_write_errors_are_counted_not_raised() -> None:
 async def test_denied_event_names_the_identified_caller(tmp_path: Path) -> None:
     """A caller refused by policy (403) is still named in the decision, for audit."""
     from authz.check import Checker
-    from authz.config import parse_config
+    from authz.config.load import parse_config
     from authz.identity import devkey
     from authz.identity.jwks import KeySet
     from authz.identity.rfc9068 import Verifier

@@ -22,7 +22,10 @@ from aiohttp import web
 from support import STATELESS, dev_stack, enveloped, serve_app, server_spec, tool_call
 
 from authz.app import Authorizer
-from authz.config import ConfigError, WebhookSpec
+from authz.config.compile import compile_webhook
+from authz.config.errors import ConfigError
+from authz.config.runtime import AuditWebhook
+from authz.config.schema import WebhookSpec
 from authz.config.secrets import encrypt
 from authz.front.http_service import start_http
 from authz.observe import telemetry
@@ -87,8 +90,8 @@ async def receiver() -> AsyncIterator[Receiver]:
             state.release.set()  # a handler held on it must finish before the server stops
 
 
-def spec(url: str, **fields: Any) -> WebhookSpec:
-    return WebhookSpec.model_validate({"url": url, "secret": SECRET, "flush_interval": 0.05, **fields})
+def spec(url: str, **fields: Any) -> AuditWebhook:
+    return compile_webhook(WebhookSpec.model_validate({"url": url, "secret": SECRET, "flush_interval": 0.05, **fields}))
 
 
 async def until(condition: Callable[[], bool], what: str) -> None:
@@ -227,7 +230,7 @@ async def test_an_encrypted_secret_signs_and_a_bad_one_is_refused_at_load(tmp_pa
     key = "k" * 32
     hook = {"url": receiver.url, "secret": encrypt(SECRET, key.encode()), "flush_interval": 0.05}
     stack = dev_stack(tmp_path, [server_spec()], secrets={"keys": [key]}, audit={"webhook": hook})
-    sink = WebhookSink(stack.config.spec.audit.webhook, stack.config.secret_keys)  # type: ignore[arg-type]
+    sink = WebhookSink(stack.config.audit.webhook)  # type: ignore[arg-type]
     sink.start()
     try:
         sink.submit('{"n":1}')

@@ -21,7 +21,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import DevStack, dev_stack, http_request, policy, server_spec, tool_call
 
 from authz.app import Authorizer
-from authz.config import load_config
+from authz.config.compile import compile_telemetry
+from authz.config.load import load_config
+from authz.config.schema import TelemetrySpec
 from authz.model import HttpRequest
 from authz.observe import telemetry
 from authz.observe.audit import Auditor
@@ -82,7 +84,7 @@ class Observed:
 def observed(stack: DevStack) -> Iterator[Observed]:
     spans = InMemorySpanExporter()
     reader = InMemoryMetricReader()
-    telemetry.setup(telemetry.Settings(), metric_readers=[reader], span_exporter=spans)
+    telemetry.setup(compile_telemetry(TelemetrySpec()), metric_readers=[reader], span_exporter=spans)
     try:
         yield Observed(Authorizer(stack.config), spans, reader)
     finally:
@@ -195,7 +197,7 @@ async def test_prometheus_exposition_parses(stack: DevStack, observed: Observed)
 
 
 async def test_without_tracing_no_span_and_the_trace_id_comes_from_traceparent(stack: DevStack) -> None:
-    telemetry.setup(telemetry.Settings())  # metrics only: no OTLP endpoint, so no tracer
+    telemetry.setup(compile_telemetry(TelemetrySpec()))  # metrics only: no OTLP endpoint, so no tracer
     try:
         authorizer = Authorizer(stack.config)
         out = io.StringIO()
@@ -286,7 +288,7 @@ telemetry:
 
 @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
 def test_otlp_exporters_for_each_protocol(protocol: str) -> None:
-    settings = telemetry.Settings(otlp_endpoint="http://127.0.0.1:4318", otlp_protocol=protocol)
+    settings = compile_telemetry(TelemetrySpec(otlp_endpoint="http://127.0.0.1:4318", otlp_protocol=protocol))
     spans, metrics = telemetry._otlp_span_exporter(settings), telemetry._otlp_metric_exporter(settings)
     kind = "grpc" if protocol == "grpc" else "http"
     assert f".proto.{kind}." in type(spans).__module__ and f".proto.{kind}." in type(metrics).__module__

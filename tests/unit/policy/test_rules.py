@@ -8,8 +8,9 @@ import pytest
 from support import http_request, make_config, policy, rpc, server_spec, tool_call
 
 from authz import request
-from authz.config import ConfigError, Policy, Server
 from authz.config.cel import CelError, Expression
+from authz.config.errors import ConfigError
+from authz.config.runtime import Policy, Server
 from authz.errors import Forbidden, InsufficientScope, MissingToken, Refusal
 from authz.model import ANONYMOUS, Caller, HttpRequest, McpRequest
 from authz.policy.rules import authorize

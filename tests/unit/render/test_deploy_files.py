@@ -15,7 +15,8 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config, HostPort
 from authz.identity.devkey import ensure_key
 from authz.render import authorizer_pod, envoy, istio
 from authz.render.kubernetes import render_kubernetes
@@ -175,8 +176,8 @@ def _ports_of_container(container: dict[str, Any]) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in container["ports"]}
 
 
-def _listen_port(address: str) -> int:
-    return int(address.rpartition(":")[2])
+def _listen_port(address: str | HostPort) -> int:
+    return HostPort.of(address).port
 
 
 def test_shared_authorizer_ports_agree(example: Config) -> None:
@@ -245,7 +246,7 @@ def test_sidecar_pieces_agree(example: Config) -> None:
 
 
 def test_body_limit_agrees(example: Config) -> None:
-    limit = example.spec.envoy.max_request_bytes
+    limit = example.envoy.max_request_bytes
     operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
     for provider in operator["spec"]["meshConfig"]["extensionProviders"]:
         body = next(iter(v for k, v in provider.items() if k != "name"))["includeRequestBodyInCheck"]

@@ -21,7 +21,8 @@ import yaml
 from envoy_data_plane.envoy.config.bootstrap.v3 import Bootstrap
 from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import BufferSettings
 
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.identity.devkey import ensure_key
 from authz.render.envoy import EXT_AUTHZ, HEADER_MUTATION, render_envoy, render_envoy_yaml
@@ -384,3 +385,38 @@ def test_cors_only_on_routes_of_servers_with_origins(key: Path) -> None:
         assert "www-authenticate" in policy["expose_headers"] and "mcp-session-id" in policy["expose_headers"]
         assert policy["forward_not_matching_preflights"] is False  # never reaches the authorizer
     assert all(CORS not in r.get("typed_per_filter_config", {}) for r in table if r not in demo)
+
+
+# ---------------------------------------------------------------- access log (issue 17 item 6)
+
+
+def access_logs(bootstrap: dict[str, Any]) -> list[dict[str, Any]]:
+    manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
+    result: list[dict[str, Any]] = manager.get("access_log", [])
+    return result
+
+
+@needs_envoy
+def test_every_rendered_envoy_logs_json_to_stdout_without_credentials(
+    tmp_path: Path, example: Config, key: Path
+) -> None:
+    """Standalone (gRPC and HTTP authorizer) and the Kubernetes pod's Envoy: one JSON line per request on
+    stdout naming the MCP server, the response code and the ext_authz outcome; no Authorization, no query."""
+    from authz.render.kubernetes import pod_envoy
+
+    http = two_servers(key, authorizer="http")
+    pod = yaml.safe_load(pod_envoy(example))
+    for bootstrap in (render_envoy(example), render_envoy(http), pod):
+        [log] = access_logs(bootstrap)
+        assert log["name"] == "envoy.access_loggers.stdout"
+        fields = log["typed_config"]["log_format"]["json_format"]
+        assert fields["mcp_server"] == "%METADATA(ROUTE:mcp_authz:server)%"
+        assert fields["response_code"] == "%RESPONSE_CODE%"
+        assert fields["response_code_details"] == "%RESPONSE_CODE_DETAILS%"  # ext_authz_denied / ext_authz_error
+        assert fields["response_flags"] == "%RESPONSE_FLAGS%"  # UAEX: refused by the external authorizer
+        assert fields["path"] == "%PATH(NQ)%"  # never the query string (a token sent there stays out of the log)
+        assert "authorization" not in yaml.safe_dump(log).lower()
+        validate(tmp_path, yaml.safe_dump(bootstrap))
+    for route in routes(render_envoy(example)):
+        if route["name"].startswith("demo"):  # every MCP route names its server for the log, in both modes
+            assert route["metadata"] == {"filter_metadata": {"mcp_authz": {"server": "demo"}}}

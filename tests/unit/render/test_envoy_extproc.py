@@ -12,7 +12,8 @@ import pytest
 import yaml
 from support import make_config, policy, server_spec
 
-from authz.config import Config, ConfigError
+from authz.config.errors import ConfigError
+from authz.config.runtime import Config
 from authz.render.envoy import (
     EXT_PROC,
     EXTPROC_CLUSTER,

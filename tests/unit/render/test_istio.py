@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import manifests
 import pytest
 import yaml
 
 from authz import contract
 from authz.cli import main
-from authz.config import Config, parse_config
+from authz.config.load import parse_config
+from authz.config.runtime import Config
 from authz.identity.devkey import ensure_key
 from authz.render import authorizer_pod, envoy, istio
 
@@ -293,3 +295,111 @@ def test_a_pod_needs_the_discovery_port(key: Path) -> None:
     data["listen"]["discovery"] = ""
     with pytest.raises(ValueError, match=r"listen\.discovery is empty"):
         istio.render_istio(*load(data))
+
+
+# ---------------------------------------------------------------- issue 17: files that apply, safely
+
+
+def variants(key: Path) -> dict[str, dict[str, str]]:
+    """``render istio`` outputs: both providers, several servers, list filtering, the sidecar layout alone."""
+    lists = spec(key, servers=2)
+    lists["servers"][1]["filter_lists"] = True
+    return {
+        "grpc": istio.render_istio(*load(spec(key))),
+        "http-two-servers": istio.render_istio(*load(spec(key, authorizer="http", servers=2))),
+        "lists": istio.render_istio(*load(lists)),
+        "sidecar-only": istio.render_istio(*load(spec(key, servers=2)), istio.Options(sidecar_only=True)),
+    }
+
+
+def test_no_object_is_written_twice_where_it_is_applied_together(key: Path) -> None:
+    """`kubectl apply -f DIR` (and `-f DIR/sidecar` with the files the sidecar layout shares) never meets
+    the same (kind, namespace, name) twice: the old render wrote Deployment mcp/demo in two files of DIR."""
+    for variant, files in variants(key).items():
+        for directory, objects in manifests.directories(files).items():
+            assert not manifests.duplicates(objects), (variant, directory)
+        sidecar = [d for name, text in files.items() if name.startswith(f"{istio.SIDECAR_DIR}/") for d in docs(text)]
+        assert sidecar, variant
+        shared_too = [d for name in istio.SIDECAR_LAYOUT_SHARES if name in files for d in docs(files[name])]
+        assert not manifests.duplicates(sidecar + shared_too), variant
+
+
+@pytest.mark.parametrize(
+    "resource", ["http://127.0.0.1:8080/mcp", "https://[2001:db8::1]/mcp", "https://10.1.2.3/"], ids=str
+)
+def test_a_host_gateway_api_rejects_is_refused_naming_the_key(key: Path, resource: str) -> None:
+    data = spec(key, servers=2)
+    data["servers"][1]["resource"] = resource
+    with pytest.raises(ValueError, match=r"servers\[1\]\.resource: .*IP address") as refused:
+        istio.render_istio(*load(data))
+    assert "HTTPRoute" in str(refused.value)
+
+
+def test_the_cli_refuses_an_ip_host_without_writing(
+    tmp_path: Path, key: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    data = spec(key)
+    data["servers"][0]["resource"] = "http://127.0.0.1:8080/mcp"
+    path = tmp_path / "ip.yaml"
+    path.write_text(yaml.safe_dump(data), encoding="utf-8")
+    assert main(["render", "istio", "-c", str(path), "-o", str(tmp_path / "out")]) == 2
+    assert "servers[0].resource" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_list_filter_envoyfilter_is_rendered_for_both_layouts(key: Path) -> None:
+    data = spec(key, servers=2)
+    data["servers"][1]["filter_lists"] = True
+    config, raw = load(data)
+    files = istio.render_istio(config, raw)
+    want = envoy.to_json(envoy.ext_proc_filter(config))
+    layouts = {
+        "list-filter.yaml": ({istio.SERVER_LABEL: "tools"}, "outbound|9191||mcp-authz.mcp-authz.svc.cluster.local"),
+        f"{istio.SIDECAR_DIR}/sidecar.yaml": (
+            {istio.SIDECAR_LABEL: "true", istio.CONFIG_LABEL: "mcp-authz-tools"},
+            "outbound|9191||ext-authz-grpc.local",
+        ),
+    }
+    for name, (selector, cluster) in layouts.items():
+        [found] = [d for d in docs(files[name]) if d["kind"] == "EnvoyFilter"]  # `tools` only: demo has no lists
+        assert found["spec"]["workloadSelector"] == {"labels": selector}
+        insert, merge = found["spec"]["configPatches"]
+        assert insert["match"]["context"] == "SIDECAR_INBOUND"
+        assert insert["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == envoy.EXT_AUTHZ
+        assert insert["patch"]["operation"] == "INSERT_AFTER"
+        got = insert["patch"]["value"]
+        assert got["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"] == cluster
+        got["typed_config"]["grpc_service"] = want["typed_config"]["grpc_service"]
+        assert got == want
+        assert merge["patch"]["operation"] == "MERGE"
+        local_reply = merge["patch"]["value"]["typed_config"]["local_reply_config"]
+        assert local_reply == envoy.to_json(envoy.extproc_local_reply())
+    assert "list-filter.yaml" not in istio.render_istio(*load(spec(key)))  # no server filters lists
+    assert not (ROOT / "deploy" / "istio" / "extproc-envoyfilter.yaml").exists()  # no hand-written copy left
+
+
+def test_every_mcp_workload_logs_json_to_stdout_without_credentials(key: Path) -> None:
+    config, raw = load(spec(key, servers=2))
+    files = istio.render_istio(config, raw)
+    found = providers(files)
+    fields = {k: v for k, v in envoy.ACCESS_LOG_FORMAT.items()}
+    for server in ("demo", "tools"):
+        provider = found[istio.access_log_provider(server)]["envoyFileAccessLog"]
+        assert provider["path"] == "/dev/stdout"
+        assert provider["logFormat"]["labels"] == {**fields, "mcp_server": server}
+        assert "authorization" not in yaml.safe_dump(provider).lower()
+    logs = {
+        name: [d for d in docs(text) if d["kind"] == "Telemetry"]
+        for name, text in files.items()
+        if name in ("access-log.yaml", f"{istio.SIDECAR_DIR}/sidecar.yaml")
+    }
+    shared = {t["spec"]["selector"]["matchLabels"][istio.SERVER_LABEL]: t for t in logs["access-log.yaml"]}
+    assert set(shared) == {"demo", "tools"}
+    for server, telemetry in shared.items():
+        assert telemetry["metadata"]["namespace"] == "mcp"  # the workloads' namespace: a selector applies there
+        assert telemetry["spec"]["accessLogging"] == [{"providers": [{"name": istio.access_log_provider(server)}]}]
+    sidecars = [t["spec"]["selector"]["matchLabels"] for t in logs[f"{istio.SIDECAR_DIR}/sidecar.yaml"]]
+    assert sidecars == [
+        {istio.SIDECAR_LABEL: "true", istio.CONFIG_LABEL: "mcp-authz-demo"},
+        {istio.SIDECAR_LABEL: "true", istio.CONFIG_LABEL: "mcp-authz-tools"},
+    ]

@@ -18,7 +18,7 @@ from aiohttp import web
 from support import build_verifier, dev_stack, http_request, issuer_spec, make_config, serve_app, server_spec, tool_call
 
 from authz.check import Checker
-from authz.config import Config, Exchange
+from authz.config.runtime import Config, Exchange
 from authz.config.secrets import encrypt
 from authz.errors import Forbidden, Unavailable
 from authz.model import Caller
@@ -163,7 +163,7 @@ async def test_replicas_share_the_store_encrypted(endpoint: TokenEndpoint, http_
     token = await one.token(exchange_of(config), caller())
     assert await two.token(exchange_of(config), caller()) == token
     assert len(endpoint.forms) == 1
-    raw = [v for _, v in store._values.values()]
+    raw = list(store._values.live_values(0.0))
     assert len(raw) == 1 and raw[0].startswith(b"v2:") and token.encode() not in raw[0]
     # Another key cannot read the entry: it exchanges again instead of failing.
     stranger = TokenExchanger(lambda: http_session, store, (b"x" * 32,))

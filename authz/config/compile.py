@@ -1,0 +1,377 @@
+"""The compiler: a validated schema (``authz.config.schema``) → the runtime form (``authz.config.runtime``).
+
+Globs and CEL are compiled, header names lower-cased, key files checked, ``v2:`` secrets decrypted and
+addresses parsed, once per load or reload. Every problem found is collected and raised together as one
+``ConfigError`` naming each key.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Mapping
+from dataclasses import replace
+from fnmatch import translate
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from authz.config.cel import CelError, Expression
+from authz.config.errors import ConfigError
+from authz.config.runtime import (
+    Admin,
+    Approvals,
+    Audit,
+    AuditWebhook,
+    CloudflareAccess,
+    Config,
+    Credential,
+    Envoy,
+    Exchange,
+    ExtProc,
+    HostPort,
+    IdentityHeaders,
+    Issuer,
+    Listen,
+    Policy,
+    ProxyTrust,
+    RateLimit,
+    Rule,
+    Server,
+    Sessions,
+    Store,
+    StoreFailure,
+    Telemetry,
+)
+from authz.config.schema import (
+    PROXY_PRESETS,
+    AdminSpec,
+    ApprovalsSpec,
+    AuditSpec,
+    CloudflareSpec,
+    ConfigSpec,
+    EnvoySpec,
+    ExtProcSpec,
+    ListenSpec,
+    ProxySpec,
+    RuleSpec,
+    SecretsSpec,
+    ServerSpec,
+    StoreSpec,
+    TelemetrySpec,
+    WebhookSpec,
+)
+from authz.config.secrets import Secret, SecretError, parse_key, read_key_file, reveal
+
+# ---------------------------------------------------------------- MCP servers
+
+
+def _globs(patterns: list[str] | None) -> re.Pattern[str] | None:
+    """One regex for a list of exact names and ``*``/``?`` globs; None matches anything."""
+    if patterns is None:
+        return None
+    return re.compile("|".join(f"(?:{translate(p)})" for p in patterns), re.DOTALL)
+
+
+def _compile_cloudflare(spec: CloudflareSpec | None) -> CloudflareAccess | None:
+    if spec is None:
+        return None
+    jwks_uri = spec.jwks_uri or f"{spec.team_domain}/cdn-cgi/access/certs"
+    keys = Issuer(
+        name=f"cloudflare:{jwks_uri}",
+        issuer=spec.team_domain,
+        jwks_uri=jwks_uri,
+        local_key_file=None,
+        algorithms=("RS256",),
+        audiences=frozenset(),  # the key set is per team: audiences and leeway stay in CloudflareAccess
+        clock_skew=0,
+        required_claims=("exp", "iat", "iss", "aud", "email"),
+        token_type=None,
+        max_token_bytes=16384,
+        max_lifetime=0,  # not checked: an Access token lives as long as the Access session
+        jwks_refresh=spec.jwks_refresh,
+        jwks_min_refetch=spec.jwks_min_refetch,
+        jwks_timeout=spec.jwks_timeout,
+        require_jti=False,
+    )
+    groups = tuple(spec.groups_claim.split(".")) if spec.groups_claim else None
+    return CloudflareAccess(spec.team_domain, tuple(spec.audience), spec.clock_skew, groups, keys)
+
+
+def _compile_proxy(spec: ProxySpec | None) -> ProxyTrust | None:
+    if spec is None:
+        return None
+    user, email, groups = PROXY_PRESETS.get(spec.preset, (spec.user_header, spec.email_header, spec.groups_header))
+    return ProxyTrust(
+        user_header=user.lower(),
+        email_header=email.lower() if email else None,
+        groups_header=groups.lower() if groups else None,
+        principals=_globs(spec.trusted_principals) if spec.trusted_principals else None,
+        cidrs=tuple(ipaddress.ip_network(c, strict=False) for c in spec.trusted_cidrs) or None,
+        strip=spec.on_untrusted == "strip",
+        passthrough=tuple(h.lower() for h in spec.passthrough_headers),
+        cloudflare=_compile_cloudflare(spec.cloudflare),
+    )
+
+
+def metadata_url(resource: str) -> str:
+    """RFC 9728 §3.1: insert /.well-known/oauth-protected-resource between host and path."""
+    parts = urlsplit(resource)
+    path = parts.path.rstrip("/")
+    return f"{parts.scheme}://{parts.netloc}/.well-known/oauth-protected-resource{path}"
+
+
+def _compile_rule(rule: RuleSpec) -> Rule:
+    methods = rule.methods
+    if methods is None:
+        if rule.tools is not None:
+            methods = ["tools/call"]
+        elif rule.prompts is not None:
+            methods = ["prompts/get"]
+        elif rule.resources is not None:
+            methods = ["resources/read", "resources/subscribe", "resources/unsubscribe"]
+    try:
+        when = Expression(rule.when) if rule.when else None
+    except CelError as exc:
+        raise ValueError(f"rule {rule.name!r}: {exc}") from None
+    return Rule(
+        name=rule.name,
+        methods=_globs(methods),
+        tools=_globs(rule.tools),
+        resources=_globs(rule.resources),
+        prompts=_globs(rule.prompts),
+        http_methods=frozenset(m.upper() for m in rule.http_methods) if rule.http_methods else None,
+        scopes=frozenset(rule.scopes),
+        any_scopes=tuple(rule.any_scopes),
+        when=when,
+        allow=rule.effect == "allow",
+        approval=rule.approval,
+    )
+
+
+def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str], index: int) -> Server | None:
+    policy = None
+    if spec.policy is not None:
+        rules = []
+        for j, rule in enumerate(spec.policy.rules):
+            try:
+                rules.append(_compile_rule(rule))
+            except ValueError as exc:
+                errors.append(f"servers.{index}.policy.rules.{j}.when: {exc}")
+        policy = Policy(
+            tuple(rules),
+            spec.policy.default == "allow",
+            any(r.when for r in rules),
+            approval_rules=frozenset(r.name for r in rules if r.approval),
+        )
+    return Server(
+        name=spec.name,
+        resource=spec.resource,
+        path=urlsplit(spec.resource).path or "/",
+        upstream=HostPort.parse(spec.upstream),
+        issuers=tuple(spec.issuers if spec.issuers is not None else all_issuers),
+        scopes_supported=tuple(spec.scopes_supported),
+        resource_name=spec.resource_name,
+        mode=spec.mode,
+        identity_headers=IdentityHeaders(**{k: v.lower() for k, v in spec.identity_headers}),
+        identity=tuple(spec.identity),
+        proxy=_compile_proxy(spec.proxy),
+        origins=frozenset(spec.origins) if spec.origins is not None else None,
+        revisions=frozenset(spec.revisions),
+        header_only=spec.header_only,
+        policy=policy,
+        metadata_url=metadata_url(spec.resource),
+        sessions=Sessions(spec.sessions.bind, spec.sessions.ttl, spec.sessions.hijack_status),
+        rate_limits=tuple(
+            RateLimit(r.name, r.per == "subject_tool", _globs(r.tools), r.limit, r.window) for r in spec.rate_limits
+        ),
+        filter_lists=spec.filter_lists,
+        hosts=frozenset(h.lower() for h in (spec.hosts or [urlsplit(spec.resource).hostname or "*"])),
+    )
+
+
+def _compile_keys(spec: SecretsSpec, errors: list[str]) -> tuple[bytes, ...]:
+    keys: list[bytes] = []
+    for where, raw, read in [
+        *((f"secrets.keys.{j}", k, parse_key) for j, k in enumerate(spec.keys)),
+        *((f"secrets.key_files.{j}", k, read_key_file) for j, k in enumerate(spec.key_files)),
+    ]:
+        try:
+            keys.append(read(raw))
+        except SecretError as exc:
+            errors.append(f"{where}: {exc}")
+    return tuple(keys)
+
+
+def _secret(value: str, where: str, keys: tuple[bytes, ...], errors: list[str]) -> Secret:
+    """A configured secret, decrypted; a bad one is reported by its config path (never its value)."""
+    try:
+        return reveal(value, keys)
+    except SecretError as exc:
+        errors.append(f"{where}: {exc}")
+        return Secret("")
+
+
+def _compile_upstream(
+    server: Server, spec: ServerSpec, issuers: Mapping[str, Issuer], keys: tuple[bytes, ...], errors: list[str], k: int
+) -> Server:
+    """The server with its integration secret and token exchange compiled (secrets decrypted)."""
+    credential = exchange = None
+    if spec.credentials is not None:
+        c = spec.credentials
+        value = _secret(c.value_secret, f"servers.{k}.credentials.value_secret", keys, errors)
+        credential = Credential(c.header.lower(), Secret(c.prefix + value.reveal()))
+    if spec.token_exchange is not None:
+        t = spec.token_exchange
+        exchange = Exchange(
+            token_endpoint=t.token_endpoint,
+            issuer=issuers[t.issuer].issuer if t.issuer is not None else None,
+            audience=t.audience,
+            resource=t.resource,
+            scopes=tuple(t.scopes),
+            client_id=t.client_id,
+            client_secret=_secret(t.client_secret, f"servers.{k}.token_exchange.client_secret", keys, errors),
+            header=t.header.lower(),
+            prefix=t.prefix,
+            timeout=t.timeout,
+            refresh_before=t.refresh_before,
+        )
+    if credential is None and exchange is None:
+        return server
+    return replace(server, credentials=credential, exchange=exchange)
+
+
+def _compile_approvals(spec: ApprovalsSpec | None, keys: tuple[bytes, ...], errors: list[str]) -> Approvals | None:
+    if spec is None:
+        return None
+    return Approvals(
+        webhook_url=spec.webhook_url,
+        webhook_secret=_secret(spec.webhook_secret, "approvals.webhook_secret", keys, errors),
+        callback_secret=_secret(spec.callback_secret, "approvals.callback_secret", keys, errors),
+        wait=spec.wait_ms / 1000,
+        keep_seconds=spec.keep_seconds,
+        include_arguments=spec.include_arguments,
+        max_clock_skew=spec.max_clock_skew,
+    )
+
+
+# ---------------------------------------------------------------- the process sections
+
+
+def compile_listen(spec: ListenSpec) -> Listen:
+    return Listen(HostPort.parse(spec.grpc), HostPort.optional(spec.http), HostPort.optional(spec.discovery))
+
+
+def compile_envoy(spec: EnvoySpec) -> Envoy:
+    return Envoy(HostPort.parse(spec.listen), spec.max_request_bytes, spec.timeout_ms, spec.authorizer, spec.admin_port)
+
+
+def compile_ext_proc(spec: ExtProcSpec) -> ExtProc:
+    return ExtProc(spec.failure, spec.message_timeout_ms, spec.max_body_bytes)
+
+
+def compile_telemetry(spec: TelemetrySpec) -> Telemetry:
+    return Telemetry(
+        service_name=spec.service_name,
+        otlp_endpoint=spec.otlp_endpoint,
+        otlp_protocol=spec.otlp_protocol,
+        traces=spec.traces,
+        metrics=spec.metrics,
+        sample_ratio=spec.sample_ratio,
+        export_interval=spec.export_interval,
+    )
+
+
+def compile_webhook(spec: WebhookSpec, keys: tuple[bytes, ...] = ()) -> AuditWebhook:
+    """The audit webhook with its secret decrypted; SecretError when it cannot be."""
+    return AuditWebhook(
+        url=spec.url,
+        secret=reveal(spec.secret, keys),
+        batch_size=spec.batch_size,
+        flush_interval=spec.flush_interval,
+        queue_size=spec.queue_size,
+        timeout=spec.timeout,
+        max_retries=spec.max_retries,
+    )
+
+
+def _compile_audit(spec: AuditSpec, keys: tuple[bytes, ...], errors: list[str]) -> Audit:
+    webhook = None
+    if spec.webhook is not None:
+        try:
+            webhook = compile_webhook(spec.webhook, keys)
+        except SecretError as exc:
+            errors.append(f"audit.webhook.secret: {exc}")
+    return Audit(spec.enabled, tuple(spec.argument_keys), webhook)
+
+
+def compile_admin(spec: AdminSpec) -> Admin:
+    token = Secret(spec.token.get_secret_value()) if spec.token is not None else None
+    return Admin(HostPort.optional(spec.listen), token, spec.tls_cert, spec.tls_key, spec.client_ca)
+
+
+def compile_store(spec: StoreSpec) -> Store:
+    f = spec.failure
+    return Store(
+        url=spec.url,
+        key_prefix=spec.key_prefix,
+        timeout=spec.timeout_ms / 1000,
+        pool_size=spec.pool_size,
+        resync=float(spec.resync_seconds),
+        failure=StoreFailure(f.revocation, f.sessions, f.rate_limits),
+    )
+
+
+def compile_config(spec: ConfigSpec, source: str = "") -> Config:
+    """The runtime form of a validated file; ConfigError listing every key that cannot be compiled."""
+    errors: list[str] = []
+    secret_keys = _compile_keys(spec.secrets, errors)
+    issuers = {
+        i.name: Issuer(
+            name=i.name,
+            issuer=i.issuer,
+            jwks_uri=i.jwks_uri,
+            local_key_file=i.local_key_file,
+            algorithms=tuple(i.algorithms),
+            audiences=frozenset(i.audiences),
+            clock_skew=i.clock_skew,
+            required_claims=tuple(dict.fromkeys([*i.required_claims, *(["exp"] if i.require_exp else [])])),
+            token_type=i.token_type.lower() if i.token_type else None,
+            max_token_bytes=i.max_token_bytes,
+            max_lifetime=i.max_lifetime,
+            jwks_refresh=i.jwks_refresh,
+            jwks_min_refetch=i.jwks_min_refetch,
+            jwks_timeout=i.jwks_timeout,
+            require_jti=i.require_jti,
+        )
+        for i in spec.issuers
+    }
+    for k, i in enumerate(spec.issuers):
+        if i.local_key_file and not Path(i.local_key_file).is_file():
+            errors.append(f"issuers.{k}.local_key_file: no such file {i.local_key_file!r}")
+    servers = {}
+    for k, s in enumerate(spec.servers):
+        compiled = _compile_server(s, list(issuers), errors, k)
+        if compiled is not None:
+            servers[s.name] = _compile_upstream(compiled, s, issuers, secret_keys, errors, k)
+    approvals = _compile_approvals(spec.approvals, secret_keys, errors)
+    audit = _compile_audit(spec.audit, secret_keys, errors)
+    if errors:
+        raise ConfigError(errors)
+    return Config(
+        issuers=issuers,
+        servers=servers,
+        listen=compile_listen(spec.listen),
+        envoy=compile_envoy(spec.envoy),
+        ext_proc=compile_ext_proc(spec.ext_proc),
+        telemetry=compile_telemetry(spec.telemetry),
+        audit=audit,
+        admin=compile_admin(spec.admin),
+        store=compile_store(spec.store),
+        failure_status=spec.failure_status,
+        token_cache_size=spec.token_cache_size,
+        log_level=spec.log_level,
+        settings=spec.model_dump(mode="json"),
+        source=source,
+        approvals=approvals,
+        secret_keys=secret_keys,
+    )

@@ -1,0 +1,81 @@
+"""The loader: a YAML file → ``${ENV}`` substituted → validated (``schema``) → compiled (``compile``).
+
+Every error names the file and the key (``servers.0.issuers: ...``) and all of them are reported at once.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from authz.config.compile import compile_config
+from authz.config.errors import ConfigError
+from authz.config.runtime import Config
+from authz.config.schema import ConfigSpec
+
+ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+"""``${NAME}`` or ``${NAME:-default}`` in a config string: group 1 the variable, group 2 the default."""
+
+
+def env_names(text: str) -> list[str]:
+    """The variables ``text`` refers to with ``${NAME}``, sorted, each once."""
+    return sorted({m.group(1) for m in ENV_REF.finditer(text)})
+
+
+def _substitute_env(node: Any, path: str, errors: list[str]) -> Any:
+    """Replace ``${NAME}`` / ``${NAME:-default}`` in strings with environment values."""
+    if isinstance(node, dict):
+        return {k: _substitute_env(v, f"{path}.{k}" if path else str(k), errors) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_substitute_env(v, f"{path}.{i}", errors) for i, v in enumerate(node)]
+    if isinstance(node, str):
+
+        def repl(m: re.Match[str]) -> str:
+            value = os.environ.get(m.group(1), m.group(2))
+            if value is None:
+                errors.append(f"{path}: environment variable {m.group(1)} is not set")
+                return ""
+            return value
+
+        return ENV_REF.sub(repl, node)
+    return node
+
+
+def parse_config(text: str, source: str = "<string>") -> Config:
+    """Validate YAML text and compile it. Raises ConfigError naming every bad key."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{source}: expected a mapping at the top level"])
+    errors: list[str] = []
+    raw = _substitute_env(raw, "", errors)
+    if errors:
+        raise ConfigError(errors)
+    try:
+        spec = ConfigSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+    return compile_config(spec, source)
+
+
+def _format_error(error: Mapping[str, Any]) -> str:
+    key = ".".join(str(p) for p in error.get("loc", ())) or "<top>"
+    message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    return f"{key}: {message}"
+
+
+def load_config(path: str | os.PathLike[str]) -> Config:
+    """Read, validate and compile the config file at ``path``."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
+    return parse_config(text, str(path))
