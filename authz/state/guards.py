@@ -11,7 +11,7 @@ import logging
 import math
 from collections.abc import Iterator
 
-from authz.config import RateLimit, Server, StoreFailureSpec
+from authz.config.runtime import RateLimit, Server, StoreFailure
 from authz.errors import InvalidToken, RateLimited, Refusal, Unavailable
 from authz.model import Caller, McpRequest
 from authz.observe.audit import session_fingerprint
@@ -34,7 +34,7 @@ class SessionRefused(Refusal):
 class Guards:
     """The three stages over one store; built with the Checker, so a reload brings new failure modes."""
 
-    def __init__(self, store: Store, failure: StoreFailureSpec) -> None:
+    def __init__(self, store: Store, failure: StoreFailure) -> None:
         self.store = store
         self.failure = failure
 

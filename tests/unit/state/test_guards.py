@@ -223,7 +223,7 @@ async def test_per_subject_tool_limit_counts_each_tool(tmp_path: Path) -> None:
 
 
 def test_rate_limit_names_unique() -> None:
-    from authz.config import ConfigError
+    from authz.config.errors import ConfigError
 
     limit = {"name": "x", "limit": 1, "window": 1}
     with pytest.raises(ConfigError, match="rate_limits"):
@@ -264,7 +264,7 @@ async def test_fail_open_revocation_still_applies_the_local_copy(tmp_path: Path)
 
 
 def test_store_url_is_validated_without_echoing_it() -> None:
-    from authz.config import ConfigError
+    from authz.config.errors import ConfigError
 
     with pytest.raises(ConfigError) as info:
         make_config(store={"url": "http://user:hunter2@host/0"})
@@ -275,7 +275,7 @@ def test_store_url_password_is_masked_in_the_startup_summary() -> None:
     from authz.observe.logs import masked
 
     config = make_config(store={"url": "rediss://:hunter2@redis.internal:6380/2"})
-    summary = json.dumps(masked(config.spec.model_dump(mode="json")))
+    summary = json.dumps(masked(config.settings))
     assert "hunter2" not in summary and "rediss://:***@redis.internal:6380/2" in summary
 
 
@@ -286,7 +286,7 @@ async def test_authorizer_keeps_the_store_across_reloads_unless_its_section_chan
     import yaml
 
     from authz.app import Authorizer
-    from authz.config import load_config
+    from authz.config.load import load_config
 
     key_file = devkey.ensure_key(tmp_path / "dev.pem")
     path = tmp_path / "config.yaml"

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 from redis.asyncio import Redis as RedisClient
 
-from authz.config import StoreSpec
+from authz.config.compile import compile_store
+from authz.config.schema import StoreSpec
 from authz.observe import telemetry
 from authz.store import MemoryStore, open_store
 from authz.store.base import StoreError
@@ -73,9 +74,9 @@ async def store(shared_redis: Redis) -> AsyncIterator[RedisStore]:
 
 
 async def test_open_store_picks_by_url(shared_redis: Redis) -> None:
-    assert isinstance(open_store(StoreSpec.model_validate({})), MemoryStore)
+    assert isinstance(open_store(compile_store(StoreSpec.model_validate({}))), MemoryStore)
     spec = {"url": shared_redis.url, "key_prefix": "o:", "timeout_ms": 200}
-    opened_store = open_store(StoreSpec.model_validate(spec))
+    opened_store = open_store(compile_store(StoreSpec.model_validate(spec)))
     assert isinstance(opened_store, RedisStore)
     await opened_store.start()
     try:
