@@ -605,7 +605,7 @@ class AuditSpec(_Spec):
         description="Tool argument keys copied into audit events; every other argument is left out. Default: none.",
     )
     webhook: WebhookSpec | None = Field(
-        None, description="Also POST audit events in signed batches to a URL (see README, Telemetry and audit)."
+        None, description="Also POST audit events in signed batches to a URL (docs/observability.md, Audit webhook)."
     )
 
 
