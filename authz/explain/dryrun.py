@@ -32,10 +32,12 @@ class DryRunStore:
     async def revoke_token(self, jti: str, expires_at: float) -> None:
         return None
 
-    async def revoke_subject(self, subject: str, before: float) -> None:
+    async def revoke_subject(self, subject: str, before: float, *, until: float | None = None) -> None:
         return None
 
-    async def bind_session(self, server: str, session_id: str, subject: str, ttl: float) -> str:
+    async def bind_session(
+        self, server: str, session_id: str, subject: str, ttl: float, *, max_per_subject: int | None = None
+    ) -> str:
         """The current owner if the session is bound, else ``subject`` (as a first use would bind it)."""
         for binding in await self._store.sessions(server=server):
             if binding.session_id == session_id:

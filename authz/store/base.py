@@ -11,9 +11,21 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Protocol
 
+# How long a subject cut-off is kept without ``until``: the schema's default max_lifetime plus leeway.
+DEFAULT_SUBJECT_KEEP = 86400.0 + 300.0
+
 
 class StoreError(Exception):
     """The store could not answer within its deadline (down, slow, refused)."""
+
+
+class SessionLimit(Exception):
+    """A new session would exceed the subject's ``max_per_subject``: nothing was bound."""
+
+    def __init__(self, subject: str, limit: int, retry_after: float) -> None:
+        super().__init__(f"subject {subject!r} has {limit} live sessions already")
+        self.limit = limit
+        self.retry_after = retry_after  # seconds until the subject's first session expires
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,13 +59,21 @@ class Store(Protocol):
         """Revoke one token id until ``expires_at`` (its ``exp``)."""
         ...
 
-    async def revoke_subject(self, subject: str, before: float) -> None:
-        """Refuse every token of ``subject`` issued (``iat``) before ``before``."""
+    async def revoke_subject(self, subject: str, before: float, *, until: float | None = None) -> None:
+        """Refuse every token of ``subject`` issued (``iat``) before ``before``.
+
+        Kept until ``until`` (epoch seconds; by then every such token has expired: the cut-off plus the
+        issuers' longest token lifetime), else ``before + DEFAULT_SUBJECT_KEEP``."""
         ...
 
     # --- MCP session binding
-    async def bind_session(self, server: str, session_id: str, subject: str, ttl: float) -> str:
-        """Bind the session to ``subject`` if unbound (atomic) and refresh its TTL; return the owner."""
+    async def bind_session(
+        self, server: str, session_id: str, subject: str, ttl: float, *, max_per_subject: int | None = None
+    ) -> str:
+        """Bind the session to ``subject`` if unbound (atomic) and refresh its TTL; return the owner.
+
+        A new binding beyond ``max_per_subject`` live sessions of the subject (all servers) raises
+        ``SessionLimit`` and binds nothing."""
         ...
 
     async def end_session(self, server: str, session_id: str) -> bool: ...

@@ -369,8 +369,8 @@ class Redis:
         return f"redis://{self.host}:{self.port}/0"
 
 
-def start_redis(log_dir: Path, *, port: int | None = None, timeout: float = 30.0) -> Redis:
-    """Start a throwaway redis-server on 127.0.0.1 (no persistence)."""
+def start_redis(log_dir: Path, *, port: int | None = None, timeout: float = 30.0, extra: Sequence[str] = ()) -> Redis:
+    """Start a throwaway redis-server on 127.0.0.1 (no persistence; ``extra``: more arguments)."""
     server = shutil.which("redis-server")
     if server is None:
         raise StartupError("redis-server not on PATH: apt-get install -y redis-server")
@@ -391,6 +391,7 @@ def start_redis(log_dir: Path, *, port: int | None = None, timeout: float = 30.0
         str(data_dir),
         "--daemonize",
         "no",
+        *extra,
     ]
     proc = Proc("redis", argv, log_dir=log_dir)
     _start_or_fail(proc, lambda p: p.wait_port(port, timeout=timeout))

@@ -24,6 +24,8 @@ from support import (
 from authz.check import Checker
 from authz.identity import devkey
 from authz.model import Decision, HttpRequest
+from authz.state.guards import DEFAULT_MAX_SESSIONS_PER_SUBJECT
+from authz.state.revocation import subject_revocation_until
 from authz.store.base import StoreError
 from authz.store.memory import MemoryStore
 
@@ -37,7 +39,9 @@ class BrokenStore(MemoryStore):
     def healthy(self) -> bool:
         return False
 
-    async def bind_session(self, server: str, session_id: str, subject: str, ttl: float) -> str:
+    async def bind_session(
+        self, server: str, session_id: str, subject: str, ttl: float, *, max_per_subject: int | None = None
+    ) -> str:
         raise StoreError("sessions: down")
 
     async def hit(self, key: str, limit: int, window: float) -> float:
@@ -319,3 +323,37 @@ async def test_authorizer_keeps_the_store_across_reloads_unless_its_section_chan
     assert await authorizer.reload()
     assert authorizer.store is not store and authorizer.checker.guards.store is authorizer.store
     assert (await authorizer.checker.check(req)).allowed  # a new (empty) memory store
+
+
+# ---------------------------------------------------------------- a session flood (issue 21 item 2)
+
+
+async def test_a_session_flood_hits_the_rate_limit_before_any_session_is_stored(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path, rate_limits=[{"name": "per-user", "limit": 5, "window": 60}])
+    mallory = stack.token("mallory")
+    decisions = [await stack.call(mallory, session=f"flood-{i}") for i in range(20)]
+    assert [d.allowed for d in decisions] == [True] * 5 + [False] * 15
+    assert {d.reason for d in decisions[5:]} == {"rate_limited"}
+    assert len(await stack.store.sessions(subject="mallory")) == 5  # refused calls bound nothing
+
+
+async def test_sessions_per_subject_are_bounded_and_a_bystander_is_unaffected(tmp_path: Path) -> None:
+    stack = make_stack(tmp_path)
+    alice, mallory = stack.token("alice"), stack.token("mallory")
+    assert (await stack.call(alice, session="alice-1")).allowed
+    for i in range(DEFAULT_MAX_SESSIONS_PER_SUBJECT):
+        assert (await stack.call(mallory, session=f"flood-{i}")).allowed
+    over = await stack.call(mallory, session="flood-over")
+    assert (over.allowed, over.status, over.reason) == (False, 429, "too_many_sessions")
+    assert 3500 <= int(retry_after(over) or 0) <= 3600  # when mallory's first session expires (ttl 3600)
+    assert (await stack.call(mallory, session="flood-0")).allowed  # its sessions still work
+    assert (await stack.call(alice, session="alice-1")).allowed and (await stack.call(alice, session="alice-2")).allowed
+    assert len(await stack.store.sessions(subject="mallory")) == DEFAULT_MAX_SESSIONS_PER_SUBJECT
+
+
+def test_a_subject_revocation_is_kept_for_the_longest_token_lifetime() -> None:
+    jwks = {"jwks_uri": "http://127.0.0.1:9/jwks"}
+    longer = issuer_spec(name="b", issuer="https://b.example", max_lifetime=7200, **jwks)
+    config = make_config([issuer_spec(name="a", max_lifetime=600, **jwks), longer])
+    skew = max(i.clock_skew for i in config.issuers.values())
+    assert subject_revocation_until(config.issuers.values(), 1000.0) == 1000.0 + 7200 + skew

@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import signal
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from redis.asyncio import Redis as RedisClient
@@ -19,7 +21,7 @@ from authz.config.compile import compile_store
 from authz.config.schema import StoreSpec
 from authz.observe import telemetry
 from authz.store import MemoryStore, open_store
-from authz.store.base import StoreError
+from authz.store.base import SessionLimit, StoreError
 from authz.store.redis import RedisStore
 from tests.e2e.harness import Proc, Redis, free_port, start_redis
 
@@ -346,3 +348,179 @@ async def test_rediss_url_with_password_and_database(tmp_path: Path) -> None:
             assert not untrusted.healthy  # the server's certificate is not trusted without its CA
     finally:
         proc.stop()
+
+
+# ---------------------------------------------------------------- a Redis that forgets (issue 21 item 1)
+
+
+async def _restart_empty(server: Redis, tmp_path: Path, *stores: RedisStore) -> Redis:
+    """Stop the redis-server, wait until ``stores`` notice, start a fresh one (nothing comes back) on its port."""
+    server.proc.stop()
+    await eventually(lambda: not any(s.healthy for s in stores), "the stores noticed Redis is gone")
+    return start_redis(tmp_path / "again", port=server.port)
+
+
+async def test_revocations_survive_a_redis_restart_without_persistence(own_redis: Redis, tmp_path: Path) -> None:
+    now = time.time()
+    lost_before = telemetry.STORE_DATA_LOSS.get("redis")
+    async with opened(own_redis.url, "l:", timeout=0.5) as a, opened(own_redis.url, "l:", timeout=0.5) as b:
+        await a.revoke_token("gone-with-redis", now + 600)
+        await b.revoke_subject("mallory", now, until=now + 600)
+        await eventually(lambda: b.is_revoked(None, "gone-with-redis", None), "b has the token revocation")
+        await eventually(lambda: a.is_revoked("mallory", None, now - 1), "a has the subject revocation")
+        restarted = await _restart_empty(own_redis, tmp_path, a, b)
+        try:
+            await eventually(lambda: a.healthy and b.healthy, "both reconnected")
+            for store in (a, b):  # still refused on both replicas, though Redis forgot
+                assert store.is_revoked(None, "gone-with-redis", None)
+                assert store.is_revoked("mallory", None, now - 1) and not store.is_revoked("mallory", None, now + 1)
+            await eventually(lambda: telemetry.STORE_DATA_LOSS.get("redis") >= lost_before + 2, "both saw the loss")
+            async with opened(restarted.url, "l:", timeout=0.5) as late:  # a replica started after the loss
+                assert late.is_revoked(None, "gone-with-redis", None) and late.is_revoked("mallory", None, now - 1)
+            client = RedisClient.from_url(restarted.url)
+            try:  # written back into Redis, each until it may go
+                assert await client.zscore("{l:rev}:jti", "gone-with-redis") == now + 600
+                members: list[Any] = await client.zrange("{l:rev}:sub", 0, -1, withscores=True)
+                assert [(json.loads(m), until) for m, until in members] == [(["mallory", now], now + 600)]
+            finally:
+                await client.aclose()
+        finally:
+            restarted.proc.stop()
+
+
+async def test_a_flush_while_connected_is_noticed_and_repaired(
+    shared_redis: Redis, caplog: pytest.LogCaptureFixture
+) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    async with opened(shared_redis.url, prefix, timeout=0.5) as store:
+        await store.revoke_token("flushed", time.time() + 600)
+        client = RedisClient.from_url(shared_redis.url)
+        try:
+            epoch = await client.get(f"{{{prefix}rev}}:epoch")
+            assert epoch is not None
+            with caplog.at_level("ERROR", logger="mcp_authz.store"):
+                await client.delete(f"{{{prefix}rev}}:jti", f"{{{prefix}rev}}:epoch")  # as FLUSHALL would
+                await eventually(lambda: _zscore(client, f"{{{prefix}rev}}:jti", "flushed"), "written back")
+            assert store.is_revoked(None, "flushed", None)
+            assert any(getattr(r, "reason", "") == "store_data_loss" for r in caplog.records)
+            assert await client.get(f"{{{prefix}rev}}:epoch") not in (None, epoch)  # a new epoch
+        finally:
+            await client.aclose()
+
+
+async def _zscore(client: RedisClient, key: str, member: str) -> bool:
+    return await client.zscore(key, member) is not None
+
+
+async def test_revocations_in_redis_are_merged_not_replaced(shared_redis: Redis) -> None:
+    """A reload keeps what this replica knows and Redis lacks (a fail-over to a lagging replica)."""
+    prefix = f"t{next(_prefixes)}:"
+    now = time.time()
+    async with opened(shared_redis.url, prefix, timeout=0.5, resync=1.0) as store:
+        await store.revoke_token("kept", now + 600)
+        await store.revoke_token("short", now + 1.5)
+        client = RedisClient.from_url(shared_redis.url)
+        try:
+            await client.zrem(f"{{{prefix}rev}}:jti", "kept", "short")  # Redis forgets, the epoch stays
+            await client.zadd(f"{{{prefix}rev}}:jti", {"from-elsewhere": now + 600})
+            await eventually(lambda: store.is_revoked(None, "from-elsewhere", None), "resync merged Redis in")
+            assert store.is_revoked(None, "kept", None)
+            await eventually(lambda: _zscore(client, f"{{{prefix}rev}}:jti", "kept"), "written back")
+            await asyncio.sleep(1.6)  # "short" expired: it is not written back again
+            await eventually(lambda: not store.is_revoked(None, "short", None), "expired")
+            await store.revoke_token("trigger", now + 600)
+            assert await client.zscore(f"{{{prefix}rev}}:jti", "short") is None
+        finally:
+            await client.aclose()
+
+
+async def test_subject_revocations_expire_in_redis(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    now = time.time()
+    async with opened(shared_redis.url, prefix, timeout=0.5) as a:
+        await a.revoke_subject("alice", now, until=now + 0.5)
+        await a.revoke_subject("bob", now, until=now + 600)
+        assert a.is_revoked("alice", None, now - 1)
+        await asyncio.sleep(0.6)
+        assert not a.is_revoked("alice", None, now - 1) and a.is_revoked("bob", None, now - 1)
+        await a.revoke_subject("carol", time.time())  # each revocation drops the expired ones from Redis
+        client = RedisClient.from_url(shared_redis.url)
+        try:
+            stored: list[Any] = await client.zrange(f"{{{prefix}rev}}:sub", 0, -1)
+            members = [json.loads(m)[0] for m in stored]
+        finally:
+            await client.aclose()
+        assert sorted(members) == ["bob", "carol"]
+        async with opened(shared_redis.url, prefix, timeout=0.5) as b:
+            assert not b.is_revoked("alice", None, now - 1) and b.is_revoked("bob", None, now - 1)
+
+
+async def test_legacy_revocation_keys_of_0_1_are_read(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    client = RedisClient.from_url(shared_redis.url)
+    try:
+        await client.zadd(f"{prefix}rev:jti", {"old-jti": time.time() + 600})
+        await client.hset(f"{prefix}rev:sub", mapping={"old-subject": str(time.time())})
+    finally:
+        await client.aclose()
+    async with opened(shared_redis.url, prefix, timeout=0.5) as store:
+        assert store.is_revoked(None, "old-jti", None) and store.is_revoked("old-subject", None, time.time() - 10)
+
+
+# ---------------------------------------------------------------- sessions per subject (issue 21 item 2)
+
+
+async def test_sessions_per_subject_are_capped_across_replicas(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    async with opened(shared_redis.url, prefix, timeout=1.0) as a, opened(shared_redis.url, prefix, timeout=1.0) as b:
+        assert await a.bind_session("s", "alice-1", "alice", 60, max_per_subject=2) == "alice"
+        assert await a.bind_session("s", "m-1", "mallory", 60, max_per_subject=2) == "mallory"
+        assert await b.bind_session("s", "m-2", "mallory", 60, max_per_subject=2) == "mallory"
+        with pytest.raises(SessionLimit) as refused:
+            await a.bind_session("s", "m-3", "mallory", 60, max_per_subject=2)
+        assert 50 < refused.value.retry_after <= 60
+        assert [s.session_id for s in await a.sessions(subject="mallory")] != []
+        assert "m-3" not in [s.session_id for s in await b.sessions(subject="mallory")]  # unbound again
+        assert await b.bind_session("s", "m-3", "alice", 60, max_per_subject=2) == "alice"  # free for another
+        assert await a.bind_session("s", "m-1", "mallory", 60, max_per_subject=2) == "mallory"  # a known one
+        assert await b.end_session("s", "m-1")
+        assert await a.bind_session("s", "m-4", "mallory", 60, max_per_subject=2) == "mallory"  # its place is free
+
+
+async def test_session_counts_expire_with_their_sessions(shared_redis: Redis) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    async with opened(shared_redis.url, prefix, timeout=1.0) as store:
+        await store.bind_session("s", "short", "mallory", 0.3, max_per_subject=1)
+        with pytest.raises(SessionLimit):
+            await store.bind_session("s", "next", "mallory", 60, max_per_subject=1)
+        await asyncio.sleep(0.4)
+        assert await store.bind_session("s", "next", "mallory", 60, max_per_subject=1) == "mallory"
+
+
+# ---------------------------------------------------------------- WAIT for revocations (issue 20)
+
+
+async def test_revocation_replicas_waits_for_a_replica(shared_redis: Redis, tmp_path: Path) -> None:
+    prefix = f"t{next(_prefixes)}:"
+    async with opened(shared_redis.url, prefix, timeout=0.5, revocation_replicas=1, revocation_wait=0.2) as lonely:
+        with pytest.raises(StoreError, match=r"0 of store\.revocation_replicas=1"):
+            await lonely.revoke_token("unreplicated", time.time() + 600)
+        assert lonely.is_revoked(None, "unreplicated", None)  # in force here all the same
+    replica = start_redis(tmp_path, extra=["--replicaof", "127.0.0.1", str(shared_redis.port)])
+    try:
+        client = RedisClient.from_url(replica.url)
+        try:
+            await eventually(lambda: _replica_in_sync(client), "the replica caught up")
+            async with opened(shared_redis.url, prefix, timeout=0.5, revocation_replicas=1) as store:
+                await store.revoke_token("replicated", time.time() + 600)
+                await store.revoke_subject("alice", time.time())
+            assert await client.zscore(f"{{{prefix}rev}}:jti", "replicated") is not None
+        finally:
+            await client.aclose()
+    finally:
+        replica.proc.stop()
+
+
+async def _replica_in_sync(client: RedisClient) -> bool:
+    info = await client.info("replication")
+    return info.get("master_link_status") == "up"
