@@ -16,11 +16,14 @@ from pydantic import ValidationError
 
 from authz.config.compile import compile_config
 from authz.config.errors import ConfigError
-from authz.config.runtime import Config
-from authz.config.schema import ConfigSpec
+from authz.config.runtime import Config, HostPort
+from authz.config.schema import ConfigSpec, ListenSpec
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 """``${NAME}`` or ``${NAME:-default}`` in a config string: group 1 the variable, group 2 the default."""
+
+LISTEN_HOST_ENV = "MCP_AUTHZ_LISTEN_HOST"
+"""The host of ``listen.grpc`` / ``listen.discovery`` when the file leaves them out (the image sets 0.0.0.0)."""
 
 
 def env_names(text: str) -> list[str]:
@@ -47,6 +50,26 @@ def _substitute_env(node: Any, path: str, errors: list[str]) -> Any:
     return node
 
 
+def _default_listen_host(raw: dict[str, Any], errors: list[str]) -> dict[str, Any]:
+    """``listen.grpc`` / ``listen.discovery`` left out of the file: their default port on ``$MCP_AUTHZ_LISTEN_HOST``
+    if that is set. An address the file writes is kept (a sidecar beside Envoy listens on 127.0.0.1 on purpose)."""
+    host = os.environ.get(LISTEN_HOST_ENV, "").removeprefix("[").removesuffix("]")  # [::] as ::
+    listen = raw.get("listen")
+    if not host or not isinstance(listen, dict | None):
+        return raw  # unset, or a listen section the schema will refuse
+    try:
+        HostPort.parse(str(HostPort(host, 1)))
+    except ValueError:
+        errors.append(f"{LISTEN_HOST_ENV}: expected a host name or IP address for listen.*, got {host!r}")
+        return raw
+    filled = dict(listen or {})
+    for key in ("grpc", "discovery"):
+        if key not in filled:
+            default = HostPort.parse(ListenSpec.model_fields[key].default)
+            filled[key] = str(HostPort(host, default.port))
+    return {**raw, "listen": filled}
+
+
 def parse_config(text: str, source: str = "<string>") -> Config:
     """Validate YAML text and compile it. Raises ConfigError naming every bad key."""
     try:
@@ -56,7 +79,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping at the top level"])
     errors: list[str] = []
-    raw = _substitute_env(raw, "", errors)
+    raw = _default_listen_host(_substitute_env(raw, "", errors), errors)
     if errors:
         raise ConfigError(errors)
     try:

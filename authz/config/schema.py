@@ -15,7 +15,6 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from authz.config.runtime import HostPort
-from authz.contract import ENVOY_HEADER_PREFIX
 from authz.model import KNOWN_REVISIONS
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
@@ -32,7 +31,11 @@ class _Spec(BaseModel):
 
 
 class ListenSpec(_Spec):
-    grpc: str = Field("127.0.0.1:9191", description="gRPC ext_authz (envoy.service.auth.v3) and grpc.health.v1.")
+    grpc: str = Field(
+        "127.0.0.1:9191",
+        description="gRPC ext_authz (envoy.service.auth.v3) and grpc.health.v1. Left out: port 9191 on "
+        "`$MCP_AUTHZ_LISTEN_HOST` if that is set (the image sets 0.0.0.0), else on 127.0.0.1.",
+    )
     http: str = Field(
         "",
         description="HTTP ext_authz (Envoy `http_service`, Istio `envoyExtAuthzHttp`): the same Check, "
@@ -40,7 +43,8 @@ class ListenSpec(_Spec):
     )
     discovery: str = Field(
         "127.0.0.1:9192",
-        description="HTTP: RFC 9728 / RFC 8414 documents, /healthz, /readyz. Empty string disables it.",
+        description="HTTP: RFC 9728 / RFC 8414 documents, /healthz, /readyz. Empty string disables it. Left out: "
+        "port 9192 on `$MCP_AUTHZ_LISTEN_HOST` if that is set (the image sets 0.0.0.0), else on 127.0.0.1.",
     )
 
     @field_validator("http", "discovery")
@@ -453,9 +457,9 @@ class ServerSpec(_Spec):
                 )
             if self.proxy.cloudflare is not None and self.proxy.preset != "cloudflare":
                 raise ValueError("proxy.cloudflare is only used with proxy.preset cloudflare")
-            reserved = [h for h in _proxy_header_names(self.proxy) if h.lower().startswith(ENVOY_HEADER_PREFIX)]
+            reserved = [h for h in _proxy_header_names(self.proxy) if h.lower().startswith("x-mcp-authz-")]
             if reserved:
-                raise ValueError(f"proxy headers {reserved}: {ENVOY_HEADER_PREFIX}* headers are set by Envoy only")
+                raise ValueError(f"proxy headers {reserved}: x-mcp-authz-* headers are set by Envoy only")
         return self
 
     @model_validator(mode="after")
