@@ -17,7 +17,7 @@ from pydantic import ValidationError
 from authz.config.compile import compile_config
 from authz.config.errors import ConfigError
 from authz.config.runtime import Config, HostPort
-from authz.config.schema import ConfigSpec, ListenSpec
+from authz.config.schema import ConfigSpec, ListenSpec, cross_checks
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 """``${NAME}`` or ``${NAME:-default}`` in a config string: group 1 the variable, group 2 the default."""
@@ -86,6 +86,9 @@ def parse_config(text: str, source: str = "<string>") -> Config:
         spec = ConfigSpec.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([_format_error(e) for e in exc.errors()]) from None
+    errors = cross_checks(spec)
+    if errors:
+        raise ConfigError(errors)
     return compile_config(spec, source)
 
 

@@ -772,56 +772,65 @@ class ConfigSpec(_Spec):
         description="Shared state (revocation, session binding, rate limits): in memory, or Redis for replicas.",
     )
 
-    @model_validator(mode="after")
-    def _references(self) -> ConfigSpec:
-        _unique("issuers", [i.name for i in self.issuers])
-        _unique("servers", [s.name for s in self.servers])
-        _unique("servers[].resource", [s.resource for s in self.servers])
-        for s in self.servers:
-            _unique(f"server {s.name!r}: rate_limits", [r.name for r in s.rate_limits])
-        known = {i.name for i in self.issuers}
-        for s in self.servers:
-            missing = [n for n in s.issuers or [] if n not in known]
-            if missing:
-                raise ValueError(f"server {s.name!r}: unknown issuers {missing}")
-        if not self.servers:
-            raise ValueError("servers: at least one MCP server is required")
-        if self.envoy.authorizer == "http" and not self.listen.http:
-            raise ValueError("envoy.authorizer: http needs listen.http")
-        if self.envoy.authorizer == "http" and any(s.filter_lists for s in self.servers):
-            raise ValueError(
-                "servers[].filter_lists needs envoy.authorizer: grpc (the HTTP ext_authz front cannot hand "
+
+def cross_checks(spec: ConfigSpec) -> list[str]:
+    """What no single section can check: names that must be unique or must exist, sections that must agree.
+
+    Each problem is one ``key: message`` line naming the key's path (``servers.1.issuers``); all are reported.
+    """
+    errors = [
+        *_duplicates("issuers", "name", [i.name for i in spec.issuers]),
+        *_duplicates("servers", "name", [s.name for s in spec.servers]),
+        *_duplicates("servers", "resource", [s.resource for s in spec.servers]),
+    ]
+    issuers = [i.name for i in spec.issuers]
+    for k, s in enumerate(spec.servers):
+        errors += _duplicates(f"servers.{k}.rate_limits", "name", [r.name for r in s.rate_limits])
+        missing = [n for n in s.issuers or [] if n not in issuers]
+        if missing:
+            errors.append(
+                f"servers.{k}.issuers: unknown issuer {_listing(missing)}; the issuers are {_listing(issuers)}"
+            )
+        named = s.token_exchange.issuer if s.token_exchange is not None else None
+        if named is not None and named not in issuers:
+            errors.append(
+                f"servers.{k}.token_exchange.issuer: {named!r} is not in issuers; the issuers are {_listing(issuers)}"
+            )
+        if s.filter_lists and spec.envoy.authorizer == "http":
+            errors.append(
+                f"servers.{k}.filter_lists needs envoy.authorizer: grpc (the HTTP ext_authz front cannot hand "
                 "the caller to ext_proc as dynamic metadata)"
             )
-        self._approvals_fit()
-        self._exchange_issuers()
-        return self
-
-    def _exchange_issuers(self) -> None:
-        known = {i.name for i in self.issuers}
-        for s in self.servers:
-            named = s.token_exchange.issuer if s.token_exchange is not None else None
-            if named is not None and named not in known:
-                raise ValueError(f"server {s.name!r}: token_exchange.issuer {named!r} is not in issuers")
-
-    def _approvals_fit(self) -> None:
-        wanted = [s.name for s in self.servers if s.policy and any(r.approval for r in s.policy.rules)]
-        if wanted and self.approvals is None:
-            raise ValueError(f"servers {wanted}: rules with approval: true need an approvals section")
-        blind = [s.name for s in self.servers if s.name in wanted and s.header_only]
-        if blind:
-            raise ValueError(f"servers {blind}: approval rules need the arguments, so header_only must be false")
-        if self.approvals is not None and self.approvals.wait_ms >= self.envoy.timeout_ms:
-            raise ValueError(
-                f"approvals.wait_ms ({self.approvals.wait_ms}) must be below envoy.timeout_ms "
-                f"({self.envoy.timeout_ms}), or Envoy gives up before the answer"
+        approval = [j for j, r in enumerate(s.policy.rules if s.policy else []) if r.approval]
+        if approval and spec.approvals is None:
+            errors.append(
+                f"servers.{k}.policy.rules.{approval[0]}.approval: rules with approval: true need an approvals section"
             )
+        if approval and s.header_only:
+            errors.append(f"servers.{k}.header_only: approval rules need the arguments, so header_only must be false")
+    if not spec.servers:
+        errors.append("servers: at least one MCP server is required")
+    if spec.envoy.authorizer == "http" and not spec.listen.http:
+        errors.append("envoy.authorizer: http needs listen.http")
+    if spec.approvals is not None and spec.approvals.wait_ms >= spec.envoy.timeout_ms:
+        errors.append(
+            f"approvals.wait_ms ({spec.approvals.wait_ms}) must be below envoy.timeout_ms "
+            f"({spec.envoy.timeout_ms}), or Envoy gives up before the answer"
+        )
+    return errors
 
 
-def _unique(key: str, names: list[str]) -> None:
-    seen = {n for n in names if names.count(n) > 1}
-    if seen:
-        raise ValueError(f"{key}: duplicate names {sorted(seen)}")
+def _duplicates(path: str, key: str, values: list[str]) -> list[str]:
+    """``path.N.key: duplicate ...`` for each value that an earlier entry of the list already has."""
+    return [
+        f"{path}.{j}.{key}: duplicate {key} {value!r} (also {path}.{values.index(value)})"
+        for j, value in enumerate(values)
+        if values.index(value) < j
+    ]
+
+
+def _listing(names: list[str]) -> str:
+    return ", ".join(repr(n) for n in names) if names else "(none)"
 
 
 def _proxy_header_names(spec: ProxySpec) -> list[str]:
