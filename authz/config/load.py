@@ -5,6 +5,7 @@ Every error names the file and the key (``servers.0.issuers: ...``) and all of t
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 from collections.abc import Mapping
@@ -17,7 +18,7 @@ from pydantic import ValidationError
 from authz.config.compile import compile_config
 from authz.config.errors import ConfigError
 from authz.config.runtime import Config, HostPort
-from authz.config.schema import ConfigSpec, ListenSpec, cross_checks
+from authz.config.schema import ConfigSpec, ListenSpec, cross_checks, keys_at
 
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 """``${NAME}`` or ``${NAME:-default}`` in a config string: group 1 the variable, group 2 the default."""
@@ -93,9 +94,20 @@ def parse_config(text: str, source: str = "<string>") -> Config:
 
 
 def _format_error(error: Mapping[str, Any]) -> str:
-    key = ".".join(str(p) for p in error.get("loc", ())) or "<top>"
+    loc = tuple(error.get("loc", ()))
+    key = ".".join(str(p) for p in loc) or "<top>"
+    if error.get("type") == "extra_forbidden" and loc:
+        return f"{key}: {_unknown_key(str(loc[-1]), keys_at(loc))}"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
     return f"{key}: {message}"
+
+
+def _unknown_key(key: str, valid: list[str]) -> str:
+    """Refuse a key the schema does not have, suggesting the nearest valid one (a typo, usually)."""
+    nearest = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    if nearest:
+        return f"unknown key; did you mean {nearest[0]!r}?"
+    return "unknown key; the keys here are " + ", ".join(repr(k) for k in valid)
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

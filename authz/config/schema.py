@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
@@ -831,6 +831,31 @@ def _duplicates(path: str, key: str, values: list[str]) -> list[str]:
 
 def _listing(names: list[str]) -> str:
     return ", ".join(repr(n) for n in names) if names else "(none)"
+
+
+def keys_at(loc: tuple[int | str, ...]) -> list[str]:
+    """The keys the section holding ``loc`` (a validation error's location, ending in a key) accepts."""
+    model: type[BaseModel] = ConfigSpec
+    for part in loc[:-1]:
+        if isinstance(part, int):
+            continue  # an index into a list of sections
+        field = model.model_fields.get(part)
+        inner = _model_in(field.annotation) if field is not None else None
+        if inner is None:
+            return []
+        model = inner
+    return list(model.model_fields)
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    """The section model an annotation holds (``X``, ``X | None``, ``list[X]``), if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _proxy_header_names(spec: ProxySpec) -> list[str]:

@@ -26,6 +26,21 @@ def errors(
     return refused.value.errors
 
 
+def test_a_typo_is_refused_with_the_nearest_key() -> None:
+    found = errors(servers=[server_spec(scope_supported=["a"], proxy={"user_hedaer": "x"})], telemtry={})
+    assert sorted(found) == [
+        "servers.0.proxy.user_hedaer: unknown key; did you mean 'user_header'?",
+        "servers.0.scope_supported: unknown key; did you mean 'scopes_supported'?",
+        "telemtry: unknown key; did you mean 'telemetry'?",
+    ]
+
+
+def test_an_unknown_key_without_a_near_one_lists_the_keys_of_its_section() -> None:
+    assert errors(servers=[server_spec(sessions={"zzz": 1})]) == [
+        "servers.0.sessions.zzz: unknown key; the keys here are 'bind', 'ttl', 'hijack_status'"
+    ]
+
+
 def test_an_unknown_issuer_is_reported_at_the_server_with_the_valid_names() -> None:
     found = errors(
         [
