@@ -15,7 +15,7 @@ from fnmatch import translate
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from authz.config.cel import CelError, Expression
+from authz.config.cel import POLICY_VARIABLES, CelError, Expression
 from authz.config.errors import ConfigError
 from authz.config.runtime import (
     Admin,
@@ -133,6 +133,12 @@ def _compile_rule(rule: RuleSpec) -> Rule:
         when = Expression(rule.when) if rule.when else None
     except CelError as exc:
         raise ValueError(f"rule {rule.name!r}: {exc}") from None
+    undeclared = sorted(when.variables - POLICY_VARIABLES) if when is not None else []
+    if undeclared:
+        raise ValueError(
+            f"rule {rule.name!r}: undeclared variable {', '.join(map(repr, undeclared))} in {rule.when!r}; "
+            f"a condition reads {', '.join(sorted(POLICY_VARIABLES))}"
+        )
     return Rule(
         name=rule.name,
         methods=_globs(methods),

@@ -41,6 +41,21 @@ def test_an_unknown_key_without_a_near_one_lists_the_keys_of_its_section() -> No
     ]
 
 
+def test_a_condition_reading_an_undeclared_variable_is_refused_naming_the_rule() -> None:
+    rules = [
+        {
+            "name": "fine",
+            "tools": ["*"],
+            "when": 'jwt.sub != "" && [1, 2].exists(x, x > 0) && request.method == "POST"',
+        },
+        {"name": "typo", "tools": ["*"], "when": '"admins" in jtw.groups'},
+    ]
+    assert errors(servers=[server_spec(policy={"rules": rules})]) == [
+        "servers.0.policy.rules.1.when: rule 'typo': undeclared variable 'jtw' in '\"admins\" in jtw.groups'; "
+        "a condition reads jwt, mcp, request"
+    ]
+
+
 def test_an_unknown_issuer_is_reported_at_the_server_with_the_valid_names() -> None:
     found = errors(
         [
