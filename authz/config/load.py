@@ -76,7 +76,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{source}: not valid YAML: {exc}"]) from None
+        raise ConfigError([_yaml_error(source, exc)]) from None
     if not isinstance(raw, dict):
         raise ConfigError([f"{source}: expected a mapping at the top level"])
     errors: list[str] = []
@@ -91,6 +91,18 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     if errors:
         raise ConfigError(errors)
     return compile_config(spec, source)
+
+
+def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
+    """``FILE:LINE:COLUMN: not valid YAML: problem (context)``, one line, naming the file (not ``<unicode string>``)."""
+    if not isinstance(exc, yaml.MarkedYAMLError) or exc.problem_mark is None:
+        return f"{source}: not valid YAML: {exc}"
+    mark = exc.problem_mark
+    where = f"{source}:{mark.line + 1}:{mark.column + 1}"
+    context = ""
+    if exc.context and exc.context_mark is not None:
+        context = f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+    return f"{where}: not valid YAML: {exc.problem}{context}"
 
 
 def _format_error(error: Mapping[str, Any]) -> str:

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 from support import issuer_spec, server_spec
 
 from authz.config.errors import ConfigError
-from authz.config.load import parse_config
+from authz.config.load import load_config, parse_config
 
 
 def errors(
@@ -24,6 +25,18 @@ def errors(
     with pytest.raises(ConfigError) as refused:
         parse_config(json.dumps(doc), "<test>")
     return refused.value.errors
+
+
+def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> None:
+    path = tmp_path / "config.yaml"
+    path.write_text("issuers:\n  - name: a\n   issuer: x\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as refused:
+        load_config(path)
+    assert refused.value.errors == [
+        f"{path}:3:4: not valid YAML: expected <block end>, but found '<block mapping start>' "
+        "(while parsing a block collection at line 2, column 3)"
+    ]
+    assert "<unicode string>" not in str(refused.value)
 
 
 def test_a_typo_is_refused_with_the_nearest_key() -> None:
