@@ -13,6 +13,7 @@ from collections.abc import Mapping
 from dataclasses import replace
 from fnmatch import translate
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from authz.config.cel import POLICY_VARIABLES, CelError, Expression
@@ -40,10 +41,12 @@ from authz.config.runtime import (
     Sessions,
     Store,
     StoreFailure,
+    StoreTls,
     Telemetry,
 )
 from authz.config.schema import (
     PROXY_PRESETS,
+    SENTINEL_SCHEMES,
     AdminSpec,
     ApprovalsSpec,
     AuditSpec,
@@ -57,8 +60,10 @@ from authz.config.schema import (
     SecretsSpec,
     ServerSpec,
     StoreSpec,
+    StoreTlsSpec,
     TelemetrySpec,
     WebhookSpec,
+    sentinel_url_parts,
 )
 from authz.config.secrets import Secret, SecretError, parse_key, read_key_file, reveal
 
@@ -315,15 +320,61 @@ def compile_admin(spec: AdminSpec) -> Admin:
     return Admin(HostPort.optional(spec.listen), token, spec.tls_cert, spec.tls_key, spec.client_ca)
 
 
+_SYSTEM_TLS = StoreTls(None, None, None, True)  # TLS with the system's CAs
+
+
+def _store_tls(spec: StoreTlsSpec | None) -> StoreTls | None:
+    return None if spec is None else StoreTls(spec.ca_file, spec.cert_file, spec.key_file, spec.check_hostname)
+
+
+def _store_topology(spec: StoreSpec) -> dict[str, Any]:
+    """Where the data lives: the runtime Store's topology fields (a sentinel URL taken apart)."""
+    if spec.cluster is not None:
+        nodes = tuple(HostPort.parse(n) for n in spec.cluster.nodes)
+        return {"topology": "cluster", "nodes": nodes, "username": spec.username, "password": spec.password}
+    if spec.sentinel is not None:
+        s = spec.sentinel
+        return {
+            "topology": "sentinel",
+            "nodes": tuple(HostPort.parse(n) for n in s.nodes),
+            "master": s.master,
+            "db": s.db,
+            "username": spec.username,
+            "password": spec.password,
+            "sentinel_username": s.username,
+            "sentinel_password": s.password,
+            "sentinel_tls": None if s.tls is False else _store_tls(spec.tls) or (_SYSTEM_TLS if s.tls else None),
+        }
+    if spec.url is None:
+        return {"topology": "memory"}
+    if urlsplit(spec.url).scheme not in SENTINEL_SCHEMES:
+        return {"topology": "single", "url": spec.url}
+    parts = sentinel_url_parts(spec.url)
+    query = parts["query"]
+    tls = StoreTls(query.get("ssl_ca_certs"), query.get("ssl_certfile"), query.get("ssl_keyfile"), True)
+    return {
+        "topology": "sentinel",
+        **{k: parts[k] for k in ("nodes", "master", "db", "username", "password")},
+        "sentinel_username": query.get("sentinel_username"),
+        "sentinel_password": query.get("sentinel_password"),
+        "tls": tls if parts["tls"] else None,
+        "sentinel_tls": tls if parts["tls"] else None,
+    }
+
+
 def compile_store(spec: StoreSpec) -> Store:
     f = spec.failure
+    topology = _store_topology(spec)
     return Store(
-        url=spec.url,
         key_prefix=spec.key_prefix,
         timeout=spec.timeout_ms / 1000,
         pool_size=spec.pool_size,
         resync=float(spec.resync_seconds),
         failure=StoreFailure(f.revocation, f.sessions, f.rate_limits),
+        revocation_replicas=spec.revocation_replicas,
+        revocation_wait=spec.revocation_wait_ms / 1000,
+        max_sessions_per_subject=spec.max_sessions_per_subject,
+        **{"url": None, "tls": _store_tls(spec.tls), **topology},
     )
 
 

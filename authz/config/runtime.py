@@ -330,15 +330,38 @@ class StoreFailure:
 
 
 @dataclass(frozen=True, slots=True)
-class Store:
-    """Shared state: Redis at ``url`` (may hold a password: never in ``repr``), else in memory."""
+class StoreTls:
+    ca_file: str | None
+    cert_file: str | None
+    key_file: str | None
+    check_hostname: bool
 
-    url: str | None = field(repr=False)
+
+@dataclass(frozen=True, slots=True)
+class Store:
+    """Shared state: in memory, or Redis as one node (``url``), a Sentinel-watched master or a Cluster.
+
+    Passwords (and a URL, which may hold one) never show in ``repr``."""
+
+    topology: Literal["memory", "single", "sentinel", "cluster"]
+    url: str | None = field(repr=False)  # single: the redis://, rediss:// or unix:// URL with its credentials
     key_prefix: str
     timeout: float  # seconds
     pool_size: int
     resync: float  # seconds
     failure: StoreFailure
+    revocation_replicas: int  # WAIT for this many Redis replicas on each revocation (0: no wait)
+    revocation_wait: float  # seconds
+    max_sessions_per_subject: int
+    nodes: tuple[HostPort, ...] = ()  # sentinel: the sentinels; cluster: seed nodes
+    master: str = ""  # sentinel: the monitored master's name
+    db: int = 0
+    username: str | None = None  # data nodes (sentinel, cluster)
+    password: str | None = field(default=None, repr=False)
+    tls: StoreTls | None = None
+    sentinel_username: str | None = None
+    sentinel_password: str | None = field(default=None, repr=False)
+    sentinel_tls: StoreTls | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from typing import Any, Literal, get_args
-from urllib.parse import urlsplit
+from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
@@ -698,12 +698,129 @@ class StoreFailureSpec(_Spec):
     )
 
 
+SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
+STORE_SCHEMES = ("redis", "rediss", "unix", *SENTINEL_SCHEMES)
+
+
+def _store_nodes(values: list[str]) -> list[str]:
+    """Each entry ``host:port``; the error names the entry (``entry 1: expected host:port, got 'x'``)."""
+    for n, value in enumerate(values):
+        try:
+            HostPort.parse(value)
+        except ValueError as exc:
+            raise ValueError(f"entry {n}: {exc}") from None
+    return values
+
+
+def sentinel_url_parts(url: str) -> dict[str, Any]:
+    """A ``redis+sentinel://[[user]:password@]host:port[,host:port...]/MASTER[/DB][?query]`` URL taken apart:
+    ``nodes``, ``master``, ``db``, ``username``, ``password`` (the data nodes'), ``tls``, ``query``.
+
+    ValueError naming the part that is wrong, never echoing the URL (it may hold a password)."""
+    parts = urlsplit(url)
+    userinfo, _, hosts = parts.netloc.rpartition("@")
+    path = [p for p in parts.path.split("/") if p]
+    if not hosts or not path or len(path) > 2:
+        raise ValueError("a sentinel URL is redis+sentinel://host:port[,host:port...]/MASTER[/DB]")
+    if len(path) == 2 and not path[1].isdigit():
+        raise ValueError("the database of a sentinel URL (after the master's name) is a number")
+    nodes = []
+    for n, host in enumerate(hosts.split(",")):
+        try:
+            nodes.append(HostPort.parse(host))
+        except ValueError:
+            raise ValueError(f"sentinel {n} of the URL is not host:port") from None
+    username, _, password = userinfo.partition(":")
+    return {
+        "nodes": tuple(nodes),
+        "master": unquote(path[0]),
+        "db": int(path[1]) if len(path) == 2 else 0,
+        "username": unquote(username) or None,
+        "password": unquote(password) or None,
+        "tls": parts.scheme == "rediss+sentinel",
+        "query": {k: v[-1] for k, v in parse_qs(parts.query).items()},
+    }
+
+
+class StoreTlsSpec(_Spec):
+    ca_file: str | None = Field(
+        None, description="PEM file of the CA that signed the servers' certificates; unset: the system's."
+    )
+    cert_file: str | None = Field(None, description="Client certificate (PEM), where the servers require one.")
+    key_file: str | None = Field(None, description="The client certificate's private key (PEM).")
+    check_hostname: bool = Field(
+        True, description="The server's certificate must name the address it is reached at (what sentinels announce)."
+    )
+
+
+class SentinelSpec(_Spec):
+    nodes: list[str] = Field(min_length=1, description="The sentinels, `host:port` each (any one answering is enough).")
+    master: str = Field(
+        min_length=1, description="The name the sentinels watch the master under (`sentinel monitor NAME`)."
+    )
+    db: int = Field(0, ge=0, le=1023, description="Database number on the data nodes.")
+    username: str | None = Field(None, description="The sentinels' own ACL user, where they require one.")
+    password: str | None = Field(
+        None, description="The sentinels' own password (`requirepass` in sentinel.conf); usually `${ENV}`."
+    )
+    tls: bool | None = Field(None, description="TLS to the sentinels too; unset: whenever `store.tls` is set.")
+
+    @field_validator("nodes")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        return _store_nodes(value)
+
+
+class ClusterSpec(_Spec):
+    nodes: list[str] = Field(
+        min_length=1, description="Seed nodes, `host:port` each; the client learns the rest (and follows MOVED/ASK)."
+    )
+
+    @field_validator("nodes")
+    @classmethod
+    def _host_ports(cls, value: list[str]) -> list[str]:
+        return _store_nodes(value)
+
+
 class StoreSpec(_Spec):
     url: str | None = Field(
         None,
         description="Redis URL shared by replicas: `redis://[:password@]host:port/db`, `rediss://` (TLS; a private "
-        "CA with `?ssl_ca_certs=/path/ca.pem`) or `unix://path?db=N`; usually `${ENV}`. Unset: the in-memory store "
-        "of this process.",
+        "CA with `?ssl_ca_certs=/path/ca.pem`) or `unix://path?db=N`; Sentinel as "
+        "`redis+sentinel://[:password@]host:port[,host:port...]/MASTER[/DB]` (`rediss+sentinel://` for TLS to the "
+        "sentinels and data nodes; `?sentinel_password=`); usually `${ENV}`. Unset (and no `sentinel`/`cluster`): "
+        "the in-memory store of this process.",
+    )
+    sentinel: SentinelSpec | None = Field(
+        None, description="Redis Sentinel, as a section instead of a `redis+sentinel://` URL."
+    )
+    cluster: ClusterSpec | None = Field(None, description="Redis Cluster: its seed nodes. Database 0 only.")
+    username: str | None = Field(
+        None, description="ACL user on the data nodes (with `sentinel` or `cluster`; a URL carries its own)."
+    )
+    password: str | None = Field(
+        None,
+        description="Password of the data nodes (with `sentinel` or `cluster`; a URL carries its own); "
+        "usually `${ENV}`.",
+    )
+    tls: StoreTlsSpec | None = Field(
+        None, description="TLS to the data nodes (with `sentinel` or `cluster`; a URL says `rediss://`)."
+    )
+    revocation_replicas: int = Field(
+        0,
+        ge=0,
+        le=16,
+        description="A revocation waits (`WAIT`) until this many Redis replicas have it, or the admin call fails: "
+        "then a fail-over cannot lose it. 0: do not wait (replication is asynchronous).",
+    )
+    revocation_wait_ms: int = Field(
+        500, ge=1, le=10000, description="How long a revocation waits for `revocation_replicas`."
+    )
+    max_sessions_per_subject: int = Field(
+        100,
+        ge=1,
+        le=100_000,
+        description="Live MCP sessions one subject may hold (all servers); a new one beyond: 429 `too_many_sessions`.",
     )
     key_prefix: str = Field("mcp-authz:", description="Prefix of every Redis key and the pub/sub channel.")
     timeout_ms: int = Field(
@@ -721,9 +838,34 @@ class StoreSpec(_Spec):
     @field_validator("url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("expected a redis://, rediss:// or unix:// URL")  # never echo: it may hold a password
+        if value is None:
+            return value
+        scheme = urlsplit(value).scheme  # never echo the URL: it may hold a password
+        if scheme not in STORE_SCHEMES:
+            raise ValueError("expected a redis://, rediss://, unix://, redis+sentinel:// or rediss+sentinel:// URL")
+        if scheme in SENTINEL_SCHEMES:
+            sentinel_url_parts(value)
         return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _no_hash_tag(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError("must not contain { or }: the store puts the revocation keys in one hash slot with them")
+        return value
+
+    @model_validator(mode="after")
+    def _one_topology(self) -> StoreSpec:
+        given = [k for k in ("url", "sentinel", "cluster") if getattr(self, k) is not None]
+        if len(given) > 1:
+            raise ValueError(f"set one of url, sentinel, cluster (found {' and '.join(given)})")
+        if self.url is not None:
+            extra = [k for k in ("username", "password", "tls") if getattr(self, k) is not None]
+            if extra:
+                raise ValueError(f"{', '.join(extra)}: only with sentinel or cluster; a url carries its own")
+        if not given and self.revocation_replicas:
+            raise ValueError("revocation_replicas needs Redis (url, sentinel or cluster)")
+        return self
 
 
 class ConfigSpec(_Spec):

@@ -18,7 +18,6 @@ import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal
-from urllib.parse import parse_qs, unquote, urlsplit
 
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.client import PubSub
@@ -27,14 +26,11 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
+from authz.config.compile import compile_store
+from authz.config.runtime import HostPort, Store, StoreTls
+from authz.config.schema import StoreSpec
+
 Kind = Literal["single", "sentinel", "cluster"]
-SENTINEL_SCHEMES = ("redis+sentinel", "rediss+sentinel")
-DEFAULT_SENTINEL_PORT = 26379
-DEFAULT_REDIS_PORT = 6379
-
-
-class TopologyError(ValueError):
-    """A store target that cannot work; the message names what to fix (never a password)."""
 
 
 @dataclass(frozen=True)
@@ -56,11 +52,15 @@ class Tls:
             "ssl_check_hostname": self.check_hostname,
         }
 
+    @classmethod
+    def of(cls, tls: StoreTls | None) -> Tls | None:
+        return None if tls is None else cls(tls.ca_file, tls.cert_file, tls.key_file, tls.check_hostname)
+
 
 @dataclass(frozen=True)
 class RedisTopology:
     kind: Kind
-    url: str | None = None  # single: the redis:// / rediss:// / unix:// URL, credentials and TLS in it
+    url: str | None = field(default=None, repr=False)  # single: the URL, credentials and TLS in it
     nodes: tuple[tuple[str, int], ...] = ()  # sentinel: the sentinels; cluster: seed nodes
     master: str = ""  # sentinel: the master's name
     db: int = 0  # sentinel (a cluster has database 0 only)
@@ -72,51 +72,33 @@ class RedisTopology:
     sentinel_tls: Tls | None = None
 
     @classmethod
-    def from_url(cls, url: str) -> RedisTopology:
-        """A single-node URL as it is, or a ``redis+sentinel://`` URL taken apart."""
-        parts = urlsplit(url)
-        if parts.scheme not in SENTINEL_SCHEMES:
-            return cls("single", url=url)
-        path = [p for p in parts.path.split("/") if p]
-        if not path or len(path) > 2:
-            raise TopologyError("a sentinel URL names the master: redis+sentinel://host:port[,host:port]/MASTER[/DB]")
-        if len(path) == 2 and not path[1].isdigit():
-            raise TopologyError("the database of a sentinel URL is a number: .../MASTER/DB")
-        userinfo, _, hosts = parts.netloc.rpartition("@")
-        username, _, password = userinfo.partition(":") if userinfo else ("", "", "")
-        query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
-        tls = None
-        if parts.scheme == "rediss+sentinel":
-            tls = Tls(query.get("ssl_ca_certs"), query.get("ssl_certfile"), query.get("ssl_keyfile"))
+    def of(cls, store: Store) -> RedisTopology:
+        """The topology the compiled ``store`` section names (not ``memory``)."""
+        if store.topology == "memory":
+            raise ValueError("the memory store has no Redis topology")
         return cls(
-            "sentinel",
-            nodes=parse_nodes(hosts.split(","), DEFAULT_SENTINEL_PORT),
-            master=unquote(path[0]),
-            db=int(path[1]) if len(path) == 2 else 0,
-            username=unquote(username) or None,
-            password=unquote(password) or None,
-            tls=tls,
-            sentinel_username=query.get("sentinel_username"),
-            sentinel_password=query.get("sentinel_password"),
-            sentinel_tls=tls,
+            store.topology,
+            url=store.url,
+            nodes=tuple((n.host, n.port) for n in store.nodes),
+            master=store.master,
+            db=store.db,
+            username=store.username,
+            password=store.password,
+            tls=Tls.of(store.tls),
+            sentinel_username=store.sentinel_username,
+            sentinel_password=store.sentinel_password,
+            sentinel_tls=Tls.of(store.sentinel_tls),
         )
 
+    @classmethod
+    def from_url(cls, url: str) -> RedisTopology:
+        """A single-node URL as it is, or a ``redis+sentinel://`` URL taken apart (as the config does)."""
+        return cls.of(compile_store(StoreSpec.model_validate({"url": url})))
 
-def parse_nodes(items: list[str], default_port: int) -> tuple[tuple[str, int], ...]:
-    """``host[:port]`` strings (``[v6]:port`` too) as (host, port) pairs."""
-    nodes = []
-    for item in items:
-        item = item.strip()
-        host, sep, port = item.rpartition(":") if not item.endswith("]") else (item, "", "")
-        if not sep:
-            host, port = item, str(default_port)
-        host = host.strip("[]")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise TopologyError(f"{item!r} is not host:port")
-        nodes.append((host, int(port)))
-    if not nodes:
-        raise TopologyError("no nodes given")
-    return tuple(nodes)
+    @classmethod
+    def cluster(cls, nodes: list[str], **settings: Any) -> RedisTopology:
+        """A Redis Cluster from ``host:port`` seed nodes."""
+        return cls("cluster", nodes=tuple((n.host, n.port) for n in map(HostPort.parse, nodes)), **settings)
 
 
 class _BlockingSentinelPool(SentinelConnectionPool, BlockingConnectionPool):
