@@ -31,11 +31,14 @@ from authz.front.grpc_wire import message_limit
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
+from authz.identity.sources import IdentitySources
 from authz.model import Decision, HttpRequest
 from authz.observe import telemetry
 from authz.observe.audit import Auditor
 from authz.observe.audit_webhook import WebhookSink
 from authz.observe.logs import masked
+from authz.stages import Stages
+from authz.state.guards import Guards
 from authz.store import open_store
 from authz.store.base import Store
 from authz.upstream.credentials import UpstreamCredentials
@@ -101,14 +104,18 @@ class Authorizer:
         self._keys = keys
         self.audit.configure(config.audit.enabled, config.audit.argument_keys)
         self.approvals.configure(config.approvals, self.store)
+        self.verifier = Verifier(config.issuers, keys, config.token_cache_size, keep_claims=_claims_read(config))
+        guards = Guards(self.store, config.store.failure, config.store.max_sessions_per_subject)
         exchanger = TokenExchanger(self._session, self.store, config.secret_keys)
-        return Checker(
-            config,
-            Verifier(config.issuers, keys, config.token_cache_size, keep_claims=_claims_read(config)),
-            approvals=self.approvals,
-            upstream=UpstreamCredentials(exchanger),
-            store=self.store,
+        stages = Stages(
+            identity=IdentitySources(self.verifier),
+            revocation=guards,
+            rate_limit=guards,
+            sessions=guards,
+            approval=self.approvals,
+            credentials=UpstreamCredentials(exchanger),
         )
+        return Checker(config, stages)
 
     @property
     def config(self) -> Config:
@@ -121,7 +128,7 @@ class Authorizer:
 
     def stats(self) -> dict[str, Any]:
         """What must stay bounded under load: asyncio tasks, cached tokens, keys per issuer (logged on SIGUSR1)."""
-        cache = self.checker.verifier.cache
+        cache = self.verifier.cache
         return {
             "tasks": len(asyncio.all_tasks()),
             "token_cache": len(cache),

@@ -1,53 +1,31 @@
 """The Check pipeline: select server → origin → identify → revocation → parse → authorize → rate limit →
 session binding → approval → upstream credentials → respond.
 
-No I/O of its own (the key set and the ``Store`` it is handed may do some). An unexpected exception
-turns into a fail-closed deny here, and only here.
+No I/O of its own (the stages it is handed may do some: ``authz.stages``, built by ``authz.app``).
+An unexpected exception turns into a fail-closed deny here, and only here.
 """
 
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from authz import request, response, routing
-from authz.approval.gate import ApprovalGate
 from authz.config.runtime import Config, Server
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.errors import Forbidden, Refusal, Unavailable
-from authz.identity.rfc9068 import Verifier
-from authz.identity.sources import identify
 from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.policy.rules import authorize
-from authz.state.guards import Guards
-from authz.store.base import Store
-from authz.store.memory import MemoryStore
-from authz.upstream.credentials import UpstreamCredentials
+from authz.stages import Stages
 
 log = logging.getLogger("mcp_authz.check")
 
 
-def _no_http() -> Any:
-    raise RuntimeError("no HTTP client session was handed to this Checker")
-
-
 class Checker:
-    """One compiled config and its verifier; replaced as a whole on reload."""
+    """One compiled config and the stages built for it; replaced as a whole on reload."""
 
-    def __init__(
-        self,
-        config: Config,
-        verifier: Verifier,
-        *,
-        approvals: ApprovalGate | None = None,
-        upstream: UpstreamCredentials | None = None,
-        store: Store | None = None,
-    ) -> None:
+    def __init__(self, config: Config, stages: Stages) -> None:
         self.config = config
-        self.verifier = verifier
-        self.approvals = approvals if approvals is not None else ApprovalGate(None, None, _no_http)
-        self.upstream = upstream if upstream is not None else UpstreamCredentials()
-        self.guards = Guards(store if store is not None else MemoryStore(), config.store.failure)
+        self.stages = stages
         self._only = next(iter(config.servers.values())) if len(config.servers) == 1 else None
 
     def select_server(self, req: HttpRequest) -> Server:
@@ -77,17 +55,18 @@ class Checker:
             origin = req.headers.get("origin")
             if origin is not None and server.origins is not None and origin not in server.origins:
                 raise Forbidden("origin_not_allowed", f"origin {origin!r}")
-            caller = await identify(req, server, self.verifier)
-            self.guards.revocation(caller)
+            stages = self.stages
+            caller = await stages.identity.identify(req, server)
+            stages.revocation.revocation(caller)
             parsed = request.parse(req, server)
             if isinstance(parsed, Refusal):
                 raise parsed
             mcp = parsed
             rule = authorize(server.policy, caller, mcp, req)
-            await self.guards.rate_limit(server, caller, mcp, req.source_address)  # before a new session is stored
-            await self.guards.session(server, caller, mcp)
-            await self.approvals.check(server, caller, mcp, rule, req)
-            credentials = await self.upstream.headers(server, caller)
+            await stages.rate_limit.rate_limit(server, caller, mcp, req.source_address)  # before a session is stored
+            await stages.sessions.session(server, caller, mcp)
+            await stages.approval.check(server, caller, mcp, rule, req)
+            credentials = await stages.credentials.headers(server, caller)
             return response.allow(
                 server,
                 caller,

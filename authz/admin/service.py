@@ -11,22 +11,21 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from typing import NoReturn
 
-import aiohttp
 import grpc
 
 from authz.admin._pb import admin_pb2, admin_pb2_grpc
-from authz.approval.gate import ApprovalGate
 from authz.check import Checker
 from authz.config.runtime import Config, Server
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.errors import ApprovalRefused
 from authz.explain.dryrun import DryRunStore
 from authz.model import Caller, Decision, HttpRequest, McpRequest
+from authz.state.guards import Guards
 from authz.state.revocation import subject_revocation_until
 from authz.store.base import Store, StoreError
-from authz.upstream.credentials import UpstreamCredentials
 
 log = logging.getLogger("mcp_authz.admin")
 MAX_FIELD = 1024  # longest jti, subject, server or session id accepted
@@ -75,15 +74,8 @@ def shown_headers(config: Config, decision: Decision) -> dict[str, str]:
     return {k: (v if k in visible else REDACTED) for k, v in decision.set_headers}
 
 
-def _no_http() -> aiohttp.ClientSession:
-    raise RuntimeError("Explain makes no HTTP request")
-
-
-class ExplainApprovals(ApprovalGate):
+class ExplainApprovals:
     """A call whose rule needs a person's approval is reported as pending (``approval_pending``); nobody is asked."""
-
-    def __init__(self) -> None:
-        super().__init__(None, None, _no_http)
 
     async def check(self, server: Server, caller: Caller, mcp: McpRequest, rule: str | None, req: HttpRequest) -> None:
         policy = server.policy
@@ -91,10 +83,8 @@ class ExplainApprovals(ApprovalGate):
             raise ApprovalRefused("pending", "", f"explain: rule {rule!r} waits for a person's approval (none asked)")
 
 
-class ExplainCredentials(UpstreamCredentials):
+class ExplainCredentials:
     """Names the credential headers a call would get; no secret is revealed and no token is exchanged."""
-
-    __slots__ = ()
 
     async def headers(self, server: Server, caller: Caller) -> tuple[tuple[str, str], ...]:
         names = [c.header for c in (server.credentials, server.exchange) if c is not None]
@@ -104,13 +94,17 @@ class ExplainCredentials(UpstreamCredentials):
 def offline_checker(live: Checker, store: Store) -> Checker:
     """The live config and verifier (its cached keys) over a read-only view of the store; no approval
     is asked for and no upstream credential is fetched."""
-    return Checker(
-        live.config,
-        live.verifier,
-        store=DryRunStore(store),
-        approvals=ExplainApprovals(),
-        upstream=ExplainCredentials(),
+    config = live.config
+    guards = Guards(DryRunStore(store), config.store.failure, config.store.max_sessions_per_subject)
+    stages = replace(
+        live.stages,
+        revocation=guards,
+        rate_limit=guards,
+        sessions=guards,
+        approval=ExplainApprovals(),
+        credentials=ExplainCredentials(),
     )
+    return Checker(config, stages)
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):

@@ -13,7 +13,11 @@ from authz.config.runtime import Config
 from authz.contract import SERVER_CONTEXT_KEY
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
+from authz.identity.sources import IdentitySources
 from authz.model import Decision, HttpRequest
+from authz.stages import Stages
+from authz.state.guards import Guards
+from authz.store.memory import MemoryStore
 
 
 def request_from_spec(spec: Any, token: str) -> HttpRequest:
@@ -36,9 +40,16 @@ async def explain(config: Config, spec: Any, token: str) -> dict[str, Any]:
     async with aiohttp.ClientSession() as session:
         keys = {name: KeySet(issuer, lambda: session) for name, issuer in config.key_issuers.items()}
         # Nobody is asked for an approval, no token is exchanged, no secret is shown (as the admin Explain).
-        checker = Checker(
-            config, Verifier(config.issuers, keys), approvals=ExplainApprovals(), upstream=ExplainCredentials()
+        guards = Guards(MemoryStore(), config.store.failure, config.store.max_sessions_per_subject)
+        stages = Stages(
+            identity=IdentitySources(Verifier(config.issuers, keys)),
+            revocation=guards,
+            rate_limit=guards,
+            sessions=guards,
+            approval=ExplainApprovals(),
+            credentials=ExplainCredentials(),
         )
+        checker = Checker(config, stages)
         decision = await checker.check(request_from_spec(spec, token))
     return {
         "decision": "allow" if decision.allowed else "deny",

@@ -22,6 +22,18 @@ TOKEN_PARAMETER = "access_token"
 FORM = "application/x-www-form-urlencoded"
 
 
+class IdentitySources:
+    """The identity stage of the Check (``authz.stages.Identity``): ``identify`` over one verifier."""
+
+    __slots__ = ("verifier",)
+
+    def __init__(self, verifier: Verifier) -> None:
+        self.verifier = verifier
+
+    async def identify(self, req: HttpRequest, server: Server) -> Caller:
+        return await identify(req, server, self.verifier)
+
+
 async def identify(req: HttpRequest, server: Server, verifier: Verifier) -> Caller:
     """The caller, ANONYMOUS where the mode allows, else MissingToken / InvalidToken / InvalidRequest."""
     _only_in_the_header(req)

@@ -25,13 +25,20 @@ import pytest
 from aiohttp import web
 from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
+from authz.approval.gate import ApprovalGate
 from authz.check import Checker
 from authz.config.load import parse_config
 from authz.config.runtime import Config
 from authz.identity import devkey
 from authz.identity.jwks import KeySet
 from authz.identity.rfc9068 import Verifier
+from authz.identity.sources import IdentitySources
 from authz.model import HttpRequest
+from authz.stages import Approval, Credentials, Stages
+from authz.state.guards import Guards
+from authz.store.base import Store
+from authz.store.memory import MemoryStore
+from authz.upstream.credentials import UpstreamCredentials
 
 ISSUER = "https://issuer.test"
 OTHER_ISSUER = "https://other-issuer.test"
@@ -350,6 +357,34 @@ def build_verifier(config: Config, session: aiohttp.ClientSession | None = None)
 # ---------------------------------------------------------------- a Checker with the development key
 
 
+def _no_http() -> aiohttp.ClientSession:
+    raise AssertionError("no HTTP client session was handed to this Checker")
+
+
+def make_checker(
+    config: Config,
+    verifier: Verifier,
+    *,
+    store: Store | None = None,
+    approvals: Approval | None = None,
+    upstream: Credentials | None = None,
+) -> Checker:
+    """A Checker with the test defaults: guards over ``store`` (a fresh MemoryStore), an approval gate
+    with no approvals configured, upstream credentials without token exchange."""
+    guards = Guards(
+        store if store is not None else MemoryStore(), config.store.failure, config.store.max_sessions_per_subject
+    )
+    stages = Stages(
+        identity=IdentitySources(verifier),
+        revocation=guards,
+        rate_limit=guards,
+        sessions=guards,
+        approval=approvals if approvals is not None else ApprovalGate(None, None, _no_http),
+        credentials=upstream if upstream is not None else UpstreamCredentials(),
+    )
+    return Checker(config, stages)
+
+
 @dataclass(frozen=True)
 class DevStack:
     checker: Checker
@@ -365,4 +400,4 @@ def dev_stack(tmp_path: Path, servers: list[dict[str, Any]] | None = None, **top
     key_file = devkey.ensure_key(tmp_path / "dev.pem")
     config = make_config([issuer_spec(local_key_file=str(key_file), token_type="at+jwt")], servers, **top)
     verifier, _ = build_verifier(config)
-    return DevStack(Checker(config, verifier), config, key_file)
+    return DevStack(make_checker(config, verifier), config, key_file)

@@ -26,7 +26,7 @@ async def test_the_token_cache_holds_at_most_token_cache_size_tokens(tmp_path: P
     key = devkey.ensure_key(tmp_path / "dev.pem")
     config = make_config([issuer_spec(local_key_file=str(key))], token_cache_size=5)
     authorizer = Authorizer(config)
-    verifier = authorizer.checker.verifier
+    verifier = authorizer.verifier
     server = config.servers["mcp"]
     tokens = [devkey.mint(key, issuer=ISSUER, audience=RESOURCE, subject=f"user-{i}") for i in range(12)]
     for token in tokens:
@@ -49,6 +49,6 @@ async def test_cached_tokens_keep_their_claims_only_when_a_policy_reads_them(
     config = make_config([issuer_spec(local_key_file=str(key))], [server])
     authorizer = Authorizer(config)
     token = devkey.mint(key, issuer=ISSUER, audience=RESOURCE, subject="alice", extra={"groups": ["admins"]})
-    caller = await authorizer.checker.verifier.verify(token, config.servers["mcp"])
+    caller = await authorizer.verifier.verify(token, config.servers["mcp"])
     assert ("groups" in caller.claims) is kept and "iat" in caller.claims
     await authorizer.stop()

@@ -3,8 +3,10 @@ from parse_config with a development key, HttpRequests built by hand."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -312,7 +314,8 @@ async def test_internal_error_denies_with_failure_status(
     if where == "authorize":
         monkeypatch.setattr(check_module, "authorize", boom)
     elif where == "identify":
-        monkeypatch.setattr(check_module, "identify", aboom)
+        broken = dataclasses.replace(stack.checker.stages, identity=SimpleNamespace(identify=aboom))
+        monkeypatch.setattr(stack.checker, "stages", broken)  # a stage handed in that raises
     elif where == "parse":
         monkeypatch.setattr(check_module.request, "parse", boom)
     else:
@@ -331,7 +334,7 @@ async def test_default_failure_status_is_503(tmp_path: Path, monkeypatch: pytest
     async def broken_verify(*args: Any) -> Any:
         raise KeyError("jwks")
 
-    monkeypatch.setattr(stack.checker.verifier, "verify", broken_verify)
+    monkeypatch.setattr(stack.checker.stages.identity.verifier, "verify", broken_verify)
     decision = await run(stack, http_request(rpc("ping"), token=stack.token()))
     assert (decision.allowed, decision.status, decision.reason) == (False, 503, "internal_error")
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from support import make_checker
 
-from authz.check import Checker
 from authz.config.load import parse_config
 from authz.config.runtime import Config
 from authz.errors import Forbidden
@@ -57,7 +57,7 @@ def _request(authority: str, path: str) -> HttpRequest:
 
 
 def test_checker_selects_by_host_and_path_and_refuses_what_it_cannot_place(config: Config) -> None:
-    checker = Checker(config, Verifier(config.issuers, {}))
+    checker = make_checker(config, Verifier(config.issuers, {}))
     assert checker.select_server(_request("mcp.example.com", "/github/admin")).name == "github-admin"
     for authority, path in [("other.example.com", "/mcp"), ("evil.example.com", "/github")]:
         with pytest.raises(Forbidden) as refused:

@@ -15,7 +15,17 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from support import build_verifier, dev_stack, http_request, make_config, policy, serve_app, server_spec, tool_call
+from support import (
+    build_verifier,
+    dev_stack,
+    http_request,
+    make_checker,
+    make_config,
+    policy,
+    serve_app,
+    server_spec,
+    tool_call,
+)
 
 from authz.approval.gate import (
     SIGNATURE_HEADER,
@@ -108,7 +118,7 @@ def gated(
     store = store or MemoryStore()
     gate = ApprovalGate(stack.config.approvals, store, lambda: session, events.append)
     verifier, _ = build_verifier(stack.config)
-    return Gated(Checker(stack.config, verifier, approvals=gate), gate, stack.token(), events, store)
+    return Gated(make_checker(stack.config, verifier, approvals=gate), gate, stack.token(), events, store)
 
 
 def signed(
@@ -366,7 +376,7 @@ async def test_an_anonymous_caller_cannot_be_approved(
     stack = dev_stack(tmp_path, [server_spec(policy=POLICY, mode="optional")], approvals=approvals(webhook.url))
     gate = ApprovalGate(stack.config.approvals, MemoryStore(), lambda: http_session)
     verifier, _ = build_verifier(stack.config)
-    checker = Checker(stack.config, verifier, approvals=gate)
+    checker = make_checker(stack.config, verifier, approvals=gate)
     decision = await checker.check(http_request(tool_call("delete_repo", repo="x")))
     assert not decision.allowed and decision.status == 401 and decision.reason == "approval_needs_identity"
     assert webhook.requests == []

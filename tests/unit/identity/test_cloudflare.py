@@ -19,6 +19,7 @@ from support import (
     issuer_spec,
     jwks,
     keys,
+    make_checker,
     make_config,
     policy,
     server_spec,
@@ -85,7 +86,7 @@ def cloudflare_config(server: JwksServer, *, proxy: dict[str, Any] | None = None
 
 def checker(config: Config, session: aiohttp.ClientSession) -> Checker:
     verifier, _ = build_verifier(config, session)
-    return Checker(config, verifier)
+    return make_checker(config, verifier)
 
 
 def request(headers: dict[str, str], *, principal: str = "", tool: str = "search") -> HttpRequest:
@@ -310,7 +311,7 @@ async def test_a_cached_assertion_is_refused_once_its_key_is_withdrawn(
 ) -> None:
     config = cloudflare_config(team)
     verifier, keysets = build_verifier(config, http_session)
-    authz = Checker(config, verifier)
+    authz = make_checker(config, verifier)
     token = assertion()
     assert (await authz.check(request({ASSERTION: token}))).allowed
     team.docs[CERTS] = jwks(keys().rsa_new)  # Access rotated rsa-1 out

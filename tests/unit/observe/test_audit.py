@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from support import DevStack, dev_stack, http_request, policy, rpc, server_spec, tool_call
+from support import DevStack, dev_stack, http_request, make_checker, policy, rpc, server_spec, tool_call
 
 from authz.model import Decision, HttpRequest
 from authz.observe.audit import STREAM, Auditor, session_fingerprint, trace_id
@@ -162,7 +162,6 @@ def test_write_errors_are_counted_not_raised() -> None:
 
 async def test_denied_event_names_the_identified_caller(tmp_path: Path) -> None:
     """A caller refused by policy (403) is still named in the decision, for audit."""
-    from authz.check import Checker
     from authz.config.load import parse_config
     from authz.identity import devkey
     from authz.identity.jwks import KeySet
@@ -178,6 +177,8 @@ async def test_denied_event_names_the_identified_caller(tmp_path: Path) -> None:
     token = devkey.mint(key, issuer="https://d", audience="https://m/mcp", subject="alice", scopes=["r"])
     body = b'{"jsonrpc":"2.0","id":1,"method":"tools/call","params":{"name":"x"}}'
     headers = {"content-type": "application/json", "authorization": f"Bearer {token}"}
-    decision = await Checker(config, Verifier(config.issuers, keys)).check(HttpRequest("POST", "/mcp", headers, body))
+    decision = await make_checker(config, Verifier(config.issuers, keys)).check(
+        HttpRequest("POST", "/mcp", headers, body)
+    )
     assert (decision.allowed, decision.status) == (False, 403)
     assert decision.caller is not None and decision.caller.subject == "alice"

@@ -16,6 +16,7 @@ from support import (
     build_verifier,
     enveloped,
     issuer_spec,
+    make_checker,
     make_config,
     server_spec,
     tool_call,
@@ -96,7 +97,7 @@ def make_stack(
     config = make_config([issuer_spec(local_key_file=str(key_file))], [server_spec(**server)], **(top or {}))
     verifier, _ = build_verifier(config)
     store = store if store is not None else MemoryStore()
-    return Stack(Checker(config, verifier, store=store), store, key_file)
+    return Stack(make_checker(config, verifier, store=store), store, key_file)
 
 
 def retry_after(decision: Decision) -> str | None:
@@ -135,7 +136,7 @@ async def test_require_exp_refuses_tokens_without_exp(tmp_path: Path) -> None:
     loose = make_config([issuer_spec(local_key_file=str(key_file), required_claims=["iss", "aud", "sub"])])
     assert "exp" not in loose.issuers["main"].required_claims
     verifier, _ = build_verifier(config)
-    checker = Checker(config, verifier, store=MemoryStore())
+    checker = make_checker(config, verifier, store=MemoryStore())
     stack = Stack(checker, MemoryStore(), key_file)
     decision = await stack.call(stack.token(exp=None))
     assert (decision.status, decision.reason) == (401, "token_claim_missing")
@@ -321,7 +322,7 @@ async def test_authorizer_keeps_the_store_across_reloads_unless_its_section_chan
     doc["store"] = {"key_prefix": "other:"}
     path.write_text(yaml.safe_dump(doc))
     assert await authorizer.reload()
-    assert authorizer.store is not store and authorizer.checker.guards.store is authorizer.store
+    assert authorizer.store is not store and authorizer.checker.stages.sessions.store is authorizer.store
     assert (await authorizer.checker.check(req)).allowed  # a new (empty) memory store
 
 

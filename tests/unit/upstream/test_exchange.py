@@ -15,7 +15,17 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
-from support import build_verifier, dev_stack, http_request, issuer_spec, make_config, serve_app, server_spec, tool_call
+from support import (
+    build_verifier,
+    dev_stack,
+    http_request,
+    issuer_spec,
+    make_checker,
+    make_config,
+    serve_app,
+    server_spec,
+    tool_call,
+)
 
 from authz.check import Checker
 from authz.config.runtime import Config, Exchange
@@ -215,7 +225,7 @@ async def checker(tmp_path: Path, url: str, session: aiohttp.ClientSession) -> t
     stack = dev_stack(tmp_path, [server_spec(token_exchange=exchange_spec(url))])
     verifier, _ = build_verifier(stack.config)
     exchanger = TokenExchanger(lambda: session, MemoryStore())
-    return Checker(stack.config, verifier, upstream=UpstreamCredentials(exchanger)), stack
+    return make_checker(stack.config, verifier, upstream=UpstreamCredentials(exchanger)), stack
 
 
 async def test_the_check_injects_the_exchanged_token(
