@@ -177,15 +177,20 @@ def cmd_render_envoy(args: argparse.Namespace) -> int:
 
 
 def cmd_render_istio(args: argparse.Namespace) -> int:
-    from authz.render.authorizer_pod import raw_config
-    from authz.render.istio import Options, render_istio
+    from authz.render.authorizer_pod import raw_config, replicas, state_warning
+    from authz.render.istio import SIDECAR_DIR, Options, render_istio
 
     config = _load(args.config)
     options = Options(
-        image=args.image, namespace=args.namespace, mcp_namespace=args.mcp_namespace, sidecar_only=args.sidecar_only
+        image=args.image,
+        namespace=args.namespace,
+        mcp_namespace=args.mcp_namespace,
+        sidecar_only=args.sidecar_only,
+        replicas=args.replicas,
     )
     try:
         files = render_istio(config, raw_config(args.config), options)
+        warning = state_warning(config, replicas(config, args.replicas))
     except ValueError as exc:
         print(f"mcp-authz: {exc}", file=sys.stderr)
         return 2
@@ -194,7 +199,7 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
         return 0
     out = Path(args.output)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        (out / SIDECAR_DIR).mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         _fail(f"-o {args.output}: cannot make this directory: {exc.strerror or exc}")
     for name, text in files.items():
@@ -203,12 +208,13 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
 
 
 def cmd_render_kubernetes(args: argparse.Namespace) -> int:
-    from authz.render.authorizer_pod import raw_config
+    from authz.render.authorizer_pod import raw_config, replicas, state_warning
     from authz.render.kubernetes import render_kubernetes
 
     config = _load(args.config)
     try:
-        text = render_kubernetes(config, raw_config(args.config), args.image)
+        text = render_kubernetes(config, raw_config(args.config), args.image, replicas=args.replicas)
+        warning = state_warning(config, replicas(config, args.replicas))
     except ValueError as exc:
         print(f"mcp-authz: {exc}", file=sys.stderr)
         return 2
@@ -311,11 +317,13 @@ def parser() -> argparse.ArgumentParser:
     ri.add_argument("--namespace", default="mcp-authz", help="the shared authorizer's namespace")
     ri.add_argument("--mcp-namespace", default="mcp", help="the MCP servers' namespace")
     ri.add_argument("--sidecar-only", action="store_true", help="only the sidecar layout's provider and policy")
+    ri.add_argument("--replicas", type=int, help="the shared authorizer's replicas (default: 2 with store.url, else 1)")
     ri.set_defaults(func=cmd_render_istio)
     rk = r.add_parser("kubernetes", help="standalone Envoy + authorizer + MCP server in one pod, no mesh")
     rk.add_argument("-c", "--config", required=True)
     rk.add_argument("-o", "--output")
     rk.add_argument("--image", default=IMAGE, help="the authorizer's container image (default: %(default)s)")
+    rk.add_argument("--replicas", type=int, help="pods (Envoy + authorizer each; default: 2 with store.url, else 1)")
     rk.set_defaults(func=cmd_render_kubernetes)
 
     sec = sub.add_parser("secret", help="integration secrets").add_subparsers(dest="action", required=True)

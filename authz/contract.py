@@ -32,6 +32,12 @@ PEER_SUBJECT_HEADER = "x-mcp-authz-peer-subject"  # ... its Subject
 PEER_HEADERS = (PEER_URI_SAN_HEADER, PEER_DNS_SAN_HEADER, PEER_SUBJECT_HEADER)
 AUTHORIZATION_REQUEST_HEADERS = (SERVER_HEADER, SOURCE_HEADER, *PEER_HEADERS)
 
+# ``listen.http_shared_secret``: Envoy proves it is Envoy by sending the secret in this header on every
+# authorization request, read from its own environment (``%ENVIRONMENT(SHARED_SECRET_ENV)%``, so the rendered
+# config never holds it). The HTTP front refuses a request without it before anything else.
+SHARED_SECRET_HEADER = "x-mcp-authz-secret"
+SHARED_SECRET_ENV = "MCP_AUTHZ_HTTP_SHARED_SECRET"
+
 # Set by the Check on every allowed request of a ``filter_lists`` server ("1": it has a list request,
 # "0": none), replacing any client copy; Envoy re-picks the route (ext_authz ``clear_route_cache``) and a
 # "0" route has ext_proc disabled. Removed before the request goes upstream.

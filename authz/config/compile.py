@@ -269,7 +269,14 @@ def _compile_approvals(spec: ApprovalsSpec | None, keys: tuple[bytes, ...], erro
 
 
 def compile_listen(spec: ListenSpec) -> Listen:
-    return Listen(HostPort.parse(spec.grpc), HostPort.optional(spec.http), HostPort.optional(spec.discovery))
+    secret = Secret(spec.http_shared_secret.get_secret_value()) if spec.http_shared_secret is not None else None
+    return Listen(
+        HostPort.parse(spec.grpc),
+        HostPort.optional(spec.http),
+        HostPort.optional(spec.discovery),
+        http_shared_secret=secret,
+        http_mesh_mtls=spec.http_mesh_mtls,
+    )
 
 
 def compile_envoy(spec: EnvoySpec) -> Envoy:
@@ -374,6 +381,7 @@ def compile_store(spec: StoreSpec) -> Store:
         revocation_replicas=spec.revocation_replicas,
         revocation_wait=spec.revocation_wait_ms / 1000,
         max_sessions_per_subject=spec.max_sessions_per_subject,
+        allow_inconsistent_state=spec.allow_inconsistent_state,
         **{"url": None, "tls": _store_tls(spec.tls), **topology},
     )
 

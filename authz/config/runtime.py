@@ -254,6 +254,8 @@ class Listen:
     grpc: HostPort
     http: HostPort | None
     discovery: HostPort | None
+    http_shared_secret: Secret | None = None  # Envoy sends it in contract.SHARED_SECRET_HEADER
+    http_mesh_mtls: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,6 +355,7 @@ class Store:
     revocation_replicas: int  # WAIT for this many Redis replicas on each revocation (0: no wait)
     revocation_wait: float  # seconds
     max_sessions_per_subject: int
+    allow_inconsistent_state: bool = False  # several replicas with the memory store are accepted
     nodes: tuple[HostPort, ...] = ()  # sentinel: the sentinels; cluster: seed nodes
     master: str = ""  # sentinel: the monitored master's name
     db: int = 0

@@ -46,6 +46,20 @@ class ListenSpec(_Spec):
         description="HTTP: RFC 9728 / RFC 8414 documents, /healthz, /readyz. Empty string disables it. Left out: "
         "port 9192 on `$MCP_AUTHZ_LISTEN_HOST` if that is set (the image sets 0.0.0.0), else on 127.0.0.1.",
     )
+    http_shared_secret: SecretStr | None = Field(
+        None,
+        description="A secret Envoy sends in `x-mcp-authz-secret` on every HTTP authorization request (the "
+        "rendered Envoy reads it from `$MCP_AUTHZ_HTTP_SHARED_SECRET`); a request without it is refused 403 "
+        "before anything else (compared in constant time). Write it as `${MCP_AUTHZ_HTTP_SHARED_SECRET}`; at least "
+        "16 characters. Required when `http` listens beyond loopback, unless `http_mesh_mtls`.",
+    )
+    http_mesh_mtls: bool = Field(
+        False,
+        description="The `http` port is reached only through a service mesh sidecar that enforces mutual TLS and "
+        "admits only the mesh's Envoys (what `render istio` and the Helm chart set up: STRICT PeerAuthentication "
+        "and an ALLOW AuthorizationPolicy by principals); lets `http` listen beyond loopback without "
+        "`http_shared_secret`.",
+    )
 
     @field_validator("http", "discovery")
     @classmethod
@@ -57,6 +71,20 @@ class ListenSpec(_Spec):
     def _grpc(cls, value: str) -> str:
         HostPort.parse(value)
         return value
+
+    @model_validator(mode="after")
+    def _http_callers(self) -> ListenSpec:
+        """Whoever reaches the HTTP front can make up the Envoy-set headers: beyond loopback, only Envoy may."""
+        secret = self.http_shared_secret
+        if secret is not None and len(secret.get_secret_value()) < 16:
+            raise ValueError("http_shared_secret: at least 16 characters")
+        if self.http and not HostPort.parse(self.http).is_loopback and secret is None and not self.http_mesh_mtls:
+            raise ValueError(
+                f"http: {self.http} is reachable beyond loopback, where anyone could forge the headers Envoy sets "
+                "and get decisions: set http_shared_secret (Envoy sends it) or, behind a mesh sidecar that "
+                "enforces mTLS and admits only Envoys, http_mesh_mtls: true; or listen on 127.0.0.1"
+            )
+        return self
 
 
 def _host_port(value: str) -> str:
@@ -833,6 +861,12 @@ class StoreSpec(_Spec):
     failure: StoreFailureSpec = Field(
         default_factory=StoreFailureSpec,  # type: ignore[arg-type]
         description="What a Check does, per feature, while the store is unusable.",
+    )
+    allow_inconsistent_state: bool = Field(
+        False,
+        description="Accept more than one replica with the in-memory store (`render` and the Helm chart refuse it "
+        "otherwise): each replica then keeps its own state, so a revocation, a session binding or a rate limit is "
+        "seen by the replica that recorded it only.",
     )
 
     @field_validator("url")

@@ -31,8 +31,11 @@ authorization request (``authorization_request.headers_to_add``). Likewise
 * a route without the metadata (none exists with ext_authz enabled) sends no server header, and
   a config with several servers then denies (``server_unknown``).
 
-The listen address must be reachable by Envoy only (loopback or a pod-local address): whoever
-can reach it can make up these headers, though all they get back is a decision.
+The listen address must be reachable by Envoy only: whoever can reach it can make up these
+headers and get decisions. Beyond loopback the config requires ``listen.http_shared_secret``
+(Envoy sends it in ``x-mcp-authz-secret``, from its environment; a request without the right
+value gets ``403`` and the connection closes, compared in constant time before anything else is
+looked at) or ``listen.http_mesh_mtls`` (a mesh sidecar enforces mTLS and admits only Envoys).
 
 Response (authorizer → Envoy).
 
@@ -59,6 +62,7 @@ into a 503 for the client (fail closed).
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import re
 import time
@@ -71,7 +75,14 @@ import httptools
 
 from authz.check import Checker
 from authz.config.runtime import HostPort
-from authz.contract import ENVOY_HEADER_PREFIX, PEER_HEADERS, SERVER_CONTEXT_KEY, SERVER_HEADER, SOURCE_HEADER
+from authz.contract import (
+    ENVOY_HEADER_PREFIX,
+    PEER_HEADERS,
+    SERVER_CONTEXT_KEY,
+    SERVER_HEADER,
+    SHARED_SECRET_HEADER,
+    SOURCE_HEADER,
+)
 from authz.model import Decision, HttpRequest
 
 log = logging.getLogger("mcp_authz.httpfront")
@@ -85,6 +96,7 @@ MAX_PIPELINED = 32  # requests queued on one connection before it stops reading
 DEFAULT_MAX_BODY = 1_048_576
 
 _ENVOY_PREFIX = ENVOY_HEADER_PREFIX.encode()
+_SECRET = SHARED_SECRET_HEADER.encode()
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 
 
@@ -166,6 +178,19 @@ class HttpFront:
         except Exception:  # a stub checker in tests
             return DEFAULT_MAX_BODY
 
+    def from_envoy(self, presented: bytes | None) -> bool:
+        """Whether a request carries ``listen.http_shared_secret`` (always true when none is set);
+        constant time in the value. A config without a readable secret refuses (fail closed)."""
+        try:
+            secret = self.checker().config.listen.http_shared_secret
+        except AttributeError:  # a stub checker in tests
+            return True
+        except Exception:
+            return False
+        if secret is None:
+            return True
+        return presented is not None and hmac.compare_digest(presented, secret.reveal().encode())
+
 
 class ExtAuthzHttpProtocol(asyncio.Protocol):
     """One connection from Envoy: parse requests, Check them in order, answer each.
@@ -179,7 +204,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._front = front
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._queue: deque[tuple[HttpRequest, bool]] = deque()
+        self._queue: deque[tuple[HttpRequest, bool, bool]] = deque()  # request, keep-alive, from Envoy
         self._worker: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -191,6 +216,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._body: list[bytes] = []
         self._body_bytes = 0
         self._max_body = DEFAULT_MAX_BODY
+        self._secret: bytes | None = None  # the x-mcp-authz-secret header as sent
 
     # ------------------------------------------------------------ asyncio.Protocol
 
@@ -228,6 +254,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._body = []
         self._body_bytes = 0
         self._max_body = self._front.max_body()
+        self._secret = None
 
     def on_url(self, url: bytes) -> None:
         self._url += url
@@ -236,6 +263,9 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             raise _Reject(431)
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if name.lower() == _SECRET:
+            self._secret = value if self._secret is None else b""  # sent twice: no match
+            return
         self._headers.append((name, value))
         self._header_bytes += len(name) + len(value)
         if self._header_bytes > MAX_HEADER_BYTES or len(self._headers) > MAX_HEADERS:
@@ -248,7 +278,8 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._body.append(body)
 
     def on_message_complete(self) -> None:
-        self._queue.append((self._request(), bool(self._parser.should_keep_alive())))
+        from_envoy = self._front.from_envoy(self._secret)
+        self._queue.append((self._request(), bool(self._parser.should_keep_alive()), from_envoy))
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -316,7 +347,14 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                     self._waiter = loop.create_future()
                     await self._waiter
                     continue
-                request, keep_alive = queue.popleft()
+                request, keep_alive, from_envoy = queue.popleft()
+                if not from_envoy:
+                    log.warning(
+                        "HTTP authorization request without the shared secret refused",
+                        extra={"reason": "shared_secret_mismatch", "peer": self._peer()},
+                    )
+                    self._write_error(403)
+                    return
                 started = time.perf_counter_ns()
                 decision = await front.checker().check(request)
                 try:
@@ -343,6 +381,10 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         except Exception:
             log.exception("HTTP ext_authz connection failed")
             self._abort()
+
+    def _peer(self) -> str:
+        peer = self._transport.get_extra_info("peername") if self._transport is not None else None
+        return str(peer[0]) if isinstance(peer, tuple) and peer else ""
 
     def _fail(self, status: int) -> None:
         """Answer a request that cannot be checked once the ones before it are answered, then close."""

@@ -75,11 +75,31 @@ def key_files(raw: dict[str, Any]) -> dict[str, str]:
     }
 
 
-def pod_config(raw: dict[str, Any], *, grpc: str, discovery: str, http: str, servers: list[str] | None = None) -> str:
+def pod_config(
+    raw: dict[str, Any],
+    *,
+    grpc: str,
+    discovery: str,
+    http: str,
+    servers: list[str] | None = None,
+    mesh_mtls: bool = False,
+    shared_secret: bool = False,
+) -> str:
     """The operator's config as a pod runs it: listen addresses and key paths rewritten, optionally
-    only some ``servers`` (a sidecar serves one). Everything else is kept as written."""
+    only some ``servers`` (a sidecar serves one). Everything else is kept as written.
+
+    With an HTTP front: ``mesh_mtls`` sets ``listen.http_mesh_mtls`` (a sidecar enforcing mTLS and the
+    rendered ALLOW policy guard the port); ``shared_secret`` keeps the config's ``listen.http_shared_secret``
+    (the pod's Envoy sends it; Istio's providers cannot, so the mesh layouts drop it).
+    """
     result = copy.deepcopy(raw)
-    result["listen"] = {"grpc": grpc, "discovery": discovery, "http": http}
+    listen: dict[str, Any] = {"grpc": grpc, "discovery": discovery, "http": http}
+    secret = (raw.get("listen") or {}).get("http_shared_secret")
+    if http and shared_secret and secret:
+        listen["http_shared_secret"] = secret
+    if http and mesh_mtls:
+        listen["http_mesh_mtls"] = True
+    result["listen"] = listen
     keys = key_files(raw)
     for issuer in result.get("issuers") or []:
         if isinstance(issuer, dict) and issuer.get("name") in keys:
@@ -87,6 +107,41 @@ def pod_config(raw: dict[str, Any], *, grpc: str, discovery: str, http: str, ser
     if servers is not None:
         result["servers"] = [s for s in result.get("servers") or [] if s.get("name") in servers]
     return yaml.safe_dump(result, sort_keys=False, default_flow_style=False, width=120, allow_unicode=True)
+
+
+# ---------------------------------------------------------------- replicas
+
+
+def replicas(config: Config, requested: int | None) -> int:
+    """How many authorizer pods to render: ``requested``, else 2 with a shared store (Redis) and 1 with
+    the in-memory one. More than one with the in-memory store is refused unless the config accepts it
+    (``store.allow_inconsistent_state``): each replica would keep its own state."""
+    shared = config.store.topology != "memory"
+    count = requested if requested is not None else (2 if shared else 1)
+    if count < 1:
+        raise ValueError(f"--replicas {count}: at least 1")
+    if count > 1 and not shared and not config.store.allow_inconsistent_state:
+        raise ValueError(
+            f"--replicas {count} with the in-memory store: {INCONSISTENT_STATE} Set store.url (Redis, shared by "
+            "the replicas), or store.allow_inconsistent_state: true to accept it, or render one replica"
+        )
+    return count
+
+
+INCONSISTENT_STATE = (
+    "each replica would keep its own state: a token revoked through one replica is still accepted by the others, "
+    "a session bound on one replica can be taken over through another, and every replica counts rate limits "
+    "alone (N replicas allow N times each limit)."
+)
+
+
+def state_warning(config: Config, count: int) -> str | None:
+    """What goes wrong with ``count`` replicas sharing no state (printed by ``render``), or None."""
+    if count > 1 and config.store.topology == "memory":
+        return (
+            f"warning: {count} replicas with the in-memory store (store.allow_inconsistent_state): {INCONSISTENT_STATE}"
+        )
+    return None
 
 
 # ---------------------------------------------------------------- objects

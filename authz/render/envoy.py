@@ -44,7 +44,7 @@ from typing import Any
 
 import betterproto2
 import yaml
-from envoy_data_plane.envoy.config.accesslog.v3 import AccessLogFilter, ExtensionFilter
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog, AccessLogFilter, ExtensionFilter
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.cluster.v3 import Cluster, ClusterDiscoveryType, ClusterDnsLookupFamily
 from envoy_data_plane.envoy.config.common.mutation_rules.v3 import HeaderMutation as MutationRule
@@ -77,6 +77,7 @@ from envoy_data_plane.envoy.config.route.v3 import (
     VirtualHost,
 )
 from envoy_data_plane.envoy.extensions.access_loggers.filters.cel.v3 import ExpressionFilter
+from envoy_data_plane.envoy.extensions.access_loggers.stream.v3 import StdoutAccessLog
 from envoy_data_plane.envoy.extensions.filters.http.cors.v3 import Cors, CorsPolicy
 from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
     AuthorizationRequest,
@@ -160,6 +161,36 @@ HTTP_CONTEXT_HEADERS = (  # set by Envoy on each authorization request, overwrit
     (contract.PEER_SUBJECT_HEADER, "%DOWNSTREAM_PEER_SUBJECT%"),
 )
 HTTP_CLIENT_HEADERS = ("content-type", "www-authenticate", "retry-after")  # on deny, with status and body
+# listen.http_shared_secret: Envoy reads it from its environment, so the rendered file never holds it.
+SHARED_SECRET_VALUE = f"%ENVIRONMENT({contract.SHARED_SECRET_ENV})%"
+
+# The access log of every rendered Envoy (standalone, Kubernetes, Istio's sidecars through
+# ``authz.render.istio.access_log_providers``): one JSON object per request on stdout. The ext_authz outcome
+# is in ``response_code_details`` (``ext_authz_denied``: the Check refused; ``ext_authz_error``: the authorizer
+# failed or was unreachable, fail closed) and ``response_flags`` (``UAEX``). Never a credential: no
+# Authorization or Cookie header, the path without its query string (a token sent there stays out).
+ACCESS_LOG_STDOUT = "envoy.access_loggers.stdout"
+ACCESS_LOG_FORMAT: dict[str, str] = {
+    "start_time": "%START_TIME%",
+    "mcp_server": f"%METADATA(ROUTE:{contract.ROUTE_METADATA_NAMESPACE}:{contract.ROUTE_METADATA_SERVER})%",
+    "method": "%REQ(:METHOD)%",
+    "path": "%PATH(NQ)%",
+    "protocol": "%PROTOCOL%",
+    "mcp_method": "%REQ(MCP-METHOD)%",
+    "mcp_name": "%REQ(MCP-NAME)%",
+    "mcp_protocol_version": "%REQ(MCP-PROTOCOL-VERSION)%",
+    "response_code": "%RESPONSE_CODE%",
+    "response_flags": "%RESPONSE_FLAGS%",
+    "response_code_details": "%RESPONSE_CODE_DETAILS%",
+    "duration_ms": "%DURATION%",
+    "bytes_received": "%BYTES_RECEIVED%",
+    "bytes_sent": "%BYTES_SENT%",
+    "upstream_host": "%UPSTREAM_HOST%",
+    "downstream_address": "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%",
+    "request_id": "%REQ(X-REQUEST-ID)%",
+    "traceparent": "%REQ(TRACEPARENT)%",
+    "user_agent": "%REQ(USER-AGENT)%",
+}
 
 _HTTP_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 _CONNECTIONS_MONITOR = "envoy.resource_monitors.global_downstream_max_connections"
@@ -287,19 +318,15 @@ def _path_matches(path: str, headers: list[HeaderMatcher] | None = None) -> list
 def server_routes(server: Server, *, http_authorizer: bool = False) -> list[Route]:
     """The routes of one MCP server: header-only ones first (if enabled), then the body-checked ones.
 
-    With the HTTP authorizer, each route also carries ``metadata.filter_metadata.mcp_authz.server``:
-    context extensions travel over gRPC only, so the filter copies this metadata into the
-    ``x-mcp-authz-server`` header of the authorization request (see ``http_ext_authz_filter``).
+    Each route also carries ``metadata.filter_metadata.mcp_authz.server``: the access log names the server
+    from it, and with the HTTP authorizer (context extensions travel over gRPC only) the filter copies it
+    into the ``x-mcp-authz-server`` header of the authorization request (see ``http_ext_authz_filter``).
     """
     context = {contract.SERVER_CONTEXT_KEY: server.name}
-    metadata = (
-        Metadata(
-            filter_metadata={
-                contract.ROUTE_METADATA_NAMESPACE: Struct.from_dict({contract.ROUTE_METADATA_SERVER: server.name})
-            }
-        )
-        if http_authorizer
-        else None
+    metadata = Metadata(
+        filter_metadata={
+            contract.ROUTE_METADATA_NAMESPACE: Struct.from_dict({contract.ROUTE_METADATA_SERVER: server.name})
+        }
     )
     action = RouteAction(
         cluster=upstream_cluster_name(server),
@@ -491,7 +518,7 @@ def http_ext_authz_filter(config: Config, authorizer: str | HostPort) -> HttpFil
                 timeout=_milliseconds(config.envoy.timeout_ms),
             ),
             authorization_request=AuthorizationRequest(
-                headers_to_add=[HeaderValue(key=key, value=value) for key, value in HTTP_CONTEXT_HEADERS]
+                headers_to_add=[HeaderValue(key=key, value=value) for key, value in http_context_headers(config)]
             ),
             authorization_response=AuthorizationResponse(
                 allowed_upstream_headers=_exact(http_upstream_headers(config)),
@@ -505,6 +532,15 @@ def http_ext_authz_filter(config: Config, authorizer: str | HostPort) -> HttpFil
         with_request_body=_body(config),
     )
     return HttpFilter(name=EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
+
+
+def http_context_headers(config: Config) -> list[tuple[str, str]]:
+    """The headers Envoy sets on each HTTP authorization request: the server, the peer, and with
+    ``listen.http_shared_secret`` the secret, from Envoy's environment (``$MCP_AUTHZ_HTTP_SHARED_SECRET``)."""
+    headers = list(HTTP_CONTEXT_HEADERS)
+    if config.listen.http_shared_secret is not None:
+        headers.append((contract.SHARED_SECRET_HEADER, SHARED_SECRET_VALUE))
+    return headers
 
 
 def ext_authz_filter(config: Config) -> HttpFilter:
@@ -614,6 +650,12 @@ def cors_filter() -> HttpFilter:
 # ---------------------------------------------------------------- listener
 
 
+def access_log() -> AccessLog:
+    """JSON to stdout, the fields of ``ACCESS_LOG_FORMAT``."""
+    stdout = StdoutAccessLog(log_format=SubstitutionFormatString(json_format=Struct.from_dict(ACCESS_LOG_FORMAT)))
+    return AccessLog(name=ACCESS_LOG_STDOUT, typed_config=AnyMessage.pack(stdout))
+
+
 def http_connection_manager(
     routes: RouteConfiguration, filters: list[HttpFilter], local_reply: LocalReplyConfig | None = None
 ) -> Filter:
@@ -635,6 +677,7 @@ def http_connection_manager(
         route_config=routes,
         http_filters=filters,
         local_reply_config=local_reply,
+        access_log=[access_log()],
     )
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=AnyMessage.pack(manager))
 

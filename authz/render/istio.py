@@ -19,6 +19,8 @@ applies the CheckResponse's headers as they are.
 
 from __future__ import annotations
 
+import ipaddress
+import re
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -41,11 +43,26 @@ LOCAL_HTTP_HOST = "ext-authz-http.local"
 SERVER_LABEL = "mcp-authz.io/server"  # shared layout: selects a workload, names its MCP server
 SIDECAR_LABEL = "mcp-authz.io/sidecar"  # set by the injection template
 CONFIG_ANNOTATION = "mcp-authz.io/config"  # sidecar layout: ConfigMap (and optional Secret) of the pod
+CONFIG_LABEL = "mcp-authz.io/config"  # set by the injection template from the annotation: selects one server's pods
+INJECT_LABEL = "sidecar.istio.io/inject"  # on the authorizer's pods: its own sidecar enforces mTLS and the ALLOW
 TEMPLATES_ANNOTATION = "inject.istio.io/templates"
 TEMPLATE = "mcp-authz"
 EXCLUDED_PATHS = ["/.well-known/*"]  # discovery: never checked
 PROTECTED_RESOURCE_PREFIX = rfc9728.WELL_KNOWN
 AUTHORIZATION_SERVER_PREFIXES = rfc8414.ROOT_PATHS
+TRUST_DOMAIN = "cluster.local"
+ACCESS_LOG_PROVIDER = "mcp-authz-access-log"  # + -<server>: the provider names its server in the log
+SIDECAR_DIR = "sidecar"  # the sidecar layout's files: `kubectl apply -f DIR/sidecar`
+# Files of DIR the sidecar layout applies too (the shared authorizer serves discovery; the routing).
+SIDECAR_LAYOUT_SHARES = (
+    "authorizer.yaml",
+    "authorizer-access.yaml",
+    "secret.yaml",
+    "virtual-service.yaml",
+    "http-route.yaml",
+)
+# A Gateway API hostname (RFC 1123 labels, a leading `*.` allowed); IP addresses are not hostnames there.
+_DNS_NAME = re.compile(r"(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,6 +71,8 @@ class Options:
     namespace: str = NAMESPACE
     mcp_namespace: str = MCP_NAMESPACE
     sidecar_only: bool = False  # no shared CUSTOM provider and policies (the shared Deployment serves discovery)
+    replicas: int | None = None  # the shared authorizer's; None: 2 with Redis, 1 with the in-memory store
+    trust_domain: str = TRUST_DOMAIN  # of the mesh's SPIFFE identities (the ALLOW policy's principals)
 
 
 def _service_host(options: Options) -> str:
@@ -125,6 +144,45 @@ def shared_provider_name(config: Config, server: Server) -> str:
     return f"{PROVIDER}-{server.name}" if _http_mode(config) else PROVIDER
 
 
+def access_log_provider(server: str) -> str:
+    return f"{ACCESS_LOG_PROVIDER}-{server}"
+
+
+def access_log_providers(config: Config) -> list[dict[str, Any]]:
+    """Envoy's JSON access log on the MCP workloads' sidecars, one provider per server (it names the server:
+    Istio builds the routes, so no route metadata can): the fields of the standalone chain
+    (``envoy.ACCESS_LOG_FORMAT``), never a credential."""
+    return [
+        {
+            "name": access_log_provider(server.name),
+            "envoyFileAccessLog": {
+                "path": "/dev/stdout",
+                "logFormat": {"labels": {**envoy.ACCESS_LOG_FORMAT, "mcp_server": server.name}},
+            },
+        }
+        for server in config.servers.values()
+    ]
+
+
+def telemetry(name: str, namespace: str, selector: dict[str, str], provider: str) -> dict[str, Any]:
+    """Turns a provider's access log on for the selected workloads (of ``namespace``, theirs)."""
+    return {
+        "apiVersion": "telemetry.istio.io/v1",
+        "kind": "Telemetry",
+        "metadata": authorizer_pod.meta(name, namespace),
+        "spec": {"selector": {"matchLabels": selector}, "accessLogging": [{"providers": [{"name": provider}]}]},
+    }
+
+
+def shared_access_logs(config: Config, options: Options) -> list[dict[str, Any]]:
+    return [
+        telemetry(
+            f"mcp-authz-{s.name}-access-log", options.mcp_namespace, {SERVER_LABEL: s.name}, access_log_provider(s.name)
+        )
+        for s in config.servers.values()
+    ]
+
+
 # ---------------------------------------------------------------- AuthorizationPolicy
 
 
@@ -150,6 +208,67 @@ def shared_policies(config: Config) -> list[dict[str, Any]]:
     ]
 
 
+# ---------------------------------------------------------------- list filtering (ext_proc)
+
+
+def list_filter(config: Config, name: str, selector: dict[str, str], cluster: str) -> dict[str, Any]:
+    """An EnvoyFilter putting the list filter of ``render envoy`` (``envoy.ext_proc_filter``) right after the CUSTOM
+    ext_authz filter of the selected sidecars (inbound), at ``cluster`` (Istio's name for the authorizer's gRPC
+    port), and the local reply that turns a failing processor into a JSON-RPC error carrying the request's id.
+
+    Needs the gRPC provider: the caller reaches the processor as the Check's dynamic metadata. With
+    ``ext_proc.failure: closed`` a request without that metadata is refused, so only workloads whose every path
+    the CUSTOM policy checks are selected (discovery goes to the authorizer through the gateway's routing).
+    """
+    processor = envoy.to_json(envoy.ext_proc_filter(config))
+    processor["typed_config"]["grpc_service"] = {"envoy_grpc": {"cluster_name": cluster}}
+    manager_filter = {"name": "envoy.filters.network.http_connection_manager"}
+    return {
+        "apiVersion": "networking.istio.io/v1alpha3",
+        "kind": "EnvoyFilter",
+        "metadata": authorizer_pod.meta(name, ROOT_NAMESPACE),
+        "spec": {
+            "workloadSelector": {"labels": selector},
+            "configPatches": [
+                {
+                    "applyTo": "HTTP_FILTER",
+                    "match": {
+                        "context": "SIDECAR_INBOUND",
+                        "listener": {
+                            "filterChain": {"filter": {**manager_filter, "subFilter": {"name": envoy.EXT_AUTHZ}}}
+                        },
+                    },
+                    "patch": {"operation": "INSERT_AFTER", "value": processor},
+                },
+                {
+                    "applyTo": "NETWORK_FILTER",
+                    "match": {"context": "SIDECAR_INBOUND", "listener": {"filterChain": {"filter": manager_filter}}},
+                    "patch": {
+                        "operation": "MERGE",
+                        "value": {
+                            "typed_config": {
+                                "@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager"
+                                ".v3.HttpConnectionManager",
+                                "local_reply_config": envoy.to_json(envoy.extproc_local_reply()),
+                            }
+                        },
+                    },
+                },
+            ],
+        },
+    }
+
+
+def shared_list_filters(config: Config, options: Options) -> list[dict[str, Any]]:
+    ports = authorizer_pod.Ports.of(config)
+    cluster = f"outbound|{ports.grpc}||{_service_host(options)}"
+    return [
+        list_filter(config, f"mcp-authz-{s.name}-list-filter", {SERVER_LABEL: s.name}, cluster)
+        for s in config.servers.values()
+        if s.filter_lists
+    ]
+
+
 # ---------------------------------------------------------------- discovery routing
 
 
@@ -165,10 +284,31 @@ def discovery_matches(config: Config) -> list[tuple[str, str]]:
     return result
 
 
+def gateway_hostname(host: str) -> str | None:
+    """Why Gateway API refuses ``host`` as an HTTPRoute hostname (IP addresses, non-DNS names), or None."""
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        pass
+    else:
+        return "an IP address (Gateway API hostnames are DNS names)"
+    if len(host) > 253 or not _DNS_NAME.fullmatch(host):
+        return "not a DNS name of lowercase letters, digits, '-' and '.'"
+    return None
+
+
 def _hosts(config: Config) -> dict[str, list[Server]]:
+    """Public host → its servers. A host the gateway routing cannot carry is refused, naming the key."""
     hosts: dict[str, list[Server]] = {}
-    for server in config.servers.values():
-        hosts.setdefault(urlsplit(server.resource).hostname or "", []).append(server)
+    for index, server in enumerate(config.servers.values()):
+        host = urlsplit(server.resource).hostname or ""
+        problem = gateway_hostname(host)
+        if problem is not None:
+            raise ValueError(
+                f"servers[{index}].resource: host {host!r} is {problem}: the HTTPRoute and VirtualService that "
+                "route clients to it need the public DNS name clients use (e.g. https://mcp.example.com/mcp)"
+            )
+        hosts.setdefault(host, []).append(server)
     return hosts
 
 
@@ -297,21 +437,29 @@ def http_routes(config: Config, options: Options) -> list[dict[str, Any]]:
 # ---------------------------------------------------------------- the shared authorizer
 
 
+SELECTOR = {"app.kubernetes.io/name": APP}  # the shared authorizer's pods
+
+
 def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> list[dict[str, Any]]:
-    """ConfigMap, ServiceAccount, Deployment, Service, HorizontalPodAutoscaler, PodDisruptionBudget (the
-    Secret they read is rendered apart, ``secret.yaml``: a template to fill once, not re-applied)."""
+    """ConfigMap, ServiceAccount, Deployment, Service and, with more than one replica, HorizontalPodAutoscaler
+    and PodDisruptionBudget (the Secret they read is rendered apart, ``secret.yaml``: a template to fill once).
+
+    The pods get an Istio sidecar of their own: it enforces mTLS and the ALLOW policy of ``authorizer_access``
+    on the Check ports, which listen on all addresses (the HTTP front trusts that: ``listen.http_mesh_mtls``)."""
     ports = authorizer_pod.Ports.of(config)
     ns = options.namespace
+    count = authorizer_pod.replicas(config, options.replicas)
     text = authorizer_pod.pod_config(
         raw,
         grpc=f"0.0.0.0:{ports.grpc}",
         discovery=f"0.0.0.0:{ports.discovery}",
         http=f"0.0.0.0:{ports.http}" if ports.http else "",
+        mesh_mtls=True,
     )
-    selector = {"app.kubernetes.io/name": APP}
+    selector = SELECTOR
     container = authorizer_pod.authorizer_container(options.image, ports, raw, SECRET, grpc_probe=True)
     pod = {
-        "metadata": {"labels": selector},
+        "metadata": {"labels": {**selector, INJECT_LABEL: "true"}},
         "spec": {
             "serviceAccountName": APP,
             "automountServiceAccountToken": False,
@@ -328,14 +476,14 @@ def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> 
         service_ports.append(
             {"name": "http-authz", "port": ports.http, "targetPort": ports.http, "appProtocol": "http"}
         )
-    return [
+    objects: list[dict[str, Any]] = [
         authorizer_pod.config_map(APP, ns, text),
         {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": authorizer_pod.meta(APP, ns)},
         {
             "apiVersion": "apps/v1",
             "kind": "Deployment",
             "metadata": authorizer_pod.meta(APP, ns),
-            "spec": {"replicas": 2, "selector": {"matchLabels": selector}, "template": pod},
+            "spec": {"replicas": count, "selector": {"matchLabels": selector}, "template": pod},
         },
         {
             "apiVersion": "v1",
@@ -343,34 +491,96 @@ def shared_authorizer(config: Config, raw: dict[str, Any], options: Options) -> 
             "metadata": authorizer_pod.meta(APP, ns),
             "spec": {"selector": selector, "ports": service_ports},
         },
+    ]
+    if count > 1:  # one replica: no autoscaling (state in memory) and no budget that would block every drain
+        objects += [
+            {
+                "apiVersion": "autoscaling/v2",
+                "kind": "HorizontalPodAutoscaler",
+                "metadata": authorizer_pod.meta(APP, ns),
+                "spec": {
+                    "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
+                    "minReplicas": count,
+                    "maxReplicas": max(10, count),
+                    "metrics": [
+                        {
+                            "type": "Resource",
+                            "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
+                        }
+                    ],
+                },
+            },
+            {
+                "apiVersion": "policy/v1",
+                "kind": "PodDisruptionBudget",
+                "metadata": authorizer_pod.meta(APP, ns),
+                "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
+            },
+        ]
+    return objects
+
+
+def check_ports(config: Config) -> list[int]:
+    ports = authorizer_pod.Ports.of(config)
+    return [ports.grpc, *([ports.http] if ports.http else [])]
+
+
+def authorizer_access(config: Config, options: Options) -> list[dict[str, Any]]:
+    """Who may reach the shared authorizer (issue 21 item 10: its Check ports are a decision oracle, and
+    the HTTP front trusts the Envoy-set headers): a NetworkPolicy admitting only the MCP servers' pods to the
+    Check ports, STRICT mTLS on its sidecar, and an ALLOW policy by the callers' mesh identities. The discovery
+    port stays open to anyone (the gateway routes clients there; probes, metrics)."""
+    ports = authorizer_pod.Ports.of(config)
+    ns = options.namespace
+    check = check_ports(config)
+    mcp_pods = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": options.mcp_namespace}},
+        "podSelector": {"matchExpressions": [{"key": SERVER_LABEL, "operator": "Exists"}]},
+    }
+    principals = [f"{options.trust_domain}/ns/{options.mcp_namespace}/sa/*"]
+    return [
         {
-            "apiVersion": "autoscaling/v2",
-            "kind": "HorizontalPodAutoscaler",
+            "apiVersion": "networking.k8s.io/v1",
+            "kind": "NetworkPolicy",
             "metadata": authorizer_pod.meta(APP, ns),
             "spec": {
-                "scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": APP},
-                "minReplicas": 2,
-                "maxReplicas": 10,
-                "metrics": [
-                    {
-                        "type": "Resource",
-                        "resource": {"name": "cpu", "target": {"type": "Utilization", "averageUtilization": 70}},
-                    }
+                "podSelector": {"matchLabels": SELECTOR},
+                "policyTypes": ["Ingress"],
+                "ingress": [
+                    {"from": [mcp_pods], "ports": [{"port": p, "protocol": "TCP"} for p in check]},
+                    {"ports": [{"port": ports.discovery, "protocol": "TCP"}]},
                 ],
             },
         },
         {
-            "apiVersion": "policy/v1",
-            "kind": "PodDisruptionBudget",
+            "apiVersion": "security.istio.io/v1",
+            "kind": "PeerAuthentication",
             "metadata": authorizer_pod.meta(APP, ns),
-            "spec": {"minAvailable": 1, "selector": {"matchLabels": selector}},
+            "spec": {"selector": {"matchLabels": SELECTOR}, "mtls": {"mode": "STRICT"}},
+        },
+        {
+            "apiVersion": "security.istio.io/v1",
+            "kind": "AuthorizationPolicy",
+            "metadata": authorizer_pod.meta(f"{APP}-callers", ns),
+            "spec": {
+                "selector": {"matchLabels": SELECTOR},
+                "action": "ALLOW",
+                "rules": [
+                    {
+                        "from": [{"source": {"principals": principals}}],
+                        "to": [{"operation": {"ports": [str(p) for p in check]}}],
+                    },
+                    {"to": [{"operation": {"ports": [str(ports.discovery)]}}]},
+                ],
+            },
         },
     ]
 
 
-def mcp_servers(config: Config, options: Options) -> list[dict[str, Any]]:
-    """Example MCP server workloads for the shared layout: a Service named after each server (the
-    routing's backend) and a Deployment labelled for its CUSTOM policy. Replace the image."""
+def mcp_servers(config: Config, options: Options, *, sidecar: bool = False) -> list[dict[str, Any]]:
+    """Example MCP server workloads: a Service named after each server (the routing's backend) and a
+    Deployment, labelled for its CUSTOM policy (shared layout) or annotated for the injection template
+    (``sidecar``). Replace the image."""
     result: list[dict[str, Any]] = []
     for server in config.servers.values():
         port = _upstream_port(server)
@@ -383,7 +593,11 @@ def mcp_servers(config: Config, options: Options) -> list[dict[str, Any]]:
                 "spec": {"selector": labels, "ports": [{"name": "http-mcp", "port": port, "targetPort": port}]},
             }
         )
-        result.append(_mcp_deployment(server, options, {**labels, SERVER_LABEL: server.name}, {}))
+        if sidecar:
+            annotations = {TEMPLATES_ANNOTATION: f"sidecar,{TEMPLATE}", CONFIG_ANNOTATION: sidecar_config_name(server)}
+            result.append(_mcp_deployment(server, options, labels, annotations))
+        else:
+            result.append(_mcp_deployment(server, options, {**labels, SERVER_LABEL: server.name}, {}))
     return result
 
 
@@ -453,15 +667,21 @@ def injection_template(config: Config, raw: dict[str, Any], options: Options) ->
         if "secret" in volume:
             volume["secret"]["optional"] = True
     patch = {
-        "metadata": {"labels": {SIDECAR_LABEL: "true"}},
+        "metadata": {"labels": {SIDECAR_LABEL: "true", CONFIG_LABEL: name}},
         "spec": {"containers": [container], "volumes": pod_volumes},
     }
     return authorizer_pod.dump([patch], "")
 
 
+def sidecar_selector(server: Server) -> dict[str, str]:
+    """The injected pods of one MCP server (the template copies the config annotation into a label)."""
+    return {SIDECAR_LABEL: "true", CONFIG_LABEL: sidecar_config_name(server)}
+
+
 def sidecar_objects(config: Config, raw: dict[str, Any], options: Options) -> list[dict[str, Any]]:
     """ServiceEntry for the local provider, the CUSTOM policy for injected pods, one ConfigMap per MCP
-    server, and each server's Deployment annotated for the injection template."""
+    server, the list filter of each ``filter_lists`` server and each server's access log (the example
+    workloads are in ``mcp_servers(..., sidecar=True)``)."""
     ports = authorizer_pod.Ports.of(config)
     http = _http_mode(config)
     entry = {
@@ -486,9 +706,16 @@ def sidecar_objects(config: Config, raw: dict[str, Any], options: Options) -> li
                 sidecar_config_name(server), options.mcp_namespace, _local_config(config, raw, server)
             )
         )
+    cluster = f"outbound|{ports.grpc}||{LOCAL_GRPC_HOST}"
     for server in config.servers.values():
-        annotations = {TEMPLATES_ANNOTATION: f"sidecar,{TEMPLATE}", CONFIG_ANNOTATION: sidecar_config_name(server)}
-        objects.append(_mcp_deployment(server, options, {"app": server.name}, annotations))
+        if server.filter_lists:
+            name = f"mcp-authz-{server.name}-sidecar-list-filter"
+            objects.append(list_filter(config, name, sidecar_selector(server), cluster))
+    for server in config.servers.values():
+        name = f"mcp-authz-{server.name}-sidecar-access-log"
+        objects.append(
+            telemetry(name, options.mcp_namespace, sidecar_selector(server), access_log_provider(server.name))
+        )
     return objects
 
 
@@ -504,7 +731,7 @@ def istio_operator(config: Config, raw: dict[str, Any], options: Options) -> dic
         "kind": "IstioOperator",
         "metadata": {"name": "mcp-authz", "namespace": ROOT_NAMESPACE},
         "spec": {
-            "meshConfig": {"extensionProviders": [*shared, local_provider(config)]},
+            "meshConfig": {"extensionProviders": [*shared, local_provider(config), *access_log_providers(config)]},
             "values": {"sidecarInjectorWebhook": {"templates": {TEMPLATE: injection_template(config, raw, options)}}},
         },
     }
@@ -514,23 +741,34 @@ def istio_operator(config: Config, raw: dict[str, Any], options: Options) -> dic
 
 
 def render_istio(config: Config, raw: dict[str, Any], options: Options | None = None) -> dict[str, str]:
-    """File name → text of every file in deploy/istio/ (README.md aside)."""
+    """File name → text of every file in deploy/istio/ (README.md aside): the shared layout and what both
+    layouts use in the directory itself (``kubectl apply -f DIR``), the sidecar layout in ``sidecar/``
+    (``kubectl apply -f DIR/sidecar`` with SIDECAR_LAYOUT_SHARES): no (kind, namespace, name) twice in either.
+    ``mesh-config.yaml`` is for istioctl (or the istiod chart's values), not kubectl."""
     options = options or Options()
     source = config.source or "<config>"
     header = (
         f"# Generated by mcp-authz from {source}. Do not edit by hand.\n"
         f"# Regenerate: mcp-authz render istio -c {source} -o <this directory>\n"
     )
+    sidecar_header = header.replace("<this directory>", "<its parent directory>")
     files = {
         "mesh-config.yaml": authorizer_pod.dump([istio_operator(config, raw, options)], header),
         "authorizer.yaml": authorizer_pod.dump(shared_authorizer(config, raw, options), header),
+        "authorizer-access.yaml": authorizer_pod.dump(authorizer_access(config, options), header),
         "secret.yaml": authorizer_pod.dump([authorizer_pod.secret(SECRET, options.namespace, raw)], header),
-        "authorization-policy.yaml": authorizer_pod.dump(shared_policies(config), header),
         "virtual-service.yaml": authorizer_pod.dump(virtual_services(config, options), header),
         "http-route.yaml": authorizer_pod.dump(http_routes(config, options), header),
-        "mcp-servers.yaml": authorizer_pod.dump(mcp_servers(config, options), header),
-        "sidecar.yaml": authorizer_pod.dump(sidecar_objects(config, raw, options), header),
     }
-    if options.sidecar_only:
-        del files["authorization-policy.yaml"], files["mcp-servers.yaml"]
+    if not options.sidecar_only:
+        files["authorization-policy.yaml"] = authorizer_pod.dump(shared_policies(config), header)
+        lists = shared_list_filters(config, options)
+        if lists:
+            files["list-filter.yaml"] = authorizer_pod.dump(lists, header)
+        files["access-log.yaml"] = authorizer_pod.dump(shared_access_logs(config, options), header)
+        files["mcp-servers.yaml"] = authorizer_pod.dump(mcp_servers(config, options), header)
+    files[f"{SIDECAR_DIR}/sidecar.yaml"] = authorizer_pod.dump(sidecar_objects(config, raw, options), sidecar_header)
+    files[f"{SIDECAR_DIR}/mcp-servers.yaml"] = authorizer_pod.dump(
+        mcp_servers(config, options, sidecar=True), sidecar_header
+    )
     return files

@@ -11,13 +11,14 @@ Validators (each with a negative control in tests/unit/render/test_manifest_sche
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 from collections import Counter
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,43 @@ KUBERNETES_VERSION = "1.34.0"  # the API the core objects are checked against
 CRD_GROUPS = ("istio.io", "gateway.networking.k8s.io")  # group suffixes validated by the CRD schemas
 
 Key = tuple[str, str, str]  # kind, namespace, name
+
+PRODUCTION = "examples/production.yaml"  # deploy/istio/ is rendered from it
+# Placeholders for its ${NAME}s: a config check needs them set, their values never matter here.
+PRODUCTION_ENV = {
+    "REDIS_URL": "rediss://:placeholder@redis.redis.svc.cluster.local:6379/0",
+    "AUDIT_WEBHOOK_SECRET": "placeholder-webhook-secret",
+}
+
+
+def with_env(env: Mapping[str, str]) -> contextlib.AbstractContextManager[None]:
+    """``env`` set in os.environ for the block (a config with ``${NAME}``s loads), restored after."""
+
+    @contextlib.contextmanager
+    def patched() -> Iterator[None]:
+        saved = {name: os.environ.get(name) for name in env}
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for name, value in saved.items():
+                if value is None:
+                    os.environ.pop(name, None)
+                else:
+                    os.environ[name] = value
+
+    return patched()
+
+
+def production() -> tuple[Any, dict[str, Any]]:
+    """examples/production.yaml as ``render`` takes it: the compiled config and the raw mapping."""
+    from authz.config.load import parse_config
+    from authz.render.authorizer_pod import raw_config
+
+    text = (ROOT / PRODUCTION).read_text(encoding="utf-8")
+    with with_env(PRODUCTION_ENV):
+        config = parse_config(text, PRODUCTION)
+    return config, raw_config(str(ROOT / PRODUCTION))
 
 
 def documents(text: str) -> list[dict[str, Any]]:

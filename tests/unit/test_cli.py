@@ -104,10 +104,14 @@ def test_render_into_a_missing_directory(repo: Path, capsys: pytest.CaptureFixtu
     assert not (repo / "no").exists()
 
 
-def test_render_istio_into_a_path_that_is_a_file(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    run(["token", "-c", "config.yaml"], capsys)
+def test_render_istio_into_a_path_that_is_a_file(
+    repo: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copy(EXAMPLE.parent / "production.yaml", repo / "production.yaml")  # a public host: it renders for Istio
+    monkeypatch.setenv("REDIS_URL", "redis://redis:6379/0")
+    monkeypatch.setenv("AUDIT_WEBHOOK_SECRET", "placeholder-webhook-secret")
     (repo / "taken").write_text("x", encoding="utf-8")
-    code, _, err = run(["render", "istio", "-c", "config.yaml", "-o", "taken"], capsys)
+    code, _, err = run(["render", "istio", "-c", "production.yaml", "-o", "taken"], capsys)
     line = one_line(err)
     assert code == 2 and "-o" in line and "taken" in line
 

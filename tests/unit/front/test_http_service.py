@@ -22,6 +22,7 @@ from support import RESOURCE, STATELESS, dev_stack, enveloped, policy, server_sp
 from authz import contract
 from authz.check import Checker
 from authz.config.load import parse_config
+from authz.config.secrets import Secret
 from authz.front import http_service
 from authz.front.http_service import encode_decision, start_http
 from authz.identity.devkey import ensure_key
@@ -475,3 +476,36 @@ def test_under_uvloop() -> None:
     [responses] = result
     assert [r.status for r in responses] == [200, 401, 200]
     assert [r.header("x-path") for r in responses] == ["/a", None, "/b"]
+
+
+# ---------------------------------------------------------------- listen.http_shared_secret (issue 21 item 10)
+
+
+async def test_without_the_shared_secret_nothing_is_checked() -> None:
+    """Beyond loopback only Envoy may ask: a request without ``x-mcp-authz-secret`` (or with a wrong one, or
+    two) gets 403 and a closed connection before the Check sees it; the old front checked anything."""
+    secret = "a-shared-secret-of-envoy"
+    listen = type("L", (), {"http_shared_secret": Secret(secret)})
+    stub = Stub(config=type("C", (), {"envoy": type("E", (), {"max_request_bytes": 256}), "listen": listen}))
+    server = await start_http("127.0.0.1:0", lambda: cast(Checker, stub), lambda r, d, _: None)
+    front = Front(server.sockets[0].getsockname()[1], stub, [])
+    try:
+        [ok] = await front.exchange(request("/a", headers={contract.SHARED_SECRET_HEADER: secret}))
+        assert ok.status == 200 and [r.path for r in stub.seen] == ["/a"]
+        assert contract.SHARED_SECRET_HEADER not in stub.seen[0].headers  # never passed on to the Check
+        forged = {contract.SERVER_HEADER: "demo", contract.SOURCE_HEADER: "10.0.0.1"}
+        for headers in (forged, {**forged, contract.SHARED_SECRET_HEADER: "a-shared-secret-of-envoX"}):
+            reader, writer = await front.connect()
+            writer.write(request("/forged", headers=headers))
+            refused = await read_response(reader)
+            assert refused.status == 403 and await closed(reader)
+            writer.close()
+        twice = request("/twice", headers={contract.SHARED_SECRET_HEADER: secret}).replace(
+            b"\r\n\r\n", f"\r\n{contract.SHARED_SECRET_HEADER}: {secret}\r\n\r\n".encode(), 1
+        )
+        [doubled] = await front.exchange(twice)
+        assert doubled.status == 403
+        assert [r.path for r in stub.seen] == ["/a"]  # none of the refused requests reached the Check
+    finally:
+        server.close()
+        await server.wait_closed()

@@ -1,5 +1,7 @@
 """deploy/: every file parses, Kubernetes objects load into the ``kubernetes`` client's (strict) models,
-values that must agree across files agree, and the committed files are a fresh render of the example."""
+values that must agree across files agree, and the committed files are a fresh render: deploy/envoy/ of
+examples/config.yaml (the local stack), deploy/istio/ of examples/production.yaml. The schema validators
+(kubernetes-validate, the CRD schemas) run over the same files in test_manifest_schemas.py."""
 
 from __future__ import annotations
 
@@ -11,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import kubernetes.client.models as k8s_models
+import manifests
 import pytest
 import yaml
 from pydantic import BaseModel
 
 from authz.config.load import parse_config
-from authz.config.runtime import Config, HostPort
+from authz.config.runtime import Config
 from authz.identity.devkey import ensure_key
 from authz.render import authorizer_pod, envoy, istio
 from authz.render.kubernetes import render_kubernetes
@@ -24,7 +27,7 @@ from authz.render.kubernetes import render_kubernetes
 ROOT = Path(__file__).resolve().parents[3]
 DEPLOY = ROOT / "deploy"
 EXAMPLE = "examples/config.yaml"
-KEY_REF = ".dev/signing-key.pem"
+KEY_REF = "../.dev/signing-key.pem"
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
 
 # Kubernetes core kinds and their models (apiVersion checked too); anything else must be a known CRD kind.
@@ -36,15 +39,18 @@ MODELS: dict[tuple[str, str], type[BaseModel]] = {
     ("apps/v1", "Deployment"): k8s_models.V1Deployment,
     ("autoscaling/v2", "HorizontalPodAutoscaler"): k8s_models.V2HorizontalPodAutoscaler,
     ("policy/v1", "PodDisruptionBudget"): k8s_models.V1PodDisruptionBudget,
+    ("networking.k8s.io/v1", "NetworkPolicy"): k8s_models.V1NetworkPolicy,
 }
 CRDS = {
     ("install.istio.io/v1alpha1", "IstioOperator"),
     ("security.istio.io/v1", "AuthorizationPolicy"),
+    ("security.istio.io/v1", "PeerAuthentication"),
     ("networking.istio.io/v1", "VirtualService"),
     ("networking.istio.io/v1", "ServiceEntry"),
+    ("networking.istio.io/v1alpha3", "EnvoyFilter"),
+    ("telemetry.istio.io/v1", "Telemetry"),
     ("gateway.networking.k8s.io/v1", "HTTPRoute"),
     ("gateway.networking.k8s.io/v1beta1", "ReferenceGrant"),
-    ("networking.istio.io/v1alpha3", "EnvoyFilter"),  # the hand-written ext_proc insertion (issue 9)
 }
 TEMPLATE_EXPR = re.compile(r"\{\{ index \.ObjectMeta\.Annotations `mcp-authz\.io/config` \}\}")
 
@@ -65,8 +71,15 @@ def raw() -> dict[str, Any]:
     return authorizer_pod.raw_config(str(ROOT / EXAMPLE))
 
 
+@pytest.fixture(scope="module")
+def production() -> tuple[Config, dict[str, Any]]:
+    config, raw = manifests.production()
+    return config, raw
+
+
 def yaml_files() -> list[Path]:
-    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml"))
+    """The rendered and shipped manifests (the Helm chart is checked by test_helm_chart.py)."""
+    return sorted(p for p in DEPLOY.rglob("*") if p.suffix in (".yaml", ".yml") and "helm" not in p.parts)
 
 
 def documents(path: Path) -> list[dict[str, Any]]:
@@ -89,7 +102,13 @@ def load(obj: dict[str, Any]) -> BaseModel:
     return model.model_validate(obj)
 
 
-def template_pod(name: str = "mcp-authz-demo") -> dict[str, Any]:
+def ext_authz_providers() -> dict[str, dict[str, Any]]:
+    operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
+    providers = operator["spec"]["meshConfig"]["extensionProviders"]
+    return {p["name"]: p for p in providers if "envoyExtAuthzGrpc" in p or "envoyExtAuthzHttp" in p}
+
+
+def template_pod(name: str = "mcp-authz-github") -> dict[str, Any]:
     """The injection template with the pod's annotation filled in, as Istio's injector would."""
     operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
     text = operator["spec"]["values"]["sidecarInjectorWebhook"]["templates"][istio.TEMPLATE]
@@ -103,7 +122,14 @@ def template_pod(name: str = "mcp-authz-demo") -> dict[str, Any]:
 
 def test_there_are_deploy_files() -> None:
     names = {p.relative_to(DEPLOY).as_posix() for p in yaml_files()}
-    assert {"envoy/envoy.yaml", "envoy/kubernetes.yaml", "istio/mesh-config.yaml", "istio/sidecar.yaml"} <= names
+    assert {
+        "envoy/envoy.yaml",
+        "envoy/kubernetes.yaml",
+        "istio/mesh-config.yaml",
+        "istio/authorizer-access.yaml",
+        "istio/list-filter.yaml",
+        "istio/sidecar/sidecar.yaml",
+    } <= names
 
 
 @pytest.mark.parametrize("path", yaml_files(), ids=lambda p: p.relative_to(DEPLOY).as_posix())
@@ -111,13 +137,24 @@ def test_every_yaml_file_parses_and_every_object_is_known(path: Path) -> None:
     docs = documents(path)
     assert docs
     if path.name == "envoy.yaml":
-        return  # an Envoy bootstrap, checked by tests/unit/test_render_envoy.py
+        return  # an Envoy bootstrap, checked by tests/unit/render/test_envoy.py
     for obj in docs:
         kind = (obj["apiVersion"], obj["kind"])
         assert kind in MODELS or kind in CRDS, kind
         assert obj["metadata"]["name"]
         if kind in MODELS:
             load(obj)
+
+
+def test_no_object_twice_where_it_is_applied_together() -> None:
+    """`kubectl apply -f deploy/istio`, `-f deploy/istio/sidecar` (with the files the sidecar layout shares),
+    `-f deploy/envoy`: each (kind, namespace, name) once."""
+    for directory in (DEPLOY / "envoy", DEPLOY / "istio", DEPLOY / "istio" / istio.SIDECAR_DIR):
+        found = [d for p in sorted(directory.glob("*.yaml")) if p.name != "envoy.yaml" for d in documents(p)]
+        assert found and not manifests.duplicates(found), directory
+    sidecar = [d for p in sorted((DEPLOY / "istio" / istio.SIDECAR_DIR).glob("*.yaml")) for d in documents(p)]
+    shared = [d for name in istio.SIDECAR_LAYOUT_SHARES for d in objects(f"istio/{name}")]
+    assert not manifests.duplicates(sidecar + shared)
 
 
 def test_the_strict_loader_refuses_unknown_and_missing_fields() -> None:
@@ -136,13 +173,14 @@ def test_the_strict_loader_refuses_unknown_and_missing_fields() -> None:
 def test_injection_template_is_a_pod_patch_the_client_accepts() -> None:
     patch = template_pod()
     pod = k8s_models.V1Pod.model_validate({"apiVersion": "v1", "kind": "Pod", **patch})
-    assert pod.metadata is not None and pod.metadata.labels == {istio.SIDECAR_LABEL: "true"}
+    assert pod.metadata is not None
+    assert pod.metadata.labels == {istio.SIDECAR_LABEL: "true", istio.CONFIG_LABEL: "mcp-authz-github"}
     assert pod.spec is not None
     [container] = pod.spec.containers
     assert container.name == authorizer_pod.CONTAINER
     volumes = {v.name: v for v in pod.spec.volumes or []}
     assert volumes["mcp-authz-config"].config_map is not None
-    assert volumes["mcp-authz-config"].config_map.name == "mcp-authz-demo"
+    assert volumes["mcp-authz-config"].config_map.name == "mcp-authz-github"
     mounts = {m.name for m in container.volume_mounts or []}
     assert mounts <= set(volumes)  # every mount has its volume, all prefixed to stay clear of the app's
 
@@ -150,15 +188,13 @@ def test_injection_template_is_a_pod_patch_the_client_accepts() -> None:
 # ---------------------------------------------------------------- the committed files
 
 
-def test_committed_istio_files_are_a_fresh_render(example: Config, raw: dict[str, Any]) -> None:
-    files = istio.render_istio(example, raw)
-    on_disk = {p.name for p in (DEPLOY / "istio").glob("*.yaml")}
-    assert set(files) <= on_disk, "deploy/istio/ lacks rendered files"
-    for extra in on_disk - set(files):  # anything else must say it is not rendered
-        assert "Hand-written (not rendered)" in (DEPLOY / "istio" / extra).read_text(encoding="utf-8")[:1000], extra
+def test_committed_istio_files_are_a_fresh_render(production: tuple[Config, dict[str, Any]]) -> None:
+    files = istio.render_istio(*production)
+    on_disk = {p.relative_to(DEPLOY / "istio").as_posix() for p in (DEPLOY / "istio").rglob("*.yaml")}
+    assert set(files) == on_disk, "deploy/istio/ holds files the render does not write, or lacks some"
     for name, text in files.items():
         assert (DEPLOY / "istio" / name).read_text(encoding="utf-8") == text, (
-            f"deploy/istio/{name} is stale: mcp-authz render istio -c examples/config.yaml -o deploy/istio"
+            f"deploy/istio/{name} is stale: mcp-authz render istio -c examples/production.yaml -o deploy/istio"
         )
 
 
@@ -176,11 +212,12 @@ def _ports_of_container(container: dict[str, Any]) -> dict[str, int]:
     return {p["name"]: p["containerPort"] for p in container["ports"]}
 
 
-def _listen_port(address: str | HostPort) -> int:
-    return HostPort.of(address).port
+def _listen_port(address: str) -> int:
+    return int(address.rpartition(":")[2])
 
 
-def test_shared_authorizer_ports_agree(example: Config) -> None:
+def test_shared_authorizer_ports_agree(production: tuple[Config, dict[str, Any]]) -> None:
+    config_in, _ = production
     docs = objects("istio/authorizer.yaml")
     deployment = one(docs, "Deployment")
     [container] = deployment["spec"]["template"]["spec"]["containers"]
@@ -190,77 +227,99 @@ def test_shared_authorizer_ports_agree(example: Config) -> None:
         assert port["targetPort"] == ports[port["name"]] == port["port"]
     assert service["spec"]["selector"].items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
     config = yaml.safe_load(one(docs, "ConfigMap")["data"][authorizer_pod.CONFIG_FILE])
-    assert _listen_port(config["listen"]["grpc"]) == ports["grpc-authz"] == _listen_port(example.listen.grpc)
+    assert _listen_port(config["listen"]["grpc"]) == ports["grpc-authz"] == config_in.listen.grpc.port
     assert _listen_port(config["listen"]["discovery"]) == ports["http-discovery"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": ports["http-discovery"]}
     assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": ports["http-discovery"]}
     assert container["livenessProbe"]["grpc"] == {"port": ports["grpc-authz"]}
     # the provider reaches the Service's gRPC port
-    operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
-    providers = {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
-    grpc = providers[istio.PROVIDER]["envoyExtAuthzGrpc"]
+    grpc = ext_authz_providers()[istio.PROVIDER]["envoyExtAuthzGrpc"]
     assert grpc["service"] == f"{service['metadata']['name']}.{service['metadata']['namespace']}.svc.cluster.local"
     assert grpc["port"] == ports["grpc-authz"]
-    # the HPA and PDB name and select the Deployment
+    # Redis is configured: two replicas, the HPA and PDB name and select the Deployment
+    assert deployment["spec"]["replicas"] == 2
     hpa = one(docs, "HorizontalPodAutoscaler")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     pdb = one(docs, "PodDisruptionBudget")
     assert pdb["spec"]["selector"] == deployment["spec"]["selector"]
+    # the policies guarding it select its pods and open the ports it listens on
+    access = objects("istio/authorizer-access.yaml")
+    policy = one(access, "NetworkPolicy")
+    assert policy["spec"]["podSelector"] == deployment["spec"]["selector"]
+    assert [p["port"] for p in policy["spec"]["ingress"][0]["ports"]] == [ports["grpc-authz"]]
+    assert [p["port"] for p in policy["spec"]["ingress"][1]["ports"]] == [ports["http-discovery"]]
+    allow = one(access, "AuthorizationPolicy")
+    assert allow["spec"]["selector"] == deployment["spec"]["selector"]
+    assert deployment["spec"]["template"]["metadata"]["labels"][istio.INJECT_LABEL] == "true"  # its own sidecar
 
 
 def test_provider_names_agree_between_meshconfig_and_policies() -> None:
-    operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
-    providers = {p["name"] for p in operator["spec"]["meshConfig"]["extensionProviders"]}
     policies = [
         d
-        for name in ("istio/authorization-policy.yaml", "istio/sidecar.yaml")
+        for name in ("istio/authorization-policy.yaml", "istio/sidecar/sidecar.yaml")
         for d in objects(name)
         if d["kind"] == "AuthorizationPolicy"
     ]
     assert policies
-    assert {p["spec"]["provider"]["name"] for p in policies} == providers
-
-
-def test_sidecar_pieces_agree(example: Config) -> None:
-    docs = objects("istio/sidecar.yaml")
-    entry = one(docs, "ServiceEntry")
+    assert {p["spec"]["provider"]["name"] for p in policies} == set(ext_authz_providers())
     operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
-    providers = {p["name"]: p for p in operator["spec"]["meshConfig"]["extensionProviders"]}
-    local = providers[istio.LOCAL_PROVIDER]["envoyExtAuthzGrpc"]
+    names = {p["name"] for p in operator["spec"]["meshConfig"]["extensionProviders"]}
+    logs = [d for n in ("istio/access-log.yaml", "istio/sidecar/sidecar.yaml") for d in objects(n)]
+    telemetry = [d for d in logs if d["kind"] == "Telemetry"]
+    assert telemetry
+    assert {t["spec"]["accessLogging"][0]["providers"][0]["name"] for t in telemetry} <= names
+
+
+def test_sidecar_pieces_agree(production: tuple[Config, dict[str, Any]]) -> None:
+    config_in, _ = production
+    docs = objects("istio/sidecar/sidecar.yaml")
+    workloads = objects("istio/sidecar/mcp-servers.yaml")
+    entry = one(docs, "ServiceEntry")
+    local = ext_authz_providers()[istio.LOCAL_PROVIDER]["envoyExtAuthzGrpc"]
     assert entry["spec"]["hosts"] == [local["service"]] == [istio.LOCAL_GRPC_HOST]
     assert entry["spec"]["ports"][0]["number"] == local["port"]
     pod = template_pod()
     container_ports = _ports_of_container(pod["spec"]["containers"][0])
     assert container_ports["grpc-authz"] == local["port"]
-    for server in example.servers.values():
+    for server in config_in.servers.values():
         config_map = one(docs, "ConfigMap", istio.sidecar_config_name(server))
         config = yaml.safe_load(config_map["data"][authorizer_pod.CONFIG_FILE])
         assert config["listen"]["grpc"] == f"127.0.0.1:{local['port']}"  # loopback: the pod's Envoy only
         assert [s["name"] for s in config["servers"]] == [server.name]
-        deployment = one(docs, "Deployment", server.name)
+        deployment = one(workloads, "Deployment", server.name)
         annotations = deployment["spec"]["template"]["metadata"]["annotations"]
         assert annotations[istio.CONFIG_ANNOTATION] == config_map["metadata"]["name"]
         assert annotations[istio.TEMPLATES_ANNOTATION] == f"sidecar,{istio.TEMPLATE}"
         assert istio.SERVER_LABEL not in deployment["spec"]["template"]["metadata"]["labels"]  # one CUSTOM provider
         assert deployment["metadata"]["namespace"] == config_map["metadata"]["namespace"]
+        # the injected pod's labels (the template's) are what its list filter and access log select
+        labels = template_pod(config_map["metadata"]["name"])["metadata"]["labels"]
+        selected = [
+            d for d in docs if d["kind"] in ("Telemetry", "EnvoyFilter") and server.name in d["metadata"]["name"]
+        ]
+        assert len(selected) == (2 if server.filter_lists else 1)
+        for obj in selected:
+            wanted = obj["spec"].get("selector", {}).get("matchLabels") or obj["spec"]["workloadSelector"]["labels"]
+            assert wanted.items() <= labels.items()
 
 
-def test_body_limit_agrees(example: Config) -> None:
-    limit = example.envoy.max_request_bytes
-    operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
-    for provider in operator["spec"]["meshConfig"]["extensionProviders"]:
+def test_body_limit_agrees(example: Config, production: tuple[Config, dict[str, Any]]) -> None:
+    limit = production[0].envoy.max_request_bytes
+    for provider in ext_authz_providers().values():
         body = next(iter(v for k, v in provider.items() if k != "name"))["includeRequestBodyInCheck"]
         assert body == {"maxRequestBytes": limit, "allowPartialMessage": False, "packAsBytes": True}
     [bootstrap] = documents(DEPLOY / "envoy" / "envoy.yaml")
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     [authz] = [f for f in manager["http_filters"] if f["name"] == "envoy.filters.http.ext_authz"]
-    assert authz["typed_config"]["with_request_body"]["max_request_bytes"] == limit
+    assert authz["typed_config"]["with_request_body"]["max_request_bytes"] == example.envoy.max_request_bytes
 
 
-def test_discovery_paths_agree(example: Config) -> None:
-    expected = istio.discovery_matches(example)
+def test_discovery_paths_agree(production: tuple[Config, dict[str, Any]]) -> None:
+    config = production[0]
+    expected = istio.discovery_matches(config)
     assert ("prefix", "/.well-known/oauth-protected-resource") in expected
-    for server in example.servers.values():  # each server's RFC 9728 URL is under a discovery prefix
+    assert ("exact", "/realms/mcp/.well-known/openid-configuration") in expected  # the IdP's path issuer
+    for server in config.servers.values():  # each server's RFC 9728 URL is under a discovery prefix
         path = server.metadata_url.split("://", 1)[1].partition("/")[2]
         assert any(("/" + path).startswith(p) for kind, p in expected if kind == "prefix")
     service = one(objects("istio/virtual-service.yaml"), "VirtualService")
@@ -273,26 +332,28 @@ def test_discovery_paths_agree(example: Config) -> None:
     authorizer = one(objects("istio/authorizer.yaml"), "Service")
     discovery_port = next(p["port"] for p in authorizer["spec"]["ports"] if p["name"] == "http-discovery")
     assert discovery["route"][0]["destination"]["port"]["number"] == discovery_port == first["backendRefs"][0]["port"]
-    policy = one(objects("istio/authorization-policy.yaml"), "AuthorizationPolicy")
-    excluded = policy["spec"]["rules"][0]["to"][0]["operation"]["notPaths"]
-    assert excluded == ["/.well-known/*"]
-    assert all(p.startswith("/.well-known/") for kind, p in expected if p != "/jwks/")
+    for policy in objects("istio/authorization-policy.yaml"):
+        assert policy["spec"]["rules"][0]["to"][0]["operation"]["notPaths"] == ["/.well-known/*"]
+    assert all(p.startswith("/.well-known/") or p.endswith("/.well-known/openid-configuration") for _, p in expected)
 
 
 def test_mcp_routes_reach_the_server_services() -> None:
-    services = {s["metadata"]["name"]: s for s in objects("istio/mcp-servers.yaml") if s["kind"] == "Service"}
-    service = one(objects("istio/virtual-service.yaml"), "VirtualService")
-    for route in service["spec"]["http"][1:]:
-        destination = route["route"][0]["destination"]
-        target = services[route["name"]]
-        assert destination["host"] == f"{route['name']}.{target['metadata']['namespace']}.svc.cluster.local"
-        assert destination["port"]["number"] == target["spec"]["ports"][0]["port"]
-        assert route["timeout"] == "0s"  # SSE streams
+    for layout in ("istio/mcp-servers.yaml", "istio/sidecar/mcp-servers.yaml"):
+        services = {s["metadata"]["name"]: s for s in objects(layout) if s["kind"] == "Service"}
+        service = one(objects("istio/virtual-service.yaml"), "VirtualService")
+        assert len(service["spec"]["http"]) == 1 + len(services)
+        for route in service["spec"]["http"][1:]:
+            destination = route["route"][0]["destination"]
+            target = services[route["name"]]
+            assert destination["host"] == f"{route['name']}.{target['metadata']['namespace']}.svc.cluster.local"
+            assert destination["port"]["number"] == target["spec"]["ports"][0]["port"]
+            assert route["timeout"] == "0s"  # SSE streams
 
 
 def test_standalone_kubernetes_manifest_agrees(tmp_path: Path, example: Config) -> None:
     docs = objects("envoy/kubernetes.yaml")
     deployment = one(docs, "Deployment")
+    assert deployment["spec"]["replicas"] == 1  # the in-memory store: one pod, one authorizer
     containers = {c["name"]: c for c in deployment["spec"]["template"]["spec"]["containers"]}
     assert set(containers) == {"envoy", authorizer_pod.CONTAINER, "mcp-server"}
     bootstrap = yaml.safe_load(one(docs, "ConfigMap", "mcp-gateway-envoy")["data"]["envoy.yaml"])
@@ -315,16 +376,17 @@ def test_standalone_kubernetes_manifest_agrees(tmp_path: Path, example: Config) 
 
 
 @pytest.mark.parametrize(
-    "name", ["istio/authorizer.yaml", "istio/sidecar.yaml", "envoy/kubernetes.yaml"], ids=lambda n: n
+    "name", ["istio/authorizer.yaml", "istio/sidecar/sidecar.yaml", "envoy/kubernetes.yaml"], ids=lambda n: n
 )
 def test_rendered_pod_configs_load(key: Path, name: str) -> None:
-    """The config each pod runs is a valid config (with its Secret's key file in place)."""
+    """The config each pod runs is a valid config (with its Secret's values and key file in place)."""
     configs = [d for d in objects(name) if d["kind"] == "ConfigMap" and authorizer_pod.CONFIG_FILE in d["data"]]
     assert configs
     for config_map in configs:
         text = config_map["data"][authorizer_pod.CONFIG_FILE].replace(authorizer_pod.KEYS_DIR + "/dev.pem", str(key))
         assert authorizer_pod.KEYS_DIR not in text
-        parse_config(text, config_map["metadata"]["name"])
+        with manifests.with_env(manifests.PRODUCTION_ENV):
+            parse_config(text, config_map["metadata"]["name"])
 
 
 def test_the_secret_has_every_key_the_deployment_reads() -> None:
@@ -340,7 +402,7 @@ def test_the_secret_has_every_key_the_deployment_reads() -> None:
         ref = entry["valueFrom"]["secretKeyRef"]
         assert ref["name"] == secret["metadata"]["name"]
         wanted.add(ref["key"])
-    assert wanted and wanted == set(secret["stringData"])
+    assert wanted == set(manifests.PRODUCTION_ENV) == set(secret["stringData"])
     assert (
         secret["metadata"]["namespace"] == one(objects("istio/authorizer.yaml"), "Deployment")["metadata"]["namespace"]
     )
@@ -350,8 +412,7 @@ def test_readme_shows_the_rendered_grpc_provider() -> None:
     text = (DEPLOY / "istio" / "README.md").read_text(encoding="utf-8")
     block = text.split("The rendered gRPC provider:", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
     [shown] = yaml.safe_load(block)
-    operator = one(objects("istio/mesh-config.yaml"), "IstioOperator")
-    assert shown == operator["spec"]["meshConfig"]["extensionProviders"][0]
+    assert shown == ext_authz_providers()[istio.PROVIDER]
 
 
 def test_no_secret_value_is_rendered() -> None:
@@ -362,9 +423,10 @@ def test_no_secret_value_is_rendered() -> None:
                 assert "data" not in obj
 
 
-def test_cors_agrees_between_standalone_envoy_and_istio_gateway() -> None:
+def test_cors_agrees_between_standalone_envoy_and_istio_gateway(production: tuple[Config, dict[str, Any]]) -> None:
     """A browser client of a listed origin gets the same CORS answer in both ways in."""
-    [bootstrap] = documents(DEPLOY / "envoy" / "envoy.yaml")
+    config, _ = production
+    bootstrap = envoy.render_envoy(config)
     manager = bootstrap["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]["typed_config"]
     assert manager["http_filters"][0]["name"] == "envoy.filters.http.cors"  # before ext_authz
     routes = manager["route_config"]["virtual_hosts"][0]["routes"]
@@ -375,9 +437,10 @@ def test_cors_agrees_between_standalone_envoy_and_istio_gateway() -> None:
     ]
     assert envoy_policies
     [service] = [d for d in objects("istio/virtual-service.yaml") if d["kind"] == "VirtualService"]
-    [istio] = [r["corsPolicy"] for r in service["spec"]["http"] if "corsPolicy" in r]
+    [gateway] = [r["corsPolicy"] for r in service["spec"]["http"] if "corsPolicy" in r]
     for policy in envoy_policies:
-        assert [m["exact"] for m in policy["allow_origin_string_match"]] == [o["exact"] for o in istio["allowOrigins"]]
-        assert policy["allow_headers"].split(", ") == istio["allowHeaders"]
-        assert policy["expose_headers"].split(", ") == istio["exposeHeaders"]
-        assert policy["allow_methods"].split(", ") == istio["allowMethods"]
+        origins = [m["exact"] for m in policy["allow_origin_string_match"]]
+        assert origins == [o["exact"] for o in gateway["allowOrigins"]]
+        assert policy["allow_headers"].split(", ") == gateway["allowHeaders"]
+        assert policy["expose_headers"].split(", ") == gateway["exposeHeaders"]
+        assert policy["allow_methods"].split(", ") == gateway["allowMethods"]

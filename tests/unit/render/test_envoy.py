@@ -31,7 +31,7 @@ from authz.render.envoy import bootstrap as typed_bootstrap
 ROOT = Path(__file__).resolve().parents[3]
 EXAMPLE = "examples/config.yaml"
 COMMITTED = ROOT / "deploy" / "envoy" / "envoy.yaml"
-KEY_REF = ".dev/signing-key.pem"
+KEY_REF = "../.dev/signing-key.pem"
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
 needs_envoy = pytest.mark.skipif(not Path(ENVOY).is_file(), reason="envoy binary not installed")
 
@@ -404,7 +404,13 @@ def test_every_rendered_envoy_logs_json_to_stdout_without_credentials(
     stdout naming the MCP server, the response code and the ext_authz outcome; no Authorization, no query."""
     from authz.render.kubernetes import pod_envoy
 
-    http = two_servers(key, authorizer="http")
+    spec = {
+        "listen": {"grpc": "127.0.0.1:9191", "http": "127.0.0.1:9193", "discovery": "127.0.0.1:9192"},
+        "issuers": [{"name": "dev", "issuer": "http://127.0.0.1:8080/dev", "local_key_file": str(key)}],
+        "servers": [{"name": "demo", "resource": "http://127.0.0.1:8080/mcp", "upstream": "127.0.0.1:8001"}],
+        "envoy": {"authorizer": "http"},
+    }
+    http = parse_config(yaml.safe_dump(spec), "http.yaml")
     pod = yaml.safe_load(pod_envoy(example))
     for bootstrap in (render_envoy(example), render_envoy(http), pod):
         [log] = access_logs(bootstrap)

@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from support import make_config, policy, server_spec
 
 from authz.config.errors import ConfigError
@@ -19,7 +18,6 @@ from authz.render.envoy import (
     EXTPROC_CLUSTER,
     HEADER_MUTATION,
     ext_proc_filter,
-    extproc_local_reply,
     render_envoy,
     render_envoy_yaml,
     to_json,
@@ -140,16 +138,3 @@ def test_envoy_accepts_it(tmp_path: Path) -> None:
         [str(ENVOY), "--mode", "validate", "-c", str(path)], capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 0, run.stdout + run.stderr
-
-
-def test_istio_envoyfilter_carries_the_rendered_filter_and_local_reply() -> None:
-    doc = yaml.safe_load((REPO / "deploy/istio/extproc-envoyfilter.yaml").read_text(encoding="utf-8"))
-    insert, merge = doc["spec"]["configPatches"]
-    assert insert["match"]["listener"]["filterChain"]["filter"]["subFilter"]["name"] == "envoy.filters.http.ext_authz"
-    assert insert["patch"]["operation"] == "INSERT_AFTER"
-    want = to_json(ext_proc_filter(config()))
-    got = insert["patch"]["value"]
-    assert got["typed_config"]["grpc_service"]["envoy_grpc"]["cluster_name"].startswith("outbound|9191||")
-    got["typed_config"]["grpc_service"] = want["typed_config"]["grpc_service"]
-    assert got == want
-    assert merge["patch"]["value"]["typed_config"]["local_reply_config"] == to_json(extproc_local_reply())
