@@ -378,10 +378,12 @@ async def serve(path: str) -> None:
 
 
 def ensure_dev_keys(config_path: str | Path) -> None:
-    """Create missing development keys named by ``local_key_file`` (relative to the working directory)."""
+    """Create missing development keys named by ``local_key_file`` (relative to the config file's directory)."""
     import yaml
+
+    from authz.config.compile import relative_to
 
     raw = yaml.safe_load(Path(config_path).read_text(encoding="utf-8")) or {}
     for issuer in raw.get("issuers") or []:
         if isinstance(issuer, dict) and issuer.get("local_key_file"):
-            devkey.ensure_key(issuer["local_key_file"])
+            devkey.ensure_key(relative_to(Path(config_path).parent, str(issuer["local_key_file"])))

@@ -8,6 +8,7 @@ addresses parsed, once per load or reload. Every problem found is collected and 
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import replace
@@ -200,11 +201,18 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
     )
 
 
-def _compile_keys(spec: SecretsSpec, errors: list[str]) -> tuple[bytes, ...]:
+def relative_to(base: Path | None, value: str) -> str:
+    """A path written in the config file: a relative one is taken from the file's directory ``base``."""
+    if base is None or os.path.isabs(value):
+        return value
+    return os.path.normpath(base / value)
+
+
+def _compile_keys(spec: SecretsSpec, errors: list[str], base: Path | None = None) -> tuple[bytes, ...]:
     keys: list[bytes] = []
     for where, raw, read in [
         *((f"secrets.keys.{j}", k, parse_key) for j, k in enumerate(spec.keys)),
-        *((f"secrets.key_files.{j}", k, read_key_file) for j, k in enumerate(spec.key_files)),
+        *((f"secrets.key_files.{j}", relative_to(base, k), read_key_file) for j, k in enumerate(spec.key_files)),
     ]:
         try:
             keys.append(read(raw))
@@ -322,9 +330,10 @@ def _compile_audit(spec: AuditSpec, keys: tuple[bytes, ...], errors: list[str]) 
     return Audit(spec.enabled, tuple(spec.argument_keys), webhook)
 
 
-def compile_admin(spec: AdminSpec) -> Admin:
+def compile_admin(spec: AdminSpec, base: Path | None = None) -> Admin:
     token = Secret(spec.token.get_secret_value()) if spec.token is not None else None
-    return Admin(HostPort.optional(spec.listen), token, spec.tls_cert, spec.tls_key, spec.client_ca)
+    cert, key, ca = (relative_to(base, p) if p else None for p in (spec.tls_cert, spec.tls_key, spec.client_ca))
+    return Admin(HostPort.optional(spec.listen), token, cert, key, ca)
 
 
 _SYSTEM_TLS = StoreTls(None, None, None, True)  # TLS with the system's CAs
@@ -386,16 +395,19 @@ def compile_store(spec: StoreSpec) -> Store:
     )
 
 
-def compile_config(spec: ConfigSpec, source: str = "") -> Config:
-    """The runtime form of a validated file; ConfigError listing every key that cannot be compiled."""
+def compile_config(spec: ConfigSpec, source: str = "", base: Path | None = None) -> Config:
+    """The runtime form of a validated file; ConfigError listing every key that cannot be compiled.
+
+    ``base``: the config file's directory, which relative paths (key files, TLS files) are taken from.
+    """
     errors: list[str] = []
-    secret_keys = _compile_keys(spec.secrets, errors)
+    secret_keys = _compile_keys(spec.secrets, errors, base)
     issuers = {
         i.name: Issuer(
             name=i.name,
             issuer=i.issuer,
             jwks_uri=i.jwks_uri,
-            local_key_file=i.local_key_file,
+            local_key_file=relative_to(base, i.local_key_file) if i.local_key_file else None,
             algorithms=tuple(i.algorithms),
             audiences=frozenset(i.audiences),
             clock_skew=i.clock_skew,
@@ -411,8 +423,9 @@ def compile_config(spec: ConfigSpec, source: str = "") -> Config:
         for i in spec.issuers
     }
     for k, i in enumerate(spec.issuers):
-        if i.local_key_file and not Path(i.local_key_file).is_file():
-            errors.append(f"issuers.{k}.local_key_file: no such file {i.local_key_file!r}")
+        key_file = relative_to(base, i.local_key_file) if i.local_key_file else None
+        if key_file and not Path(key_file).is_file():
+            errors.append(f"issuers.{k}.local_key_file: no such file {key_file!r}")
     servers = {}
     for k, s in enumerate(spec.servers):
         compiled = _compile_server(s, list(issuers), errors, k)
@@ -430,7 +443,7 @@ def compile_config(spec: ConfigSpec, source: str = "") -> Config:
         ext_proc=compile_ext_proc(spec.ext_proc),
         telemetry=compile_telemetry(spec.telemetry),
         audit=audit,
-        admin=compile_admin(spec.admin),
+        admin=compile_admin(spec.admin, base),
         store=compile_store(spec.store),
         failure_status=spec.failure_status,
         token_cache_size=spec.token_cache_size,

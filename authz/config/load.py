@@ -71,8 +71,11 @@ def _default_listen_host(raw: dict[str, Any], errors: list[str]) -> dict[str, An
     return {**raw, "listen": filled}
 
 
-def parse_config(text: str, source: str = "<string>") -> Config:
-    """Validate YAML text and compile it. Raises ConfigError naming every bad key."""
+def parse_config(text: str, source: str = "<string>", base: Path | None = None) -> Config:
+    """Validate YAML text and compile it. Raises ConfigError naming every bad key.
+
+    ``base``: the directory relative paths in the text are taken from (the config file's; default: the working
+    directory)."""
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
@@ -90,7 +93,7 @@ def parse_config(text: str, source: str = "<string>") -> Config:
     errors = cross_checks(spec)
     if errors:
         raise ConfigError(errors)
-    return compile_config(spec, source)
+    return compile_config(spec, source, base)
 
 
 def _yaml_error(source: str, exc: yaml.YAMLError) -> str:
@@ -128,4 +131,4 @@ def load_config(path: str | os.PathLike[str]) -> Config:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError([f"{path}: cannot read: {exc.strerror}"]) from None
-    return parse_config(text, str(path))
+    return parse_config(text, str(path), Path(path).parent)

@@ -49,7 +49,7 @@ def test_configuration_example_is_the_example_config(tmp_path: Path, monkeypatch
     assert example in (DOCS / "configuration.md").read_text(encoding="utf-8")
     monkeypatch.chdir(tmp_path)
     ensure_key(".dev/signing-key.pem")
-    config = parse_config(example)
+    config = parse_config(example, "examples/config.yaml", tmp_path / "examples")  # paths from the file's directory
     assert config.servers["demo"].policy is not None
 
 

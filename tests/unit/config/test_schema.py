@@ -11,6 +11,7 @@ from support import issuer_spec, server_spec
 
 from authz.config.errors import ConfigError
 from authz.config.load import load_config, parse_config
+from authz.identity.devkey import ensure_key
 
 
 def errors(
@@ -37,6 +38,26 @@ def test_a_yaml_syntax_error_names_the_file_line_and_column(tmp_path: Path) -> N
         "(while parsing a block collection at line 2, column 3)"
     ]
     assert "<unicode string>" not in str(refused.value)
+
+
+def test_relative_paths_are_taken_from_the_config_files_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "conf" / "keys").mkdir(parents=True)
+    ensure_key(tmp_path / "conf" / "keys" / "dev.pem")
+    (tmp_path / "conf" / "secret.key").write_text("k" * 32, encoding="utf-8")
+    doc = {
+        "issuers": [issuer_spec(local_key_file="keys/dev.pem")],
+        "servers": [server_spec()],
+        "secrets": {"key_files": ["secret.key"]},
+        "admin": {"listen": "127.0.0.1:0", "token": "t" * 16, "tls_cert": "tls/cert.pem", "tls_key": "/abs/key.pem"},
+    }
+    (tmp_path / "conf" / "config.yaml").write_text(json.dumps(doc), encoding="utf-8")
+    monkeypatch.chdir(tmp_path)  # anywhere but the config's directory
+    config = load_config("conf/config.yaml")
+    assert config.issuers["main"].local_key_file == str(Path("conf/keys/dev.pem"))
+    assert config.secret_keys == (b"k" * 32,)
+    assert (config.admin.tls_cert, config.admin.tls_key) == (str(Path("conf/tls/cert.pem")), "/abs/key.pem")
 
 
 def test_a_typo_is_refused_with_the_nearest_key() -> None:
