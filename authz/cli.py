@@ -156,11 +156,11 @@ def cmd_token(args: argparse.Namespace) -> int:
 
 
 def cmd_policy_explain(args: argparse.Namespace) -> int:
-    from authz.explain.offline import explain
+    from authz.explain.offline import explain_file
 
     config = _load(args.config)
     spec = _read_json("--request", args.request)
-    result = asyncio.run(explain(config, spec, args.token))
+    result = asyncio.run(explain_file(config, spec, args.token))
     print(json.dumps(result, indent=2))
     return 0 if result["decision"] == "allow" else 1
 

@@ -14,6 +14,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from authz.explain.request import from_file
+
 TOKEN_ENV = "MCP_AUTHZ_ADMIN_TOKEN"
 
 
@@ -28,24 +30,6 @@ def _epoch(text: str) -> float:
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected epoch seconds or an ISO 8601 time, got {text!r}") from None
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
-
-
-def explain_fields(spec: Any) -> dict[str, Any]:
-    """A ``policy explain`` request file (a JSON-RPC body, or ``{method, path, headers, body, server}``)."""
-    if not (isinstance(spec, dict) and "body" in spec and "jsonrpc" not in spec):
-        spec = {"body": spec}
-    body = spec.get("body")
-    raw = body.encode() if isinstance(body, str) else (b"" if body is None else json.dumps(body).encode())
-    headers = {str(k).lower(): str(v) for k, v in (spec.get("headers") or {}).items()}
-    if raw:
-        headers.setdefault("content-type", "application/json")
-    return {
-        "server": str(spec.get("server") or ""),
-        "method": str(spec.get("method") or "POST"),
-        "path": str(spec.get("path") or "/"),
-        "headers": headers,
-        "body": raw,
-    }
 
 
 def add_parser(sub: Any) -> None:
@@ -112,8 +96,13 @@ def _dispatch(client: Any, args: argparse.Namespace) -> tuple[int, Any]:
         spec = json.loads(Path(args.request).read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise AdminError(f"cannot read the request file {args.request!r}: {exc}") from None
-    fields = explain_fields(spec)
-    if args.server:
-        fields["server"] = args.server
-    result = client.explain(token=args.bearer, **fields)
+    given = from_file(spec)
+    result = client.explain(
+        server=args.server or given.server,
+        method=given.method,
+        path=given.path,
+        headers=given.headers,
+        body=given.body,
+        token=args.bearer,
+    )
     return (0 if result.get("decision") == "allow" else 1), result

@@ -1,4 +1,5 @@
-"""The admin API servicer: revocation and sessions go to the store, Explain runs the live Check offline.
+"""The admin API servicer: revocation and sessions go to the store, Explain runs the live Check offline
+(``authz.explain``, as ``policy explain`` does).
 
 Every replica sharing the store sees a change made through any one of them (the Redis store
 publishes revocations). Bad arguments are refused with INVALID_ARGUMENT and change nothing; a
@@ -10,26 +11,20 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Iterable
-from dataclasses import replace
+from collections.abc import Callable
 from typing import NoReturn
 
 import grpc
 
 from authz.admin._pb import admin_pb2, admin_pb2_grpc
 from authz.check import Checker
-from authz.config.runtime import Config, Server
-from authz.contract import SERVER_CONTEXT_KEY
-from authz.errors import ApprovalRefused
-from authz.explain.dryrun import DryRunStore
-from authz.model import Caller, Decision, HttpRequest, McpRequest
-from authz.state.guards import Guards
+from authz.explain.offline import explain
+from authz.explain.request import ExplainInput
 from authz.state.revocation import subject_revocation_until
 from authz.store.base import Store, StoreError
 
 log = logging.getLogger("mcp_authz.admin")
 MAX_FIELD = 1024  # longest jti, subject, server or session id accepted
-REDACTED = "<redacted>"
 
 
 class InvalidArgument(ValueError):
@@ -50,61 +45,9 @@ def _epoch(name: str, value: float) -> float:
     return value
 
 
-def explain_request(req: admin_pb2.ExplainRequest) -> HttpRequest:
-    """ExplainRequest → the HttpRequest a Check would get from Envoy."""
-    headers = {k.lower(): v for k, v in req.headers.items()}
-    if req.token:
-        headers["authorization"] = f"Bearer {req.token}"
-    return HttpRequest(
-        method=(req.method or "POST").upper(),
-        path=req.path or "/",
-        headers=headers,
-        body=req.body or None,
-        context={SERVER_CONTEXT_KEY: req.server} if req.server else {},
-    )
-
-
-def shown_headers(config: Config, decision: Decision) -> dict[str, str]:
-    """Headers a decision sets: on allow only the identity headers keep their values (never a credential)."""
-    if not decision.allowed:
-        return dict(decision.deny_headers)
-    server = config.servers.get(decision.server or "")
-    names: Iterable[str] = () if server is None else server.identity_headers.names
-    visible = set(names)
-    return {k: (v if k in visible else REDACTED) for k, v in decision.set_headers}
-
-
-class ExplainApprovals:
-    """A call whose rule needs a person's approval is reported as pending (``approval_pending``); nobody is asked."""
-
-    async def check(self, server: Server, caller: Caller, mcp: McpRequest, rule: str | None, req: HttpRequest) -> None:
-        policy = server.policy
-        if rule is not None and policy is not None and rule in policy.approval_rules:
-            raise ApprovalRefused("pending", "", f"explain: rule {rule!r} waits for a person's approval (none asked)")
-
-
-class ExplainCredentials:
-    """Names the credential headers a call would get; no secret is revealed and no token is exchanged."""
-
-    async def headers(self, server: Server, caller: Caller) -> tuple[tuple[str, str], ...]:
-        names = [c.header for c in (server.credentials, server.exchange) if c is not None]
-        return tuple((name, REDACTED) for name in names)
-
-
-def offline_checker(live: Checker, store: Store) -> Checker:
-    """The live config and verifier (its cached keys) over a read-only view of the store; no approval
-    is asked for and no upstream credential is fetched."""
-    config = live.config
-    guards = Guards(DryRunStore(store), config.store.failure, config.store.max_sessions_per_subject)
-    stages = replace(
-        live.stages,
-        revocation=guards,
-        rate_limit=guards,
-        sessions=guards,
-        approval=ExplainApprovals(),
-        credentials=ExplainCredentials(),
-    )
-    return Checker(config, stages)
+def explain_input(req: admin_pb2.ExplainRequest) -> ExplainInput:
+    """ExplainRequest → what ``authz.explain`` explains (the token travels apart)."""
+    return ExplainInput(method=req.method, path=req.path, headers=dict(req.headers), body=req.body, server=req.server)
 
 
 class AdminService(admin_pb2_grpc.AdminServicer):
@@ -175,17 +118,9 @@ class AdminService(admin_pb2_grpc.AdminServicer):
     async def Explain(
         self, request: admin_pb2.ExplainRequest, context: grpc.aio.ServicerContext
     ) -> admin_pb2.ExplainResponse:
-        checker = offline_checker(self._checker(), self._store())
-        decision = await checker.check(explain_request(request))
-        return admin_pb2.ExplainResponse(
-            decision="allow" if decision.allowed else "deny",
-            status=decision.status,
-            reason=decision.reason,
-            rule=decision.rule or "",
-            server=decision.server or "",
-            detail=decision.detail,
-            headers=shown_headers(checker.config, decision),
-        )
+        live = self._checker()  # its config and identity stage (the key sets and token cache in use)
+        found = await explain(live.config, live.stages.identity, self._store(), explain_input(request), request.token)
+        return admin_pb2.ExplainResponse(**found.as_dict())
 
 
 async def _abort(context: grpc.aio.ServicerContext, exc: Exception) -> NoReturn:

@@ -25,11 +25,12 @@ from cryptography.x509.oid import NameOID
 from support import DevStack, dev_stack, make_config, policy, server_spec, tool_call
 
 from authz.admin.server import start_admin
-from authz.admin.service import REDACTED, AdminService
+from authz.admin.service import AdminService
 from authz.cli import main
 from authz.config.compile import compile_admin
 from authz.config.errors import ConfigError
 from authz.config.schema import AdminSpec
+from authz.explain.offline import REDACTED
 from authz.store.base import SessionBinding, StoreError
 from authz.store.memory import MemoryStore
 
@@ -203,7 +204,7 @@ async def test_explain_sees_the_store_and_changes_nothing(
 
 async def test_explain_never_shows_a_credential(tmp_path: Path) -> None:
     """Headers set upstream other than the identity headers are redacted in the answer."""
-    from authz.admin.service import shown_headers
+    from authz.explain.offline import shown_headers
     from authz.model import Decision
 
     config = make_config()

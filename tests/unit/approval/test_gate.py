@@ -416,9 +416,9 @@ async def test_the_discovery_route_hands_signed_posts_to_the_gate(
 
 
 async def test_policy_explain_asks_nobody(tmp_path: Path, webhook: Webhook) -> None:
-    from authz.explain.offline import explain
+    from authz.explain.offline import explain_file
 
     stack = dev_stack(tmp_path, [server_spec(policy=POLICY)], approvals=approvals(webhook.url))
-    result = await explain(stack.config, tool_call("delete_repo", repo="x"), stack.token())
+    result = await explain_file(stack.config, tool_call("delete_repo", repo="x"), stack.token())
     assert (result["decision"], result["reason"]) == ("deny", "approval_pending")
     assert webhook.requests == []

@@ -190,15 +190,15 @@ def test_a_header_that_cannot_carry_a_credential_is_refused(creds: dict[str, str
 
 
 async def test_policy_explain_shows_no_secret_and_exchanges_nothing(tmp_path: Path) -> None:
-    from authz.explain.offline import explain
+    from authz.explain.offline import REDACTED, explain_file
 
     creds = {"header": "X-Api-Key", "value_secret": VALUE}
     exchange = {"token_endpoint": "http://127.0.0.1:9/token", "resource": "https://api.test/", "client_id": "c"}
     exchange["client_secret"] = "s"
     stack = dev_stack(tmp_path, [server_spec(credentials=creds, token_exchange=exchange)])
-    result = await explain(stack.config, tool_call("search"), stack.token())
+    result = await explain_file(stack.config, tool_call("search"), stack.token())
     assert result["decision"] == "allow", result
-    assert result["headers"]["x-api-key"] == "***" and result["headers"]["authorization"] == "***"
+    assert result["headers"]["x-api-key"] == REDACTED and result["headers"]["authorization"] == REDACTED
     assert VALUE not in json.dumps(result)
 
 

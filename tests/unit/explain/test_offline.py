@@ -90,3 +90,32 @@ async def test_reload_swaps_valid_config_and_refuses_invalid(files: tuple[Path, 
     assert authorizer.checker is before
     assert (await authorizer.checker.check(_call("drop_db", token))).allowed
     await authorizer.stop()
+
+
+async def test_policy_explain_and_the_admin_explain_answer_alike(tmp_path: Path) -> None:
+    """One implementation and one redaction rule: the same request file gives the same answer from the
+    CLI (config alone) and the admin API (live Checker): identity headers shown, credentials redacted."""
+    from google.protobuf import json_format
+    from support import dev_stack, server_spec, tool_call
+
+    from authz.admin._pb import admin_pb2
+    from authz.admin.service import AdminService
+    from authz.explain.offline import REDACTED, explain_file
+    from authz.explain.request import from_file
+    from authz.store.memory import MemoryStore
+
+    server = server_spec(credentials={"header": "X-Api-Key", "value_secret": "integration-secret-value"})
+    stack = dev_stack(tmp_path, [server])
+    spec = {"body": tool_call("search"), "headers": {"Mcp-Protocol-Version": "2025-11-25"}, "server": "mcp"}
+    token = stack.token(scopes=["tools:read"])
+    offline = await explain_file(stack.config, spec, token)
+
+    given = from_file(spec)
+    request = admin_pb2.ExplainRequest(
+        server=given.server, method=given.method, path=given.path, headers=given.headers, body=given.body, token=token
+    )
+    reply = await AdminService(lambda: stack.checker, MemoryStore).Explain(request, None)  # type: ignore[arg-type]
+    live = json_format.MessageToDict(reply, preserving_proto_field_name=True, always_print_fields_with_no_presence=True)
+    assert live == offline
+    assert offline["decision"] == "allow"
+    assert offline["headers"]["x-mcp-subject"] == "alice" and offline["headers"]["x-api-key"] == REDACTED
