@@ -93,8 +93,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_config_check(args: argparse.Namespace) -> int:
-    config = _load(args.file)
-    print(f"{args.file}: ok ({len(config.servers)} MCP servers, {len(config.issuers)} issuers)")
+    if args.file and args.config and args.file != args.config:
+        _fail(f"config check: two files given ({args.config} and {args.file}): give one, as FILE or -c FILE")
+    path = args.config or args.file
+    if not path:
+        _fail("config check: which file? give it as FILE or -c FILE")
+    config = _load(path)
+    print(f"{path}: ok ({len(config.servers)} MCP servers, {len(config.issuers)} issuers)")
     return 0
 
 
@@ -277,7 +282,8 @@ def parser() -> argparse.ArgumentParser:
 
     cfg = sub.add_parser("config", help="configuration tools").add_subparsers(dest="action", required=True)
     c = cfg.add_parser("check", help="validate a config file without starting")
-    c.add_argument("file")
+    c.add_argument("file", nargs="?", help="the config file (or -c FILE, as every other command takes it)")
+    c.add_argument("-c", "--config", help="the config file")
     c.set_defaults(func=cmd_config_check)
 
     ref = cfg.add_parser("reference", help="print the configuration reference (Markdown)")

@@ -43,6 +43,24 @@ def repo(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+@pytest.mark.parametrize("argv", [["-c", "config.yaml"], ["--config", "config.yaml"], ["config.yaml"]])
+def test_config_check_takes_the_file_as_every_command_does(
+    repo: Path, capsys: pytest.CaptureFixture[str], argv: list[str]
+) -> None:
+    from authz.app import ensure_dev_keys
+
+    ensure_dev_keys("config.yaml")
+    code, out, err = run(["config", "check", *argv], capsys)
+    assert (code, out, err) == (0, "config.yaml: ok (1 MCP servers, 1 issuers)\n", "")
+
+
+def test_config_check_without_a_file_or_with_two_says_how(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run(["config", "check"], capsys)
+    assert code == 2 and "FILE or -c FILE" in one_line(err)
+    code, _, err = run(["config", "check", "-c", "config.yaml", "other.yaml"], capsys)
+    assert code == 2 and "two files given" in one_line(err)
+
+
 def test_token_for_an_unknown_server_names_the_known_ones(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, out, err = run(["token", "-c", "config.yaml", "--server", "nope"], capsys)
     line = one_line(err)
