@@ -75,7 +75,7 @@ def test_every_render_variant_passes_its_schema(tmp_path: Path) -> None:
     for data, options in ((http, istio.Options()), (lists, istio.Options(sidecar_only=True)), (lists, istio.Options())):
         text = yaml.safe_dump(data)
         config = parse_config(text, "variant.yaml")
-        for name, rendered in istio.render_istio(config, yaml.safe_load(text), options).items():
+        for rendered in istio.render_istio(config, yaml.safe_load(text), options).values():
             objects.extend(manifests.documents(rendered))
         objects.extend(manifests.documents(kubernetes.render_kubernetes(config, yaml.safe_load(text))))
     assert manifests.schema_errors(objects + injected_pods(objects)) == []
