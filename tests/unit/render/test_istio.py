@@ -400,3 +400,34 @@ def test_every_mcp_workload_logs_json_to_stdout_without_credentials(key: Path) -
         {istio.SIDECAR_LABEL: "true", istio.CONFIG_LABEL: "mcp-authz-demo"},
         {istio.SIDECAR_LABEL: "true", istio.CONFIG_LABEL: "mcp-authz-tools"},
     ]
+
+
+def test_several_replicas_need_shared_state(key: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """The old render wrote 2 replicas and an HPA to 10 over the in-memory store, without a word."""
+    from authz.render.kubernetes import render_kubernetes
+
+    config, raw = load(spec(key))
+    for render in (
+        lambda: istio.render_istio(config, raw, istio.Options(replicas=2)),
+        lambda: render_kubernetes(config, raw, replicas=2),
+    ):
+        with pytest.raises(ValueError, match=r"in-memory store.*store\.url.*allow_inconsistent_state"):
+            render()
+    accepted = spec(key)
+    accepted["store"] = {"allow_inconsistent_state": True}
+    files = istio.render_istio(*load(accepted), istio.Options(replicas=3))
+    objects = {d["kind"]: d for d in docs(files["authorizer.yaml"])}
+    assert (
+        objects["Deployment"]["spec"]["replicas"] == 3
+        and objects["HorizontalPodAutoscaler"]["spec"]["minReplicas"] == 3
+    )
+    path = tmp_path / "accepted.yaml"
+    path.write_text(yaml.safe_dump(accepted), encoding="utf-8")
+    assert main(["render", "istio", "-c", str(path), "--replicas", "2"]) == 0
+    err = capsys.readouterr().err
+    assert "2 replicas with the in-memory store" in err and "revoked" in err and "rate limits" in err
+    shared = spec(key)
+    shared["store"] = {"url": "redis://redis.redis.svc.cluster.local:6379/0"}
+    objects = {d["kind"]: d for d in docs(istio.render_istio(*load(shared))["authorizer.yaml"])}
+    assert objects["Deployment"]["spec"]["replicas"] == 2  # Redis: two by default, the HPA and a budget
+    assert {"HorizontalPodAutoscaler", "PodDisruptionBudget"} <= set(objects)
