@@ -41,7 +41,7 @@ from authz.extproc.service import SERVICE_NAME as EXTPROC_SERVICE_NAME
 from authz.extproc.service import ExtProcService
 from authz.front.ext_authz_messages import to_check_response, to_http_request
 from authz.front.grpc_wire import GrpcError, MessageReader, Status, encode_message, frame, parse_timeout
-from authz.model import Decision, HttpRequest
+from authz.front.observer import Observer, guarded
 
 log = logging.getLogger("mcp_authz.grpc")
 
@@ -149,12 +149,12 @@ class GrpcFront:
     def __init__(
         self,
         checker: Callable[[], Checker],
-        observe: Callable[[HttpRequest, Decision, int], None],
+        observe: Observer,
         limit: Callable[[], int],
         processor: ExtProcService | None = None,
     ) -> None:
         self._checker = checker
-        self._observe = observe
+        self._observe = guarded(observe)
         self._limit = limit
         self._processor = processor
         self.health: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}

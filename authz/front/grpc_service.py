@@ -16,7 +16,7 @@ from authz.extproc.service import ExtProcService
 from authz.extproc.service import add_to_server as add_extproc_to_server
 from authz.front.ext_authz_messages import to_check_response, to_http_request
 from authz.front.grpc_wire import GRPCIO_DEFAULT_LIMIT
-from authz.model import Decision, HttpRequest
+from authz.front.observer import Observer, guarded
 
 __all__ = ["AuthorizationService", "start_grpc", "to_check_response", "to_http_request"]
 log = logging.getLogger("mcp_authz.server")
@@ -25,9 +25,9 @@ log = logging.getLogger("mcp_authz.server")
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """``Check`` → the current Checker. ``checker`` is read once per call, so a reload never tears a Check."""
 
-    def __init__(self, checker: Callable[[], Checker], observe: Callable[[HttpRequest, Decision, int], None]) -> None:
+    def __init__(self, checker: Callable[[], Checker], observe: Observer) -> None:
         self._checker = checker
-        self._observe = observe  # (request, decision, time.perf_counter_ns() when the Check began)
+        self._observe = guarded(observe)
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext

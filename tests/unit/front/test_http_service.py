@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -51,13 +52,20 @@ DENY_401 = Decision(
 # ---------------------------------------------------------------- a stub Checker and a raw client
 
 
+def stub_config(secret: Any = None) -> Any:
+    """What the front reads of a config: the body bound and the shared secret."""
+    return SimpleNamespace(
+        envoy=SimpleNamespace(max_request_bytes=256), listen=SimpleNamespace(http_shared_secret=secret)
+    )
+
+
 @dataclass
 class Stub:
     """Stands in for Checker: answers by path (``/deny`` → 401, ``/slow/<ms>`` waits), records requests."""
 
     seen: list[HttpRequest] = field(default_factory=list)
     decide: Callable[[HttpRequest], Decision] | None = None
-    config: Any = field(default_factory=lambda: type("C", (), {"envoy": type("E", (), {"max_request_bytes": 256})}))
+    config: Any = field(default_factory=lambda: stub_config())
 
     async def check(self, req: HttpRequest) -> Decision:
         self.seen.append(req)
@@ -485,8 +493,7 @@ async def test_without_the_shared_secret_nothing_is_checked() -> None:
     """Beyond loopback only Envoy may ask: a request without ``x-mcp-authz-secret`` (or with a wrong one, or
     two) gets 403 and a closed connection before the Check sees it; the old front checked anything."""
     secret = "a-shared-secret-of-envoy"
-    listen = type("L", (), {"http_shared_secret": Secret(secret)})
-    stub = Stub(config=type("C", (), {"envoy": type("E", (), {"max_request_bytes": 256}), "listen": listen}))
+    stub = Stub(config=stub_config(Secret(secret)))
     server = await start_http("127.0.0.1:0", lambda: cast(Checker, stub), lambda r, d, _: None)
     front = Front(server.sockets[0].getsockname()[1], stub, [])
     try:
