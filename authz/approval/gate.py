@@ -3,6 +3,8 @@
 On such a call the gate POSTs an approval request to the webhook and holds the Check up to
 ``wait``. The webhook answers at once (``{"decision": "approve"|"deny"}``) or later through the
 signed callback ``POST /approvals/<id>`` of the discovery service. Approved: the call goes on.
+An immediate answer counts only when signed with ``webhook_secret`` and naming the request's ``approval_id``
+(``{"approval_id": ..., "decision": ...}``); an unsigned one is ignored (the call stays pending).
 Denied, or no answer in time: a JSON-RPC error (``ApprovalRefused``) with the approval id.
 
 A late approval is kept ``keep_seconds`` in the store, keyed by subject, server, method, name and
@@ -11,7 +13,7 @@ replica. State in the store: ``approval:pending:<id>`` (taken by the one callbac
 it, so a replayed callback finds nothing), ``approval:decision:<id>`` (what the answer was, for a
 Check still waiting on another replica) and ``approval:grant:<digest>`` (one use).
 
-Signatures (both directions): ``X-MCP-Authz-Timestamp: <unix seconds>`` and
+Signatures (requests, immediate answers, callbacks): ``X-MCP-Authz-Timestamp: <unix seconds>`` and
 ``X-MCP-Authz-Signature: sha256=<hex HMAC-SHA256(secret, timestamp + "." + body)>``.
 """
 
@@ -202,7 +204,9 @@ class ApprovalGate:
                 allow_redirects=False,
             ) as response:
                 status = response.status
-                answer: Any = await response.json(content_type=None) if status == 200 else None
+                raw = await response.read() if status == 200 else b""
+                answer: Any = json.loads(raw) if raw.strip() else None
+                signed = response.headers.get(TIMESTAMP_HEADER), response.headers.get(SIGNATURE_HEADER)
         except TimeoutError:
             return None  # no answer within the wait: pending
         except (aiohttp.ClientError, ValueError) as exc:
@@ -212,7 +216,33 @@ class ApprovalGate:
             self._step("webhook_failed", request["approval_id"], server=request["server"], detail=str(status))
             raise Unavailable("approval_webhook_failed", f"approval webhook answered {status}")
         decision = answer.get("decision") if isinstance(answer, dict) else None
-        return decision if decision in ("approve", "deny") else None
+        if decision not in ("approve", "deny"):
+            return None
+        return decision if self._answer_signed(approvals, request, answer, raw, *signed) else None
+
+    def _answer_signed(
+        self,
+        approvals: Approvals,
+        request: dict[str, Any],
+        answer: dict[str, Any],
+        raw: bytes,
+        timestamp: str | None,
+        signature: str | None,
+    ) -> bool:
+        """Is the webhook's immediate decision signed with ``webhook_secret`` and for this approval?"""
+        approval_id = request["approval_id"]
+        secret = approvals.webhook_secret.reveal()
+        if not signature_valid(secret, timestamp, signature, raw, approvals.max_clock_skew):
+            problem = "signature"
+        elif answer.get("approval_id") != approval_id:
+            problem = "approval_id"
+        else:
+            return True
+        self._step("webhook_answer_refused", approval_id, server=request["server"], detail=problem)
+        log.warning(
+            "approval webhook: immediate answer ignored", extra={"reason": "unsigned_answer", "detail": problem}
+        )
+        return False
 
     async def _wait(
         self, store: Store, approval_id: str, grant: str, deadline: float, woken: asyncio.Event

@@ -66,7 +66,7 @@ from authz.config.schema import (
     WebhookSpec,
     sentinel_url_parts,
 )
-from authz.config.secrets import Secret, SecretError, parse_key, read_key_file, reveal
+from authz.config.secrets import MIN_HMAC_KEY, Secret, SecretError, parse_key, read_key_file, reveal
 
 # ---------------------------------------------------------------- MCP servers
 
@@ -230,6 +230,16 @@ def _secret(value: str, where: str, keys: tuple[bytes, ...], errors: list[str]) 
         return Secret("")
 
 
+def _hmac_key(value: str, where: str, keys: tuple[bytes, ...], errors: list[str]) -> Secret:
+    """A signing secret, decrypted: at least MIN_HMAC_KEY bytes (an empty ``${ENV}`` gives an empty one)."""
+    before = len(errors)
+    secret = _secret(value, where, keys, errors)
+    size = len(secret.reveal().encode())
+    if size < MIN_HMAC_KEY and len(errors) == before:  # (an undecryptable value is reported already)
+        errors.append(f"{where}: at least {MIN_HMAC_KEY} bytes are needed to sign with it, this one has {size}")
+    return secret
+
+
 def _compile_upstream(
     server: Server, spec: ServerSpec, issuers: Mapping[str, Issuer], keys: tuple[bytes, ...], errors: list[str], k: int
 ) -> Server:
@@ -264,8 +274,8 @@ def _compile_approvals(spec: ApprovalsSpec | None, keys: tuple[bytes, ...], erro
         return None
     return Approvals(
         webhook_url=spec.webhook_url,
-        webhook_secret=_secret(spec.webhook_secret, "approvals.webhook_secret", keys, errors),
-        callback_secret=_secret(spec.callback_secret, "approvals.callback_secret", keys, errors),
+        webhook_secret=_hmac_key(spec.webhook_secret, "approvals.webhook_secret", keys, errors),
+        callback_secret=_hmac_key(spec.callback_secret, "approvals.callback_secret", keys, errors),
         wait=spec.wait_ms / 1000,
         keep_seconds=spec.keep_seconds,
         include_arguments=spec.include_arguments,

@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 PREFIX = "v2:"
 KEY_BYTES = 32
+MIN_HMAC_KEY = 16  # bytes: the shortest secret accepted for signing (audit webhook, approvals)
 IV_BYTES = 12
 TAG_BYTES = 16
 _HEX = re.compile(r"[0-9a-fA-F]*")

@@ -54,11 +54,15 @@ class ApprovalWebhook:
                 request = json.loads(body)
                 received.append(request)
                 decision = DECISIONS.get(str((request.get("arguments") or {}).get("repo")))
-                self._answer(200 if decision else 202, {"decision": decision} if decision else {"status": "queued"})
+                answer = {"approval_id": request["approval_id"], "decision": decision}
+                self._answer(200 if decision else 202, answer if decision else {"status": "queued"})
 
             def _answer(self, status: int, body: dict[str, Any]) -> None:
                 raw = json.dumps(body).encode()
+                ts = str(int(time.time()))
                 self.send_response(status)
+                self.send_header(TIMESTAMP_HEADER, ts)  # an immediate decision counts only when signed
+                self.send_header(SIGNATURE_HEADER, sign(WEBHOOK_SECRET, ts, raw))
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(raw)))
                 self.end_headers()

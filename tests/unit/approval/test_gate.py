@@ -51,11 +51,14 @@ POLICY = policy(
 
 @dataclass
 class Webhook:
-    """A loopback approval webhook: answers with ``answer`` (a decision, or None: 202 pending)."""
+    """A loopback approval webhook: answers with ``answer`` (a decision, or None: 202 pending), signed with
+    ``secret`` (None: unsigned) for the request's approval id (or ``answer_for``)."""
 
     url: str = ""
     answer: str | None = "approve"
     status: int = 200
+    secret: str | None = WEBHOOK_SECRET
+    answer_for: str | None = None
     requests: list[tuple[dict[str, str], bytes]] = field(default_factory=list)
     on_request: Callable[[dict[str, Any]], Any] | None = None
 
@@ -68,7 +71,13 @@ class Webhook:
             return web.Response(status=self.status)
         if self.answer is None:
             return web.json_response({"status": "pending"}, status=202)
-        return web.json_response({"decision": self.answer})
+        approval_id = self.answer_for or json.loads(body)["approval_id"]
+        raw = json.dumps({"approval_id": approval_id, "decision": self.answer}).encode()
+        headers = {"content-type": "application/json"}
+        if self.secret is not None:
+            ts = str(int(time.time()))
+            headers.update({TIMESTAMP_HEADER: ts, SIGNATURE_HEADER: sign(self.secret, ts, raw)})
+        return web.Response(body=raw, headers=headers)
 
     def last(self) -> dict[str, Any]:
         return dict(json.loads(self.requests[-1][1]))
@@ -179,6 +188,28 @@ async def test_an_immediate_approval_lets_the_call_through(
     assert [e["step"] for e in g.events] == ["requested", "approved"]
     # An approval is for one call: the same call again asks again.
     assert (await g.call(repo="sample")).allowed and len(webhook.requests) == 2
+
+
+@pytest.mark.parametrize(
+    ("secret", "answer_for", "problem"),
+    [(None, None, "signature"), (CALLBACK_SECRET, None, "signature"), (WEBHOOK_SECRET, "another", "approval_id")],
+)
+async def test_an_unsigned_or_misdirected_immediate_approval_approves_nothing(
+    tmp_path: Path,
+    webhook: Webhook,
+    http_session: aiohttp.ClientSession,
+    secret: str | None,
+    answer_for: str | None,
+    problem: str,
+) -> None:
+    webhook.secret, webhook.answer_for = secret, answer_for
+    g = gated(tmp_path, webhook.url, http_session)
+    decision = await g.call(repo="sample")
+    assert not decision.allowed and decision.reason == "approval_pending"
+    assert [(e["step"], e.get("detail")) for e in g.events][:2] == [
+        ("requested", None),
+        ("webhook_answer_refused", problem),
+    ]
 
 
 async def test_arguments_are_sent_only_when_configured(

@@ -90,6 +90,20 @@ def test_a_condition_reading_an_undeclared_variable_is_refused_naming_the_rule()
     ]
 
 
+@pytest.mark.parametrize("key", ["webhook_secret", "callback_secret"])
+def test_an_approval_secret_needs_16_bytes_even_from_an_empty_variable(
+    monkeypatch: pytest.MonkeyPatch, key: str
+) -> None:
+    monkeypatch.setenv("EMPTY_SECRET", "")
+    section = {"webhook_url": "https://approve.test/hook", "webhook_secret": "w" * 16, "callback_secret": "c" * 16}
+    assert errors(approvals={**section, key: "${EMPTY_SECRET}"}) == [
+        f"approvals.{key}: at least 16 bytes are needed to sign with it, this one has 0"
+    ]
+    assert errors(approvals={**section, key: "x" * 15}) == [
+        f"approvals.{key}: at least 16 bytes are needed to sign with it, this one has 15"
+    ]
+
+
 def test_an_unknown_issuer_is_reported_at_the_server_with_the_valid_names() -> None:
     found = errors(
         [
