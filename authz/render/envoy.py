@@ -657,8 +657,12 @@ def access_log() -> AccessLog:
 
 
 def http_connection_manager(
-    routes: RouteConfiguration, filters: list[HttpFilter], local_reply: LocalReplyConfig | None = None
+    routes: RouteConfiguration,
+    filters: list[HttpFilter],
+    local_reply: LocalReplyConfig | None = None,
+    access_logs: list[AccessLog] | None = None,
 ) -> Filter:
+    """The connection manager of the chain; ``access_logs`` default to ``access_log()``."""
     manager = HttpConnectionManager(
         stat_prefix="mcp",
         codec_type=HttpConnectionManagerCodecType.AUTO,
@@ -677,7 +681,7 @@ def http_connection_manager(
         route_config=routes,
         http_filters=filters,
         local_reply_config=local_reply,
-        access_log=[access_log()],
+        access_log=[access_log()] if access_logs is None else access_logs,
     )
     return Filter(name="envoy.filters.network.http_connection_manager", typed_config=AnyMessage.pack(manager))
 

@@ -4,6 +4,7 @@ its addresses and its `Proc`."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -11,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -237,6 +239,20 @@ class Envoy:
     def url(self, path: str = "/mcp", port: int | None = None) -> str:
         """`http://127.0.0.1:<first listener port><path>`."""
         return f"http://127.0.0.1:{port or self.listener_ports[0]}{path}"
+
+    def access_log(self, wanted: int = 1, timeout: float = 10.0) -> list[dict[str, Any]]:
+        """The JSON lines Envoy wrote to its stdout (the rendered access log), once there are ``wanted``
+        (the file logger flushes about once a second)."""
+        deadline = time.monotonic() + timeout
+        while True:
+            entries = []
+            for line in self.proc.log_path.read_text(encoding="utf-8", errors="replace").splitlines():
+                if line.startswith("{"):
+                    with contextlib.suppress(ValueError):
+                        entries.append(json.loads(line))
+            if len(entries) >= wanted or time.monotonic() > deadline:
+                return entries
+            time.sleep(0.2)
 
     def stats(self, filter_: str = "") -> dict[str, str]:
         """Admin `/stats` as a dict (needs an admin port)."""

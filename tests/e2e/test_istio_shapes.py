@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
+from envoy_data_plane.envoy.config.accesslog.v3 import AccessLog
 from envoy_data_plane.envoy.config.bootstrap.v3 import Admin, Bootstrap, BootstrapStaticResources
 from envoy_data_plane.envoy.config.core.v3 import (
     Address,
@@ -36,8 +37,10 @@ from envoy_data_plane.envoy.config.core.v3 import (
     HeaderValue,
     HttpUri,
     SocketAddress,
+    SubstitutionFormatString,
 )
 from envoy_data_plane.envoy.config.route.v3 import Route, RouteAction, RouteConfiguration, RouteMatch, VirtualHost
+from envoy_data_plane.envoy.extensions.access_loggers.file.v3 import FileAccessLog
 from envoy_data_plane.envoy.extensions.filters.http.ext_authz.v3 import (
     AuthorizationRequest,
     AuthorizationResponse,
@@ -49,6 +52,7 @@ from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v
 from envoy_data_plane.envoy.type.matcher.v3 import ListStringMatcher, StringMatcher
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMessage
+from envoy_data_plane.google.protobuf import Struct
 from harness import Authorizer, Envoy, Factory, RawMcp, SampleServer, free_port
 
 from authz import contract
@@ -112,12 +116,31 @@ def provider_filter(provider: dict[str, Any], authorizer: str) -> HttpFilter:
     return HttpFilter(name=render.EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
 
 
+def provider_access_log(provider: dict[str, Any]) -> AccessLog:
+    """The access log Istio builds from a rendered ``envoyFileAccessLog`` provider (Telemetry ``accessLogging``):
+    Envoy's file logger at ``path`` with the provider's labels as the JSON format."""
+    settings = provider["envoyFileAccessLog"]
+    log = FileAccessLog(
+        path=settings["path"],
+        log_format=SubstitutionFormatString(json_format=Struct.from_dict(settings["logFormat"]["labels"])),
+    )
+    return AccessLog(name="envoy.access_loggers.file", typed_config=AnyMessage.pack(log))
+
+
 def sidecar_envoy(
-    provider: dict[str, Any], *, listen: str, authorizer: str, upstream: str, discovery: str, admin: int
+    provider: dict[str, Any],
+    *,
+    listen: str,
+    authorizer: str,
+    upstream: str,
+    discovery: str,
+    admin: int,
+    access_log: dict[str, Any] | None = None,
 ) -> str:
     """One workload's inbound sidecar: discovery paths unchecked (``notPaths``), everything else checked
     by the provider's filter, then the MCP server. The authorizer cluster stands for the provider's
-    service (Kubernetes Service or the ``ext-authz-grpc.local`` ServiceEntry on 127.0.0.1)."""
+    service (Kubernetes Service or the ``ext-authz-grpc.local`` ServiceEntry on 127.0.0.1). With
+    ``access_log`` (a rendered ``envoyFileAccessLog`` provider) the sidecar logs as Istio makes it."""
     http = "envoyExtAuthzHttp" in provider
     app = Route(
         name="inbound|mcp",
@@ -128,7 +151,9 @@ def sidecar_envoy(
         name="inbound",
         virtual_hosts=[VirtualHost(name="inbound", domains=["*"], routes=[*render.discovery_routes(), app])],
     )
-    manager = render.http_connection_manager(routes, [provider_filter(provider, authorizer), render.router_filter()])
+    logs = [provider_access_log(access_log)] if access_log is not None else []
+    filters = [provider_filter(provider, authorizer), render.router_filter()]
+    manager = render.http_connection_manager(routes, filters, access_logs=logs)
     bootstrap = Bootstrap(
         admin=Admin(address=Address(socket_address=SocketAddress(address="127.0.0.1", port_value=admin))),
         static_resources=BootstrapStaticResources(
@@ -248,6 +273,7 @@ def shared_grpc(
     config, _raw, text = load(authz_spec(key, [server_spec("sample", base, sample.upstream)], issuer, http=False))
     [provider] = istio.shared_providers(config, istio.Options())
     assert provider["name"] == istio.PROVIDER and "envoyExtAuthzGrpc" in provider
+    [log] = istio.access_log_providers(config)
     running = authorizer(text)
     proxy = envoy(
         sidecar_envoy(
@@ -257,6 +283,7 @@ def shared_grpc(
             upstream=sample.upstream,
             discovery=config.listen.discovery,
             admin=free_port(),
+            access_log=log,
         )
     )
     yield Workload("sample", base, sample, proxy), key, issuer, running
@@ -493,3 +520,25 @@ async def test_a_pod_without_its_authorizer_fails_closed(
     assert response.status == 503
     assert north.sample.requests() == []
     await assert_allowed_with_identity(south, key, issuer)
+
+
+async def test_the_sidecar_logs_each_request_as_json_without_the_token(
+    shared_grpc: tuple[Workload, Path, str, Authorizer],
+) -> None:
+    """The access log Istio builds from the rendered provider: the MCP server, the response code and the
+    ext_authz outcome per request, never the token (issue 17 item 6)."""
+    workload, key, issuer, _ = shared_grpc
+    before = len(workload.proxy.access_log(wanted=0, timeout=0))
+    bearer = token(key, issuer, workload.url, ["tools:read"])
+    async with RawMcp(workload.url, token=bearer) as mcp:
+        allowed = await mcp.call_tool("search", {"query": "logged"})
+    async with RawMcp(workload.url) as mcp:
+        refused = await mcp.call_tool("search", {"query": "logged"})
+    assert (allowed.status, refused.status) == (200, 401)
+    entries = workload.proxy.access_log(wanted=before + 2)[before:]
+    assert [e["response_code"] for e in entries[-2:]] == [200, 401]
+    ok, denied = entries[-2:]
+    assert ok["mcp_server"] == denied["mcp_server"] == "sample"
+    assert ok["response_code_details"] == "via_upstream" and ok["mcp_name"] == "search"
+    assert denied["response_code_details"] == "ext_authz_denied" and "UAEX" in denied["response_flags"]
+    assert bearer not in workload.proxy.proc.log_path.read_text(encoding="utf-8")
