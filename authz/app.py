@@ -1,13 +1,15 @@
 """The running authorizer: wires config, keys, the gRPC service and the discovery service; reloads.
 
-The only module that imports everything. Reload (SIGHUP, or the config file changing) validates
-the new file first; an invalid one is logged and the running config keeps serving.
+The only module that imports everything. Reload (SIGHUP, or the config file's content changing)
+validates the new file first; an invalid one is logged and the running config keeps serving.
+Reloads run one at a time: requests while one runs coalesce into one more after it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import logging
 import os
 import signal
@@ -44,6 +46,7 @@ from authz.store.base import Store
 from authz.upstream.credentials import UpstreamCredentials
 from authz.upstream.exchange import TokenExchanger
 from discovery import build_app
+from discovery import reconfigure as reconfigure_discovery
 from discovery import start as start_discovery
 
 log = logging.getLogger("mcp_authz")
@@ -82,7 +85,11 @@ class Authorizer:
         self._http_front: asyncio.Server | None = None
         self._admin: grpc.aio.Server | None = None
         self._jobs: set[asyncio.Future[Any]] = set()
-        self._mtime = self._stat()
+        self._reload_lock = asyncio.Lock()
+        self._reloading: asyncio.Task[None] | None = None  # the queue of requested reloads, while it runs
+        self._reload_again = False
+        self._seen = self._stat()  # the file as last loaded (or refused): its stat and its content digest
+        self._digest = self._file_digest()
         self.audit = Auditor()
         self.approvals = ApprovalGate(None, None, self._session, self.audit.step)
         self.webhook: WebhookSink | None = None
@@ -286,7 +293,22 @@ class Authorizer:
         )
         self._discovery = await start_discovery(app, address.host, address.port)
 
+    def _reconfigure_discovery(self) -> None:
+        """The running discovery server serves the config in force (no restart: it never stops answering)."""
+        if self._discovery is None:
+            return
+        reconfigure_discovery(
+            self._discovery.app,
+            self.config,
+            jwks_documents=self.jwks_documents(),
+            approval_callback=self.approvals.callback if self.config.approvals else None,
+        )
+
     async def stop(self) -> None:
+        if self._reloading is not None:
+            self._reloading.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._reloading
         for task in self._refreshers:
             task.cancel()
         if self._admin is not None:
@@ -306,16 +328,58 @@ class Authorizer:
 
     # ------------------------------------------------------------------ reload
 
-    def _stat(self) -> float | None:
+    def _stat(self) -> tuple[int, int, int] | None:
+        """The config file's (mtime_ns, size, inode): a cheap hint that it may have changed."""
         try:
-            return os.stat(self.path).st_mtime if self.path else None
+            found = os.stat(self.path) if self.path else None
+        except OSError:
+            return None
+        return (found.st_mtime_ns, found.st_size, found.st_ino) if found is not None else None
+
+    def _file_digest(self) -> bytes | None:
+        try:
+            return hashlib.sha256(Path(self.path).read_bytes()).digest() if self.path else None
         except OSError:
             return None
 
+    def file_changed(self) -> bool:
+        """Does the config file hold other bytes than the ones last loaded (or refused)? A rewrite with
+        the same content, or a change a reload already took in, is no change."""
+        seen = self._stat()
+        if seen is None or seen == self._seen:
+            return False
+        digest = self._file_digest()
+        if digest is None:
+            return False
+        if digest == self._digest:
+            self._seen = seen
+            return False
+        return True
+
+    def request_reload(self) -> None:
+        """Reload soon (SIGHUP, the watcher). One reload at a time: requests made while one is queued or
+        running coalesce into one more after it, so a storm of signals costs at most two."""
+        self._reload_again = True
+        if self._reloading is None or self._reloading.done():
+            self._reloading = asyncio.get_running_loop().create_task(self._run_reloads(), name="config-reload")
+
+    async def _run_reloads(self) -> None:
+        while self._reload_again:
+            self._reload_again = False
+            try:
+                await self.reload()
+            except Exception:  # a reload never ends the process, and leaves no task exception unretrieved
+                log.exception("config reload failed; the running config stays", extra={"reason": "reload_failed"})
+
     async def reload(self) -> bool:
-        """Validate and swap in the config file; keep the old one if the new one is invalid."""
+        """Validate and swap in the config file; keep the old one if the new one is invalid. One at a time."""
+        async with self._reload_lock:
+            return await self._reload()
+
+    async def _reload(self) -> bool:
         if self.path is None:
             return False
+        self._seen, self._digest = self._stat(), self._file_digest()  # before reading: a later write is a change
         try:
             config = load_config(self.path)
         except ConfigError as exc:
@@ -334,9 +398,7 @@ class Authorizer:
             log.warning("telemetry settings change only on restart")
         if config.log_level != old.log_level:
             logging.getLogger().setLevel(config.log_level.upper())
-        if self._discovery is not None:
-            await self._discovery.cleanup()
-            await self._start_discovery()
+        self._reconfigure_discovery()
         log.info("config reloaded", extra={"config": self.path})
         log.info("configuration in force", extra={"settings": self.settings_summary()})
         return True
@@ -351,12 +413,12 @@ class Authorizer:
         log.info("store replaced", extra={"store": self.store.kind})
 
     async def watch(self, interval: float = 2.0) -> None:
+        """Reload when the config file's content changes, once per change."""
         while True:
             await asyncio.sleep(interval)
-            mtime = self._stat()
-            if mtime is not None and mtime != self._mtime:
-                self._mtime = mtime
-                await self.reload()
+            idle = self._reloading is None or self._reloading.done()
+            if idle and self.file_changed():
+                self.request_reload()
 
 
 async def serve(path: str) -> None:
@@ -367,14 +429,18 @@ async def serve(path: str) -> None:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
-    loop.add_signal_handler(signal.SIGHUP, lambda: asyncio.ensure_future(authorizer.reload()))
+    loop.add_signal_handler(signal.SIGHUP, authorizer.request_reload)
     loop.add_signal_handler(signal.SIGUSR1, lambda: log.info("stats", extra=authorizer.stats()))
     watcher = asyncio.create_task(authorizer.watch())
-    await stop.wait()
-    watcher.cancel()
-    with contextlib.suppress(asyncio.CancelledError):
-        await watcher
-    await authorizer.stop()
+    try:
+        await stop.wait()
+    finally:
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1):
+            loop.remove_signal_handler(sig)
+        watcher.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await watcher
+        await authorizer.stop()
 
 
 def ensure_dev_keys(config_path: str | Path) -> None:

@@ -1,8 +1,10 @@
 """The discovery HTTP service: RFC 9728 and RFC 8414 documents, local JWKS, /healthz and /readyz.
 
-Routing is one table built from the configuration at start-up: request path → handler. Only GET
-and HEAD are served; an unknown path is a JSON 404. Authorization-server metadata is mirrored
-by one background task per issuer, which keeps the last good document when a refresh fails.
+Routing is one table built from the configuration: request path → handler. Only GET and HEAD are
+served; an unknown path is a JSON 404. Authorization-server metadata is mirrored by one background
+task per issuer, which keeps the last good document when a refresh fails. On a config reload
+``reconfigure`` swaps the table in place (the server keeps running and answering): an issuer whose
+settings did not change keeps its mirrored document and its refresh task.
 """
 
 from __future__ import annotations
@@ -96,10 +98,33 @@ class MetadataMirror:
         self._entries = {i.name: _Mirrored(i) for i in issuers}
         self.refresh_interval = refresh
         self.retry_interval = retry
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._session: aiohttp.ClientSession | None = None  # set while running
 
     def body(self, name: str) -> bytes | None:
-        """The serialized document of issuer ``name``, or None if never fetched."""
-        return self._entries[name].body
+        """The serialized document of issuer ``name``, or None if never fetched (or not mirrored)."""
+        entry = self._entries.get(name)
+        return entry.body if entry is not None else None
+
+    def update(self, issuers: Sequence[Issuer]) -> None:
+        """Mirror ``issuers`` from now on. One whose settings did not change keeps its document and its
+        refresh task; a new or changed one is fetched afresh; a removed one stops."""
+        entries: dict[str, _Mirrored] = {}
+        for issuer in issuers:
+            old = self._entries.get(issuer.name)
+            entries[issuer.name] = old if old is not None and old.issuer == issuer else _Mirrored(issuer)
+        for name in [n for n in self._tasks if entries.get(n) is not self._entries.get(n)]:
+            self._tasks.pop(name).cancel()
+        self._entries = entries
+        self._start_tasks()
+
+    def _start_tasks(self) -> None:
+        session = self._session
+        if session is None:
+            return
+        for name in self._entries:
+            if name not in self._tasks:
+                self._tasks[name] = asyncio.create_task(self.run(session, name), name=f"as-metadata:{name}")
 
     def checks(self) -> dict[str, bool]:
         """Readiness: ``as_metadata:<issuer>`` is true once that issuer's metadata was fetched."""
@@ -140,15 +165,16 @@ class MetadataMirror:
 
     @contextlib.asynccontextmanager
     async def running(self, http: aiohttp.ClientSession | None) -> AsyncIterator[None]:
-        """Run one refresh task per issuer, using ``http`` or a session of its own (closed on exit)."""
-        if not self._entries:
-            yield
-            return
-        session = http if http is not None else aiohttp.ClientSession()
-        tasks = [asyncio.create_task(self.run(session, name), name=f"as-metadata:{name}") for name in self._entries]
+        """Run one refresh task per issuer (also those ``update`` adds), using ``http`` or a session of its
+        own (closed on exit)."""
+        self._session = http if http is not None else aiohttp.ClientSession()
+        self._start_tasks()
         try:
             yield
         finally:
+            session, self._session = self._session, None
+            tasks = list(self._tasks.values())
+            self._tasks.clear()
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -158,7 +184,31 @@ class MetadataMirror:
 
 # ---------------------------------------------------------------- the application
 
+
+@dataclass(frozen=True, slots=True)
+class _Routes:
+    """What the application serves for one config; replaced as a whole by ``reconfigure``."""
+
+    table: Mapping[str, _Handler]
+    jwks: Mapping[str, dict[str, Any]]
+    approval_callback: ApprovalCallback | None
+
+
+RouteBuilder = Callable[[Config, Mapping[str, dict[str, Any]], ApprovalCallback | None], _Routes]
+
+
+class _Site:
+    """The routes in force (read once per request) and how to build them for another config."""
+
+    __slots__ = ("build", "routes")
+
+    def __init__(self, routes: _Routes, build: RouteBuilder) -> None:
+        self.routes = routes
+        self.build = build
+
+
 MIRROR = web.AppKey("mirror", MetadataMirror)
+SITE = web.AppKey("site", _Site)
 
 
 def build_app(
@@ -172,7 +222,7 @@ def build_app(
     metrics: Metrics | None = None,
     approval_callback: ApprovalCallback | None = None,
 ) -> web.Application:
-    """The discovery application for ``config``.
+    """The discovery application for ``config`` (``reconfigure`` gives it another one).
 
     ``readiness`` is called on every /readyz; its checks are reported beside the mirror's own.
     ``jwks_documents`` maps an issuer name to the JWKS published at /jwks/<name>.json (looked up
@@ -182,7 +232,6 @@ def build_app(
     ``approval_callback`` serves ``POST /approvals/<id>`` (late answers to approval requests).
     """
     mirror = MetadataMirror(rfc8414.mirrored_issuers(config), refresh=refresh_interval, retry=retry_interval)
-    jwks = jwks_documents if jwks_documents is not None else {}
     retry_after = str(max(1, round(retry_interval)))
 
     def protected_resource(candidates: tuple[rfc9728.Published, ...]) -> _Handler:
@@ -225,19 +274,26 @@ def build_app(
         body, content_type = exposition
         return web.Response(body=body, headers={"Content-Type": content_type, "Cache-Control": "no-store"})
 
-    table: dict[str, _Handler] = {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus}
-    for path, name in rfc8414.routes(config).items():
-        table[path] = authorization_server(name)
-    for path, candidates in rfc9728.routes(config).items():
-        table[path] = protected_resource(candidates)
+    def routes(
+        config: Config, jwks: Mapping[str, dict[str, Any]], approval_callback: ApprovalCallback | None
+    ) -> _Routes:
+        table: dict[str, _Handler] = {"/healthz": healthz, "/readyz": readyz, "/metrics": prometheus}
+        for path, name in rfc8414.routes(config).items():
+            table[path] = authorization_server(name)
+        for path, candidates in rfc9728.routes(config).items():
+            table[path] = protected_resource(candidates)
+        return _Routes(table, jwks, approval_callback)
+
+    site = _Site(routes(config, jwks_documents if jwks_documents is not None else {}, approval_callback), routes)
 
     async def dispatch(request: web.Request) -> web.Response:
+        current = site.routes  # once per request: a reconfigure never tears one
         path = request.rel_url.raw_path
-        if approval_callback is not None and path.startswith(APPROVALS_PREFIX):
-            return await _approval(request, path.removeprefix(APPROVALS_PREFIX), approval_callback)
-        handler = table.get(path)
+        if current.approval_callback is not None and path.startswith(APPROVALS_PREFIX):
+            return await _approval(request, path.removeprefix(APPROVALS_PREFIX), current.approval_callback)
+        handler = current.table.get(path)
         if handler is None and path.startswith("/jwks/") and path.endswith(".json"):
-            document = jwks.get(path.removeprefix("/jwks/").removesuffix(".json"))
+            document = current.jwks.get(path.removeprefix("/jwks/").removesuffix(".json"))
             if document is not None:
                 handler = _jwks_handler(document)
         if handler is None:
@@ -256,9 +312,26 @@ def build_app(
 
     app = web.Application()
     app[MIRROR] = mirror
+    app[SITE] = site
     app.router.add_route("*", "/{path:.*}", dispatch)
     app.cleanup_ctx.append(lifecycle)
     return app
+
+
+def reconfigure(
+    app: web.Application,
+    config: Config,
+    *,
+    jwks_documents: Mapping[str, dict[str, Any]] | None = None,
+    approval_callback: ApprovalCallback | None = None,
+) -> None:
+    """Serve ``config`` from now on, without a restart (the listening socket and its connections stay).
+
+    The mirror keeps the documents and refresh tasks of issuers whose settings did not change; the
+    readiness, metrics and HTTP session given to ``build_app`` stay."""
+    app[MIRROR].update(rfc8414.mirrored_issuers(config))
+    site = app[SITE]
+    site.routes = site.build(config, jwks_documents if jwks_documents is not None else {}, approval_callback)
 
 
 async def _approval(request: web.Request, approval_id: str, callback: ApprovalCallback) -> web.Response:

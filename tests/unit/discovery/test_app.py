@@ -16,7 +16,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from authz.config.load import parse_config
 from authz.config.runtime import Config
 from authz.identity.devkey import ensure_key, public_jwks
-from discovery import build_app, start
+from discovery import build_app, reconfigure, start
 
 PRM = "/.well-known/oauth-protected-resource"
 OAUTH = "/.well-known/oauth-authorization-server"
@@ -438,3 +438,36 @@ async def test_cleanup_closes_the_session_it_opened(fake_issuer: FakeIssuer, mon
     finally:
         await runner.cleanup()
     assert opened[0].closed
+
+
+async def test_reconfigure_swaps_the_routes_and_keeps_an_unchanged_issuers_document(
+    fake_issuer: FakeIssuer, dev_issuer: dict[str, Any]
+) -> None:
+    """A reload serves the new config on the same server; the mirrored document of an issuer whose settings
+    did not change is kept (not fetched again), a removed issuer's refresh task stops."""
+    issuer = f"{fake_issuer.base}/tenant"
+    fake_issuer.documents[f"{OAUTH}/tenant"] = metadata(issuer)
+    corp = {"name": "corp", "issuer": issuer}
+    before = make_config([corp], [{"name": "s", "resource": "http://h/mcp"}])
+    app = build_app(before, readiness=always_ready, refresh_interval=60)
+    client = await serve(app)
+    try:
+        await eventually(lambda: ready(client))
+        assert (await client.get(f"{PRM}/mcp")).status == 200
+        assert (await client.get(f"{PRM}/other")).status == 404
+        fetches = len(fake_issuer.requests)
+
+        after = make_config([corp, dev_issuer], [{"name": "o", "resource": "http://h/other", "issuers": ["dev"]}])
+        reconfigure(app, after, jwks_documents={"dev": {"keys": []}})
+        assert (await client.get(f"{PRM}/other")).status == 200
+        assert (await client.get(f"{PRM}/mcp")).status == 404
+        assert (await client.get("/jwks/dev.json")).status == 200
+        assert (await client.get(OAUTH)).status == 200  # corp's document kept: no fetch needed
+        assert len(fake_issuer.requests) == fetches
+
+        reconfigure(app, make_config([dev_issuer], [{"name": "o", "resource": "http://h/other"}]))
+        assert (await client.get(f"{OAUTH}/tenant")).status == 404
+        await asyncio.sleep(0)
+        assert not [t for t in asyncio.all_tasks() if t.get_name() == "as-metadata:corp" and not t.done()]
+    finally:
+        await client.close()
