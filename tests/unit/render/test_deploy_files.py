@@ -444,3 +444,40 @@ def test_cors_agrees_between_standalone_envoy_and_istio_gateway(production: tupl
         assert policy["allow_headers"].split(", ") == gateway["allowHeaders"]
         assert policy["expose_headers"].split(", ") == gateway["exposeHeaders"]
         assert policy["allow_methods"].split(", ") == gateway["allowMethods"]
+
+
+def test_the_production_example_passes_config_check(monkeypatch: pytest.MonkeyPatch) -> None:
+    """examples/production.yaml checks with placeholders for its ${NAME}s; it renders for Istio (the committed
+    deploy/istio above) and for Helm (test_helm_chart.py)."""
+    from authz.cli import main
+
+    for name, value in manifests.PRODUCTION_ENV.items():
+        monkeypatch.setenv(name, value)
+    assert main(["config", "check", str(ROOT / manifests.PRODUCTION)]) == 0
+
+
+def test_the_kubernetes_pod_gives_envoy_the_shared_secret(key: Path) -> None:
+    """With listen.http_shared_secret the pod's Envoy container reads it from the Secret the authorizer reads."""
+    spec = {
+        "listen": {
+            "grpc": "127.0.0.1:9191",
+            "http": "127.0.0.1:9193",
+            "discovery": "127.0.0.1:9192",
+            "http_shared_secret": "${MCP_AUTHZ_HTTP_SHARED_SECRET}",
+        },
+        "issuers": [{"name": "dev", "issuer": "https://mcp.example.com/dev", "local_key_file": str(key)}],
+        "servers": [{"name": "demo", "resource": "https://mcp.example.com/mcp", "upstream": "127.0.0.1:8000"}],
+        "envoy": {"authorizer": "http"},
+    }
+    text = yaml.safe_dump(spec)
+    with manifests.with_env({"MCP_AUTHZ_HTTP_SHARED_SECRET": "a-secret-of-sixteen+"}):
+        config = parse_config(text, "secret.yaml")
+    docs = manifests.documents(render_kubernetes(config, yaml.safe_load(text)))
+    containers = {c["name"]: c for c in one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]}
+    ref = {"name": "mcp-gateway-secrets", "key": "MCP_AUTHZ_HTTP_SHARED_SECRET", "optional": False}
+    assert containers["envoy"]["env"] == [{"name": "MCP_AUTHZ_HTTP_SHARED_SECRET", "valueFrom": {"secretKeyRef": ref}}]
+    assert [e["name"] for e in containers[authorizer_pod.CONTAINER]["env"]] == ["MCP_AUTHZ_HTTP_SHARED_SECRET"]
+    bootstrap = yaml.safe_load(one(docs, "ConfigMap", "mcp-gateway-envoy")["data"]["envoy.yaml"])
+    assert "%ENVIRONMENT(MCP_AUTHZ_HTTP_SHARED_SECRET)%" in yaml.safe_dump(bootstrap)
+    pod_config = yaml.safe_load(one(docs, "ConfigMap", "mcp-gateway-authz")["data"][authorizer_pod.CONFIG_FILE])
+    assert pod_config["listen"]["http_shared_secret"] == "${MCP_AUTHZ_HTTP_SHARED_SECRET}"
