@@ -199,6 +199,8 @@ def cmd_render_istio(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mcp-authz: {exc}", file=sys.stderr)
         return 2
+    if warning:
+        print(f"mcp-authz: {warning}", file=sys.stderr)
     if not args.output:
         sys.stdout.write("".join(f"# ---- {name}\n{text}" for name, text in files.items()))
         return 0
@@ -223,6 +225,8 @@ def cmd_render_kubernetes(args: argparse.Namespace) -> int:
     except ValueError as exc:
         print(f"mcp-authz: {exc}", file=sys.stderr)
         return 2
+    if warning:
+        print(f"mcp-authz: {warning}", file=sys.stderr)
     if args.output:
         _write("-o", args.output, text)
     else:
