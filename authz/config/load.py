@@ -6,6 +6,7 @@ Every error names the file and the key (``servers.0.issuers: ...``) and all of t
 from __future__ import annotations
 
 import difflib
+import logging
 import os
 import re
 from collections.abc import Mapping
@@ -18,8 +19,9 @@ from pydantic import ValidationError
 from authz.config.compile import compile_config
 from authz.config.errors import ConfigError
 from authz.config.runtime import Config, HostPort
-from authz.config.schema import ConfigSpec, ListenSpec, cross_checks, keys_at
+from authz.config.schema import ConfigSpec, ListenSpec, cross_checks, insecure_urls, keys_at
 
+log = logging.getLogger("mcp_authz.config")
 ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 """``${NAME}`` or ``${NAME:-default}`` in a config string: group 1 the variable, group 2 the default."""
 
@@ -93,6 +95,11 @@ def parse_config(text: str, source: str = "<string>", base: Path | None = None) 
     errors = cross_checks(spec)
     if errors:
         raise ConfigError(errors)
+    for key, where in insecure_urls(spec) if spec.allow_insecure_http else []:
+        log.warning(
+            "plain http off loopback allowed by allow_insecure_http",
+            extra={"key": key, "url": where, "config": source},
+        )
     return compile_config(spec, source, base)
 
 

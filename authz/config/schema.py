@@ -906,6 +906,12 @@ class ConfigSpec(_Spec):
     listen: ListenSpec = Field(default_factory=ListenSpec, description="Listen addresses.")  # type: ignore[arg-type]
     issuers: list[IssuerSpec] = Field(description="Token issuers (authorization servers).")
     servers: list[ServerSpec] = Field(description="MCP servers protected by this authorizer.")
+    allow_insecure_http: bool = Field(
+        False,
+        description="Accept plain `http://` issuer, JWKS, token exchange and webhook URLs off loopback (keys, "
+        "tokens and signed events then travel unencrypted); each one is logged as a warning at load. "
+        "Default: refused, only https:// or a loopback host.",
+    )
     failure_status: int = Field(
         503, ge=400, le=599, description="Status of a deny caused by an internal error (fail closed)."
     )
@@ -986,6 +992,12 @@ def cross_checks(spec: ConfigSpec) -> list[str]:
             errors.append(f"servers.{k}.header_only: approval rules need the arguments, so header_only must be false")
     if not spec.servers:
         errors.append("servers: at least one MCP server is required")
+    if not spec.allow_insecure_http:
+        errors += [
+            f"{key}: plain http to {where} (not loopback) sends keys, tokens or signed events unencrypted; "
+            "use https://, or set allow_insecure_http: true"
+            for key, where in insecure_urls(spec)
+        ]
     if spec.envoy.authorizer == "http" and not spec.listen.http:
         errors.append("envoy.authorizer: http needs listen.http")
     if spec.approvals is not None and spec.approvals.wait_ms >= spec.envoy.timeout_ms:
@@ -994,6 +1006,28 @@ def cross_checks(spec: ConfigSpec) -> list[str]:
             f"({spec.envoy.timeout_ms}), or Envoy gives up before the answer"
         )
     return errors
+
+
+def insecure_urls(spec: ConfigSpec) -> list[tuple[str, str]]:
+    """(key, scheme://host) of each URL the authorizer fetches or posts to over plain http off loopback."""
+    urls: list[tuple[str, str | None]] = []
+    for k, i in enumerate(spec.issuers):
+        urls += [(f"issuers.{k}.issuer", i.issuer), (f"issuers.{k}.jwks_uri", i.jwks_uri)]
+    for k, s in enumerate(spec.servers):
+        if s.token_exchange is not None:
+            urls.append((f"servers.{k}.token_exchange.token_endpoint", s.token_exchange.token_endpoint))
+        if s.proxy is not None and s.proxy.cloudflare is not None:
+            urls.append((f"servers.{k}.proxy.cloudflare.jwks_uri", s.proxy.cloudflare.jwks_uri))
+    if spec.audit.webhook is not None:
+        urls.append(("audit.webhook.url", spec.audit.webhook.url))
+    if spec.approvals is not None:
+        urls.append(("approvals.webhook_url", spec.approvals.webhook_url))
+    found = []
+    for key, url in urls:
+        parts = urlsplit(url or "")
+        if parts.scheme == "http" and not HostPort(parts.hostname or "", 0).is_loopback:
+            found.append((key, f"http://{parts.hostname}"))
+    return found
 
 
 def _duplicates(path: str, key: str, values: list[str]) -> list[str]:

@@ -104,6 +104,43 @@ def test_an_approval_secret_needs_16_bytes_even_from_an_empty_variable(
     ]
 
 
+def test_plain_http_off_loopback_is_refused_unless_allowed(caplog: pytest.LogCaptureFixture) -> None:
+    issuers = [
+        issuer_spec("idp", "http://idp.example", jwks_uri="http://idp.example/jwks"),
+        issuer_spec("local", "http://127.0.0.1:8080/dev", jwks_uri="http://localhost:8080/jwks"),
+    ]
+    exchange = {"token_endpoint": "http://sts.example/token", "client_id": "c", "client_secret": "s", "audience": "a"}
+    servers = [server_spec(token_exchange=exchange)]
+    hooks = {
+        "audit": {"webhook": {"url": "http://hooks.example/audit", "secret": "s" * 16}},
+        "approvals": {
+            "webhook_url": "http://approve.example/",
+            "webhook_secret": "w" * 16,
+            "callback_secret": "c" * 16,
+        },
+    }
+    fix = (
+        "(not loopback) sends keys, tokens or signed events unencrypted; use https://, or set allow_insecure_http: true"
+    )
+    assert errors(issuers, servers, **hooks) == [
+        f"issuers.0.issuer: plain http to http://idp.example {fix}",
+        f"issuers.0.jwks_uri: plain http to http://idp.example {fix}",
+        f"servers.0.token_exchange.token_endpoint: plain http to http://sts.example {fix}",
+        f"audit.webhook.url: plain http to http://hooks.example {fix}",
+        f"approvals.webhook_url: plain http to http://approve.example {fix}",
+    ]
+    doc = {"issuers": issuers, "servers": servers, **hooks, "allow_insecure_http": True}
+    with caplog.at_level("WARNING", "mcp_authz.config"):
+        parse_config(json.dumps(doc), "<test>")
+    assert [(r.key, r.url) for r in caplog.records] == [  # type: ignore[attr-defined]
+        ("issuers.0.issuer", "http://idp.example"),
+        ("issuers.0.jwks_uri", "http://idp.example"),
+        ("servers.0.token_exchange.token_endpoint", "http://sts.example"),
+        ("audit.webhook.url", "http://hooks.example"),
+        ("approvals.webhook_url", "http://approve.example"),
+    ]
+
+
 def test_an_unknown_issuer_is_reported_at_the_server_with_the_valid_names() -> None:
     found = errors(
         [

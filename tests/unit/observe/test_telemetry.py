@@ -248,7 +248,7 @@ async def test_startup_line_masks_secrets_and_env_values(
     tmp_path: Path, stack: DevStack, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     monkeypatch.setenv("HOOK_SECRET", "s3cr3t-webhook-key-0123456789")
-    monkeypatch.setenv("HOOK_URL", "http://hooks.invalid/audit")
+    monkeypatch.setenv("HOOK_URL", "https://hooks.invalid/audit")
     path = tmp_path / "config.yaml"
     path.write_text(
         f"""
