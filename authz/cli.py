@@ -12,7 +12,7 @@ from typing import Any, NoReturn
 
 from authz import __version__
 from authz.config.errors import ConfigError
-from authz.config.load import load_config
+from authz.config.load import advice, load_config
 from authz.config.runtime import Config
 
 DEFAULT_CONFIG = "examples/config.yaml"
@@ -99,6 +99,8 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     if not path:
         _fail("config check: which file? give it as FILE or -c FILE")
     config = _load(path)
+    for warning in advice(config):
+        print(f"mcp-authz: warning: {warning}", file=sys.stderr)
     print(f"{path}: ok ({len(config.servers)} MCP servers, {len(config.issuers)} issuers)")
     return 0
 

@@ -132,6 +132,16 @@ def _unknown_key(key: str, valid: list[str]) -> str:
     return "unknown key; the keys here are " + ", ".join(repr(k) for k in valid)
 
 
+def advice(config: Config) -> list[str]:
+    """What a valid config may mean by mistake, one ``key: advice`` line each (``config check`` prints them)."""
+    return [
+        f"issuers.{k}.token_type is unset: the JOSE typ header of its tokens is not checked (RFC 8725 §3.11); set "
+        "at+jwt for RFC 9068 access tokens, or the typ your IdP sends (Entra ID: JWT)"
+        for k, issuer in enumerate(config.issuers.values())
+        if issuer.token_type is None
+    ]
+
+
 def load_config(path: str | os.PathLike[str]) -> Config:
     """Read, validate and compile the config file at ``path``."""
     try:

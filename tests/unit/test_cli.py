@@ -54,6 +54,23 @@ def test_config_check_takes_the_file_as_every_command_does(
     assert (code, out, err) == (0, "config.yaml: ok (1 MCP servers, 1 issuers)\n", "")
 
 
+def test_config_check_warns_when_an_issuer_does_not_check_typ(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (repo / "loose.yaml").write_text(
+        "issuers:\n"
+        "  - {name: corp, issuer: https://login.example.com, jwks_uri: https://login.example.com/jwks}\n"
+        "  - {name: strict, issuer: https://sts.example.com, token_type: at+jwt}\n"
+        "servers:\n"
+        "  - {name: mcp, resource: https://mcp.example.com/mcp}\n",
+        encoding="utf-8",
+    )
+    code, out, err = run(["config", "check", "loose.yaml"], capsys)
+    assert (code, out) == (0, "loose.yaml: ok (1 MCP servers, 2 issuers)\n")
+    assert err.splitlines() == [
+        "mcp-authz: warning: issuers.0.token_type is unset: the JOSE typ header of its tokens is not checked "
+        "(RFC 8725 §3.11); set at+jwt for RFC 9068 access tokens, or the typ your IdP sends (Entra ID: JWT)"
+    ]
+
+
 def test_config_check_without_a_file_or_with_two_says_how(repo: Path, capsys: pytest.CaptureFixture[str]) -> None:
     code, _, err = run(["config", "check"], capsys)
     assert code == 2 and "FILE or -c FILE" in one_line(err)
