@@ -15,6 +15,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
 from authz.config.runtime import HostPort
+from authz.contract import ENVOY_HEADER_PREFIX
 from authz.model import KNOWN_REVISIONS
 
 ASYMMETRIC_ALGORITHMS = ("RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA")
@@ -485,9 +486,9 @@ class ServerSpec(_Spec):
                 )
             if self.proxy.cloudflare is not None and self.proxy.preset != "cloudflare":
                 raise ValueError("proxy.cloudflare is only used with proxy.preset cloudflare")
-            reserved = [h for h in _proxy_header_names(self.proxy) if h.lower().startswith("x-mcp-authz-")]
+            reserved = [h for h in _proxy_header_names(self.proxy) if h.lower().startswith(ENVOY_HEADER_PREFIX)]
             if reserved:
-                raise ValueError(f"proxy headers {reserved}: x-mcp-authz-* headers are set by Envoy only")
+                raise ValueError(f"proxy headers {reserved}: {ENVOY_HEADER_PREFIX}* headers are set by Envoy only")
         return self
 
     @model_validator(mode="after")
