@@ -121,7 +121,16 @@ def _format_error(error: Mapping[str, Any]) -> str:
     if error.get("type") == "extra_forbidden" and loc:
         return f"{key}: {_unknown_key(str(loc[-1]), keys_at(loc))}"
     message = str(error.get("msg", "invalid")).removeprefix("Value error, ")
+    head, sep, rest = message.partition(": ")
+    if sep and loc and _KEY.fullmatch(head):  # a section's check naming its key: report it at that key
+        if head == str(loc[-1]):
+            return f"{key}: {rest}"
+        if head.split(".")[0] in keys_at((*loc, "")):
+            return f"{key}.{head}: {rest}"
     return f"{key}: {message}"
+
+
+_KEY = re.compile(r"[a-z_]+(?:\.[a-z_]+)*")
 
 
 def _unknown_key(key: str, valid: list[str]) -> str:

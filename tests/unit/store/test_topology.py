@@ -100,7 +100,7 @@ def test_durability_and_bounds_are_compiled() -> None:
         ({"url": "redis+sentinel://:pw@s:26379/m/zero"}, "store.url: the database of a sentinel URL"),
         ({"url": "redis+sentinel://:pw@s:1,bad/m"}, "store.url: sentinel 1 of the URL is not host:port"),
         ({"url": "memcached://:pw@m:1"}, "store.url: expected a redis://, rediss://, unix://"),
-        ({"url": "redis://r/0", "password": "pw"}, "store: password: only with sentinel or cluster"),
+        ({"url": "redis://r/0", "password": "pw"}, "store.password: only with sentinel or cluster"),
         ({"key_prefix": "{app}:"}, "store.key_prefix: must not contain { or }"),
         ({"revocation_replicas": 1}, "store: revocation_replicas needs Redis"),
         (
