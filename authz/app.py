@@ -27,6 +27,7 @@ from authz.config.errors import ConfigError
 from authz.config.load import load_config
 from authz.config.runtime import Config, HostPort
 from authz.extproc.service import ExtProcService
+from authz.front.admission import Admission
 from authz.front.grpc_h2corn import GrpcFront, H2cornServer, start_grpc_h2corn
 from authz.front.grpc_service import AuthorizationService, start_grpc
 from authz.front.grpc_wire import message_limit
@@ -195,7 +196,8 @@ class Authorizer:
         if self.config.listen.http:
             from authz.front.http_service import start_http
 
-            self._http_front = await start_http(self.config.listen.http, lambda: self.checker, self.observe)
+            admission = Admission(self.config.listen.max_inflight)
+            self._http_front = await start_http(self.config.listen.http, lambda: self.checker, self.observe, admission)
         await self._start_discovery()
         await self._start_admin()
         log.info(
@@ -220,11 +222,14 @@ class Authorizer:
         """The gRPC front ``listen.grpc_server`` names: ext_authz, the list filter (ext_proc), health."""
         processor = ExtProcService(lambda: self.config)
         if grpc_server() == "h2corn":
-            front = GrpcFront(lambda: self.checker, self.observe, self.message_limit, processor)
+            admission = Admission(self.config.listen.max_inflight)
+            front = GrpcFront(lambda: self.checker, self.observe, self.message_limit, processor, admission)
             self._grpc = await start_grpc_h2corn(str(self.config.listen.grpc), front, grace=GRPC_GRACE)
             return
         service = AuthorizationService(lambda: self.checker, self.observe)
-        self._grpc, _ = await start_grpc(str(self.config.listen.grpc), service, processor, self.message_limit())
+        self._grpc, _ = await start_grpc(
+            str(self.config.listen.grpc), service, processor, self.message_limit(), self.config.listen.max_inflight
+        )
 
     # ------------------------------------------------------------------ telemetry and audit sinks
 

@@ -294,6 +294,7 @@ def compile_listen(spec: ListenSpec) -> Listen:
         HostPort.optional(spec.discovery),
         http_shared_secret=secret,
         http_mesh_mtls=spec.http_mesh_mtls,
+        max_inflight=spec.max_inflight,
     )
 
 

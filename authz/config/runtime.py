@@ -247,6 +247,9 @@ class Server:
 # ---------------------------------------------------------------- the process: listeners, Envoy, sinks, store
 
 
+DEFAULT_MAX_INFLIGHT = 256  # listen.max_inflight
+
+
 @dataclass(frozen=True, slots=True)
 class Listen:
     """The authorizer's listen addresses; None: that listener is off."""
@@ -256,6 +259,7 @@ class Listen:
     discovery: HostPort | None
     http_shared_secret: Secret | None = None  # Envoy sends it in contract.SHARED_SECRET_HEADER
     http_mesh_mtls: bool = False
+    max_inflight: int = DEFAULT_MAX_INFLIGHT  # Checks in progress at once on each front; beyond: a retryable 503
 
 
 @dataclass(frozen=True, slots=True)

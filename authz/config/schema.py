@@ -14,7 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
-from authz.config.runtime import HostPort
+from authz.config.runtime import DEFAULT_MAX_INFLIGHT, HostPort
 from authz.contract import ENVOY_HEADER_PREFIX
 from authz.model import KNOWN_REVISIONS
 
@@ -60,6 +60,14 @@ class ListenSpec(_Spec):
         "admits only the mesh's Envoys (what `render istio` and the Helm chart set up: STRICT PeerAuthentication "
         "and an ALLOW AuthorizationPolicy by principals); lets `http` listen beyond loopback without "
         "`http_shared_secret`.",
+    )
+    max_inflight: int = Field(
+        DEFAULT_MAX_INFLIGHT,
+        ge=1,
+        le=100_000,
+        description="Checks in progress at once on each front (`grpc`, `http`), counted from the request's "
+        "arrival to its answer. Beyond it a Check is refused at once with a retryable 503 instead of queueing past "
+        "Envoy's timeout (docs/operations.md, admission control). Changes on restart.",
     )
 
     @field_validator("http", "discovery")

@@ -37,8 +37,10 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health_pb2
 
 from authz.check import Checker
+from authz.config.runtime import DEFAULT_MAX_INFLIGHT
 from authz.extproc.service import SERVICE_NAME as EXTPROC_SERVICE_NAME
 from authz.extproc.service import ExtProcService
+from authz.front.admission import OVERLOADED, Admission
 from authz.front.ext_authz_messages import to_check_response, to_http_request
 from authz.front.grpc_wire import GrpcError, MessageReader, Status, encode_message, frame, parse_timeout
 from authz.front.observer import Observer, guarded
@@ -152,10 +154,12 @@ class GrpcFront:
         observe: Observer,
         limit: Callable[[], int],
         processor: ExtProcService | None = None,
+        admission: Admission | None = None,
     ) -> None:
         self._checker = checker
         self._observe = guarded(observe)
         self._limit = limit
+        self._admission = admission if admission is not None else Admission(DEFAULT_MAX_INFLIGHT)
         self._processor = processor
         self.health: dict[str, int] = {"": health_pb2.HealthCheckResponse.SERVING}
         self.health[AUTHZ_SERVICE] = health_pb2.HealthCheckResponse.SERVING
@@ -228,16 +232,23 @@ class GrpcFront:
     # ------------------------------------------------------------ the services
 
     async def _check(self, call: _Call) -> None:
-        data = await call.unary()
-        started = time.perf_counter_ns()
+        """One Check; beyond ``listen.max_inflight`` in progress, the OVERLOADED deny at once (a 503 with
+        ``Retry-After`` that Envoy passes to the client as it is)."""
+        admitted = self._admission.admit()  # counted from the call's arrival to its answer
         try:
-            check = external_auth_pb2.CheckRequest.FromString(data)
-        except DecodeError:
-            raise GrpcError(Status.INTERNAL, "invalid CheckRequest", "grpc_decode") from None
-        req = to_http_request(check)
-        decision = await self._checker().check(req)
-        self._observe(req, decision, started)
-        await call.reply(to_check_response(decision).SerializeToString())
+            data = await call.unary()
+            started = time.perf_counter_ns()
+            try:
+                check = external_auth_pb2.CheckRequest.FromString(data)
+            except DecodeError:
+                raise GrpcError(Status.INTERNAL, "invalid CheckRequest", "grpc_decode") from None
+            req = to_http_request(check)
+            decision = await self._checker().check(req) if admitted else OVERLOADED
+            self._observe(req, decision, started)
+            await call.reply(to_check_response(decision).SerializeToString())
+        finally:
+            if admitted:
+                self._admission.done()
 
     async def _health(self, call: _Call) -> None:
         data = await call.unary()

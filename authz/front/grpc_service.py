@@ -11,6 +11,7 @@ from envoy.service.auth.v3 import external_auth_pb2, external_auth_pb2_grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from authz.check import Checker
+from authz.config.runtime import DEFAULT_MAX_INFLIGHT
 from authz.extproc.service import SERVICE_NAME as EXTPROC_SERVICE_NAME
 from authz.extproc.service import ExtProcService
 from authz.extproc.service import add_to_server as add_extproc_to_server
@@ -44,19 +45,22 @@ async def start_grpc(
     service: AuthorizationService,
     processor: ExtProcService | None = None,
     max_message_bytes: int = GRPCIO_DEFAULT_LIMIT,
+    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
     """The authorizer (and the list filter, ``processor``) on one gRPC server.
 
     ``max_message_bytes``: the receive and send limit (``grpc_wire.message_limit`` of the config).
     grpcio's core refuses a larger message with RESOURCE_EXHAUSTED before any Python code sees it,
-    so the limit in force is logged here, once.
+    so the limit in force is logged here, once. ``max_inflight`` (``listen.max_inflight``): calls in
+    progress at once, ext_proc streams and health checks included; grpcio refuses one more at once with
+    RESOURCE_EXHAUSTED, which Envoy answers with ``status_on_error`` (503).
     """
     options = [
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    server = grpc.aio.server(options=options)
+    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_inflight)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     if processor is not None:
         add_extproc_to_server(processor, server)

@@ -51,7 +51,9 @@ Response (authorizer → Envoy).
   ``status_on_error`` (503) without our body. A deny never goes out as ``200``.
 
 Connections: keep-alive; pipelined requests are answered in order (one Check at a time per
-connection; Envoy's pool opens more connections for concurrency). A request whose headers exceed
+connection; Envoy's pool opens more connections for concurrency). Past ``listen.max_inflight``
+requests in progress (all connections together, counted from arrival), a request is answered
+``503`` with ``Retry-After: 1`` without a Check (``authz.front.admission``). A request whose headers exceed
 ``MAX_HEADER_BYTES`` / ``MAX_HEADERS`` gets ``431``, a body over ``envoy.max_request_bytes``
 ``413``, both then close. Anything httptools cannot parse closes the connection without an answer
 (Envoy then applies ``status_on_error``). An identity value that cannot be a header value (CR, LF
@@ -74,7 +76,7 @@ from typing import cast
 import httptools
 
 from authz.check import Checker
-from authz.config.runtime import HostPort
+from authz.config.runtime import DEFAULT_MAX_INFLIGHT, HostPort
 from authz.contract import (
     ENVOY_HEADER_PREFIX,
     PEER_HEADERS,
@@ -83,6 +85,7 @@ from authz.contract import (
     SHARED_SECRET_HEADER,
     SOURCE_HEADER,
 )
+from authz.front.admission import OVERLOADED, Admission
 from authz.front.observer import Observer, guarded
 from authz.model import Decision, HttpRequest
 
@@ -165,13 +168,15 @@ def _error_response(status: int) -> bytes:
 
 
 class HttpFront:
-    """What every connection shares: the current Checker (read once per request) and the observer."""
+    """What every connection shares: the current Checker (read once per request), the observer and the
+    admission count."""
 
-    __slots__ = ("checker", "observe")
+    __slots__ = ("admission", "checker", "observe")
 
-    def __init__(self, checker: Callable[[], Checker], observe: Observer) -> None:
+    def __init__(self, checker: Callable[[], Checker], observe: Observer, admission: Admission) -> None:
         self.checker = checker
         self.observe = guarded(observe)
+        self.admission = admission
 
     def max_body(self) -> int:
         return self.checker().config.envoy.max_request_bytes
@@ -197,7 +202,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         self._front = front
         self._parser = httptools.HttpRequestParser(self)
         self._transport: asyncio.Transport | None = None
-        self._queue: deque[tuple[HttpRequest, bool, bool]] = deque()  # request, keep-alive, from Envoy
+        self._queue: deque[tuple[HttpRequest, bool, bool, bool]] = deque()  # request, keep-alive, from Envoy, admitted
         self._worker: asyncio.Task[None] | None = None
         self._waiter: asyncio.Future[None] | None = None
         self._paused = False
@@ -221,7 +226,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         """An idle worker ends now; a Check under way finishes (a JWKS fetch it started may serve
         other Checks too), is observed, and its answer dropped."""
         self._transport = None
-        self._queue.clear()
+        self._drop_queue()
         waiter = self._waiter
         if waiter is not None and not waiter.done():
             waiter.cancel()
@@ -272,7 +277,8 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         from_envoy = self._front.from_envoy(self._secret)
-        self._queue.append((self._request(), bool(self._parser.should_keep_alive()), from_envoy))
+        admitted = self._front.admission.admit()
+        self._queue.append((self._request(), bool(self._parser.should_keep_alive()), from_envoy, admitted))
         waiter = self._waiter
         if waiter is not None:
             self._waiter = None
@@ -340,26 +346,30 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                     self._waiter = loop.create_future()
                     await self._waiter
                     continue
-                request, keep_alive, from_envoy = queue.popleft()
-                if not from_envoy:
-                    log.warning(
-                        "HTTP authorization request without the shared secret refused",
-                        extra={"reason": "shared_secret_mismatch", "peer": self._peer()},
-                    )
-                    self._write_error(403)
-                    return
-                started = time.perf_counter_ns()
-                decision = await front.checker().check(request)
-                front.observe(request, decision, started)
+                request, keep_alive, from_envoy, admitted = queue.popleft()
                 try:
-                    response = encode_decision(decision, keep_alive)
-                except ValueError as exc:
-                    log.error("cannot encode the decision: %s", exc, extra={"reason": "header_invalid"})
-                    response = _ERROR_500
-                transport = self._transport
-                if transport is None or transport.is_closing():
-                    return
-                transport.write(response)
+                    if not from_envoy:
+                        log.warning(
+                            "HTTP authorization request without the shared secret refused",
+                            extra={"reason": "shared_secret_mismatch", "peer": self._peer()},
+                        )
+                        self._write_error(403)
+                        return
+                    started = time.perf_counter_ns()
+                    decision = await front.checker().check(request) if admitted else OVERLOADED
+                    front.observe(request, decision, started)
+                    try:
+                        response = encode_decision(decision, keep_alive)
+                    except ValueError as exc:
+                        log.error("cannot encode the decision: %s", exc, extra={"reason": "header_invalid"})
+                        response = _ERROR_500
+                    transport = self._transport
+                    if transport is None or transport.is_closing():
+                        return
+                    transport.write(response)
+                finally:
+                    if admitted:
+                        front.admission.done()
                 if not keep_alive:
                     transport.close()
                     return
@@ -393,8 +403,16 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             transport.write(_error_response(status))
             transport.close()
 
-    def _abort(self) -> None:
+    def _drop_queue(self) -> None:
+        """Forget the queued requests (the connection is gone); their Checks no longer count."""
+        admission = self._front.admission
+        for *_, admitted in self._queue:
+            if admitted:
+                admission.done()
         self._queue.clear()
+
+    def _abort(self) -> None:
+        self._drop_queue()
         if self._transport is not None:
             self._transport.close()
 
@@ -403,9 +421,11 @@ async def start_http(
     address: str | HostPort,
     checker: Callable[[], Checker],
     observe: Observer,
+    admission: Admission | None = None,
 ) -> asyncio.Server:
-    """Listen on ``address`` (host:port) for Envoy's HTTP authorization requests."""
+    """Listen on ``address`` (host:port) for Envoy's HTTP authorization requests; ``admission`` bounds the
+    Checks in progress (default: the ``listen.max_inflight`` default)."""
     at = HostPort.of(address)
-    front = HttpFront(checker, observe)
+    front = HttpFront(checker, observe, admission if admission is not None else Admission(DEFAULT_MAX_INFLIGHT))
     loop = asyncio.get_running_loop()
     return await loop.create_server(lambda: ExtAuthzHttpProtocol(front), at.host, at.port, backlog=1024)
