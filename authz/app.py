@@ -226,10 +226,8 @@ class Authorizer:
             front = GrpcFront(lambda: self.checker, self.observe, self.message_limit, processor, admission)
             self._grpc = await start_grpc_h2corn(str(self.config.listen.grpc), front, grace=GRPC_GRACE)
             return
-        service = AuthorizationService(lambda: self.checker, self.observe)
-        self._grpc, _ = await start_grpc(
-            str(self.config.listen.grpc), service, processor, self.message_limit(), self.config.listen.max_inflight
-        )
+        service = AuthorizationService(lambda: self.checker, self.observe, Admission(self.config.listen.max_inflight))
+        self._grpc, _ = await start_grpc(str(self.config.listen.grpc), service, processor, self.message_limit())
 
     # ------------------------------------------------------------------ telemetry and audit sinks
 

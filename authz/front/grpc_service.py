@@ -15,9 +15,12 @@ from authz.config.runtime import DEFAULT_MAX_INFLIGHT
 from authz.extproc.service import SERVICE_NAME as EXTPROC_SERVICE_NAME
 from authz.extproc.service import ExtProcService
 from authz.extproc.service import add_to_server as add_extproc_to_server
+from authz.front.admission import OVERLOADED, Admission
 from authz.front.ext_authz_messages import to_check_response, to_http_request
 from authz.front.grpc_wire import GRPCIO_DEFAULT_LIMIT
 from authz.front.observer import Observer, guarded
+
+OVERLOADED_RESPONSE = to_check_response(OVERLOADED)
 
 __all__ = ["AuthorizationService", "start_grpc", "to_check_response", "to_http_request"]
 log = logging.getLogger("mcp_authz.server")
@@ -26,16 +29,25 @@ log = logging.getLogger("mcp_authz.server")
 class AuthorizationService(external_auth_pb2_grpc.AuthorizationServicer):  # type: ignore[misc]
     """``Check`` → the current Checker. ``checker`` is read once per call, so a reload never tears a Check."""
 
-    def __init__(self, checker: Callable[[], Checker], observe: Observer) -> None:
+    def __init__(self, checker: Callable[[], Checker], observe: Observer, admission: Admission | None = None) -> None:
         self._checker = checker
         self._observe = guarded(observe)
+        self._admission = admission if admission is not None else Admission(DEFAULT_MAX_INFLIGHT)
 
     async def Check(
         self, request: external_auth_pb2.CheckRequest, context: grpc.aio.ServicerContext
     ) -> external_auth_pb2.CheckResponse:
+        """One Check; past ``listen.max_inflight`` in progress, the OVERLOADED deny at once (503 with
+        ``Retry-After``, which Envoy passes on)."""
         started = time.perf_counter_ns()
         req = to_http_request(request)
-        decision = await self._checker().check(req)
+        if not self._admission.admit():
+            self._observe(req, OVERLOADED, started)
+            return OVERLOADED_RESPONSE
+        try:
+            decision = await self._checker().check(req)
+        finally:
+            self._admission.done()
         self._observe(req, decision, started)
         return to_check_response(decision)
 
@@ -45,22 +57,19 @@ async def start_grpc(
     service: AuthorizationService,
     processor: ExtProcService | None = None,
     max_message_bytes: int = GRPCIO_DEFAULT_LIMIT,
-    max_inflight: int = DEFAULT_MAX_INFLIGHT,
 ) -> tuple[grpc.aio.Server, health.HealthServicer]:
     """The authorizer (and the list filter, ``processor``) on one gRPC server.
 
     ``max_message_bytes``: the receive and send limit (``grpc_wire.message_limit`` of the config).
     grpcio's core refuses a larger message with RESOURCE_EXHAUSTED before any Python code sees it,
-    so the limit in force is logged here, once. ``max_inflight`` (``listen.max_inflight``): calls in
-    progress at once, ext_proc streams and health checks included; grpcio refuses one more at once with
-    RESOURCE_EXHAUSTED, which Envoy answers with ``status_on_error`` (503).
+    so the limit in force is logged here, once.
     """
     options = [
         ("grpc.so_reuseport", 0),
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
-    server = grpc.aio.server(options=options, maximum_concurrent_rpcs=max_inflight)
+    server = grpc.aio.server(options=options)
     external_auth_pb2_grpc.add_AuthorizationServicer_to_server(service, server)
     if processor is not None:
         add_extproc_to_server(processor, server)

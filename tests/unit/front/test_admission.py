@@ -179,23 +179,25 @@ def _free_address() -> str:
         return f"127.0.0.1:{s.getsockname()[1]}"
 
 
-async def test_grpcio_front_refuses_resource_exhausted_when_saturated(stack: DevStack) -> None:
+async def test_grpcio_front_denies_503_with_retry_after_when_saturated(stack: DevStack) -> None:
     checker = HeldChecker(stack)
     address = _free_address()
-    service = AuthorizationService(lambda: checker, lambda r, d, _: None)  # type: ignore[arg-type, return-value]
-    server, _ = await start_grpc(address, service, max_inflight=1)
+    admission = Admission(1)
+    service = AuthorizationService(lambda: checker, lambda r, d, _: None, admission)  # type: ignore[arg-type, return-value]
+    server, _ = await start_grpc(address, service)
     token = stack.token(scopes=["tools:read"])
     try:
         async with grpc.aio.insecure_channel(address) as channel:
             stub = external_auth_pb2_grpc.AuthorizationStub(channel)
             held = asyncio.ensure_future(stub.Check(_check_request("/hold", token), timeout=5))
             await asyncio.wait_for(checker.held.wait(), 5)
-            with pytest.raises(grpc.aio.AioRpcError) as refused:
-                await stub.Check(_check_request("/mcp", token), timeout=2)
-            assert refused.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            refused = await stub.Check(_check_request("/mcp", token), timeout=2)
+            assert refused.denied_response.status.code == 503
+            assert {h.header.key: h.header.value for h in refused.denied_response.headers}["retry-after"] == "1"
             checker.release.set()
             answered: Any = await held
             assert answered.status.code == code_pb2.OK
     finally:
         checker.release.set()
         await server.stop(None)
+    assert (admission.inflight, admission.refused) == (0, 1)
