@@ -483,6 +483,24 @@ def start_redis(bench: Bench, stack: contextlib.ExitStack) -> str:
     return f"redis://127.0.0.1:{port}/0"
 
 
+def start_redis_topology(bench: Bench, stack: contextlib.ExitStack, topology: str) -> dict[str, Any]:
+    """A Sentinel set or a Redis Cluster on loopback (the e2e fixtures' own); returns the store section."""
+    if shutil.which("redis-server") is None or (topology == "sentinel" and shutil.which("redis-sentinel") is None):
+        raise Skip("redis-server / redis-sentinel not found (apt-get install redis-server redis-sentinel)")
+    sys.path.insert(0, str(ROOT / "tests" / "e2e"))
+    from redis_topologies import start_redis_cluster, start_sentinel_set
+
+    log_dir = Path(bench.path(f"redis-{topology}"))
+    log_dir.mkdir(parents=True, exist_ok=True)
+    if topology == "sentinel":
+        sentinel = start_sentinel_set(log_dir)
+        stack.callback(sentinel.stop)
+        return {"url": sentinel.url}
+    cluster = start_redis_cluster(log_dir)
+    stack.callback(cluster.stop)
+    return {"cluster": {"nodes": cluster.seeds}}
+
+
 @dataclass(frozen=True)
 class StoreCase:
     """mcp-authz with shared state on every call: revocation lookup, session binding (2025-11-25 request
@@ -491,12 +509,15 @@ class StoreCase:
     name: str
     title: str
     redis: bool
+    topology: str = "single"  # with redis: single, sentinel (primary, 2 replicas, 3 sentinels), cluster (6 nodes)
 
     def start(self, bench: Bench, run: Run, stack: contextlib.ExitStack) -> Front:
         spec = bench.authz_config(run)
         spec["servers"][0]["rate_limits"] = [{"name": "bench", "limit": 1_000_000, "window": 60}]
-        if self.redis:
+        if self.redis and self.topology == "single":
             spec["store"] = {"url": start_redis(bench, stack)}
+        elif self.redis:
+            spec["store"] = start_redis_topology(bench, stack, self.topology)
         authz, pid = start_authorizer_and_envoy(bench, self.name, spec, stack)
         headers = {k: v for k, v in bench.headers(run).items() if k not in ("Mcp-Method", "Mcp-Name")}
         headers.update({"MCP-Protocol-Version": "2025-11-25", "Mcp-Session-Id": "bench-session-0001"})
@@ -671,6 +692,8 @@ CASES: list[Case] = [
 CASES += [
     StoreCase("store-memory", "Envoy + mcp-authz, revocation + session + rate limit, memory store", redis=False),
     StoreCase("store-redis", "Envoy + mcp-authz, revocation + session + rate limit, Redis store", redis=True),
+    StoreCase("store-sentinel", "the same, Redis Sentinel (primary, 2 replicas, 3 sentinels)", True, "sentinel"),
+    StoreCase("store-cluster", "the same, Redis Cluster (3 masters, 3 replicas)", True, "cluster"),
 ]
 CASES += [ExchangeCase("exchange-warm", "Envoy + mcp-authz, no policy, body sent, token exchange (warm cache)")]
 CASES += [
@@ -870,9 +893,10 @@ def main(argv: list[str] | None = None) -> int:
                         result = measure(bench, case, args)
                     runs[case.name].append(result)
     print(table([median(r) for r in runs.values()], args))
-    stores = [median(runs[n]) for n in ("store-redis", "store-memory") if n in runs]
-    if len(stores) == 2 and not (stores[0].skipped or stores[1].skipped):
-        print(f"store-redis / store-memory req/s: {stores[0].rps / stores[1].rps:.2f}x")
+    memory = median(runs["store-memory"]) if "store-memory" in runs else None
+    for name in ("store-redis", "store-sentinel", "store-cluster"):
+        if memory is not None and not memory.skipped and name in runs and not (found := median(runs[name])).skipped:
+            print(f"{name} / store-memory req/s: {found.rps / memory.rps:.2f}x")
     for with_, without in (
         ("mixed-extproc", "mixed"),
         ("mixed-extproc-h2corn", "mixed-extproc"),

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Set up a fresh machine for mcp-authz: Python venv with the project and its test tools,
-# redis-server (Debian) for the store tests, and the test identity provider (npm oidc-provider).
+# redis-server and redis-sentinel (Debian) for the store tests, and the test identity provider (npm oidc-provider).
 # Safe to run again: each step is skipped when already done.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,9 +18,10 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
   touch "$stamp"
 fi
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server >/dev/null
-  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server >/dev/null; fi
+if ! command -v redis-server >/dev/null 2>&1 || ! command -v redis-sentinel >/dev/null 2>&1; then
+  # redis-sentinel: the Sentinel topology of the store's fail-over tests (redis-cli builds the Cluster)
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && apt-get install -y -qq redis-server redis-sentinel >/dev/null
+  else sudo apt-get update -qq && sudo apt-get install -y -qq redis-server redis-sentinel >/dev/null; fi
 fi
 
 if [ ! -d tests/idp/node_modules/oidc-provider ]; then

@@ -59,6 +59,7 @@ SESSION_REFRESH = 5.0  # seconds an owner's own use of a session is answered fro
 SESSION_CACHE = 10_000  # sessions whose owner is cached locally
 RECONNECT_DELAY = 0.5  # seconds before the background task reconnects after a failure
 RESTORE_CHUNK = 500  # entries per write when a reload gives Redis back what it lost
+WARM_CONNECTIONS = 16  # pooled connections opened on (re)connect, so a burst of Checks does not open them
 
 # KEYS: session key. ARGV: channel, message. Returns the deleted value (nil if none); the delete is
 # published, so every replica drops its cached owner.
@@ -126,6 +127,9 @@ return 1
 """
 
 
+_SCRIPTS = (_HIT, _BIND, _ADMIT, _UNBIND, _REVOKE, _END_SESSION)
+
+
 class RedisStore:
     """The ``Store`` for replicas sharing one Redis topology. ``start()`` before use, ``close()`` after."""
 
@@ -148,6 +152,7 @@ class RedisStore:
         self._slow_timeout = max(1.0, timeout * 20)  # listing sessions, full reloads, connecting
         self._resync = resync
         self._clock = clock
+        self._warm = min(pool_size, WARM_CONNECTIONS)
         self._wait_replicas = revocation_replicas
         self._wait = revocation_wait
         self._conn = Connections(topology, pool_size=pool_size, timeout=timeout, slow_timeout=self._slow_timeout)
@@ -372,7 +377,8 @@ class RedisStore:
         while True:
             pubsub: PubSub | None = None
             try:
-                pubsub = await self._call("revocation", self._conn.pubsub(), timeout=self._slow_timeout)
+                await self._call("revocation", self._conn.ready(self._warm, _SCRIPTS), timeout=self._slow_timeout)
+                pubsub = self._conn.pubsub()
                 await self._call("revocation", pubsub.subscribe(self._channel), timeout=self._slow_timeout)
                 await self._reload()  # after subscribing: no change falls between the two
                 self._mark(True)

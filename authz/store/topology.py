@@ -14,8 +14,9 @@ names of redis-py (``ssl_ca_certs``, ``ssl_certfile``, ``ssl_keyfile``) may foll
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -157,10 +158,22 @@ class Connections:
         top = self.topology
         return {"username": top.username, "password": top.password, **(top.tls.kwargs() if top.tls else {})}
 
-    async def pubsub(self) -> PubSub:
-        """A pub/sub connection on the watch client (in a cluster, on the node of the channel's slot)."""
+    async def ready(self, warm: int, scripts: Sequence[str]) -> None:
+        """Connect in the background, not in a Check under its deadline: a cluster client learns the slot
+        map, the Lua ``scripts`` are loaded (on every master), and ``warm`` pooled connections (per master,
+        in a cluster) are opened by concurrent pings."""
         if self.kind == "cluster":
-            await self.watch.initialize()  # the slot map first: the channel's node is found by it
+            await self.data.initialize()
+            await self.watch.initialize()
+            everywhere = {"target_nodes": RedisCluster.PRIMARIES}
+        else:
+            everywhere = {}
+        for script in scripts:
+            await self.data.script_load(script)  # a cluster client sends it to every master
+        await asyncio.gather(*(self.data.ping(**everywhere) for _ in range(warm)))
+
+    def pubsub(self) -> PubSub:
+        """A pub/sub connection on the watch client (in a cluster, on the node of the channel's slot)."""
         return self.watch.pubsub(ignore_subscribe_messages=True)  # type: ignore[no-any-return]
 
     @contextlib.asynccontextmanager
@@ -174,6 +187,7 @@ class Connections:
                 await client.aclose()
             return
         await self.data.initialize()
+        await self.data.nodes_manager.initialize()  # a fresh slot map: a revocation is rare, a MOVED would fail it
         node = self.data.get_node_from_key(key)
         client = Redis(host=node.host, port=node.port, db=0, **self._node_kwargs())
         try:

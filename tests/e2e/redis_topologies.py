@@ -104,6 +104,20 @@ class SentinelSet:
         _wait("a replica promoted to master", promoted, timeout)
         return found[-1]
 
+    def wait_master(self, timeout: float = FAILOVER_TIMEOUT) -> int:
+        """Wait until the master the sentinels name answers as a master (the old one or a new one); its port."""
+        found: list[int] = []
+
+        def answering() -> bool:
+            port = self.master_port()
+            if _info(port, "replication").get("role") != "master":
+                return False
+            found.append(port)
+            return True
+
+        _wait("a master answering", answering, timeout)
+        return found[-1]
+
     def stop(self) -> None:
         for proc in self.sentinels.values():
             proc.stop()
@@ -207,6 +221,20 @@ class RedisClusterSet:
             return True
 
         _wait(f"the slot of {key!r} served by a new master", moved, timeout)
+        return found[-1]
+
+    def wait_slot_master(self, key: str, timeout: float = FAILOVER_TIMEOUT) -> int:
+        """Wait until ``key``'s slot has a master that answers and the cluster says ok; its port."""
+        found: list[int] = []
+
+        def answering() -> bool:
+            port = self.master_of(key)
+            if not self.ok(port) or _info(port, "replication").get("role") != "master":
+                return False
+            found.append(port)
+            return True
+
+        _wait(f"a master for the slot of {key!r}", answering, timeout)
         return found[-1]
 
     @staticmethod

@@ -27,6 +27,7 @@ from typing import Any
 import httpx
 import jwt
 import pytest
+import redis as redis_client
 import yaml
 from harness import VENV_BIN, Authorizer, Envoy, Factory, RawMcp, Redis, SampleServer, free_port
 from stack import ACCEPT, DEFAULT_POLICY, call_body
@@ -48,6 +49,7 @@ class Replicas:
     resource: str
     issuer: str
     key: Path
+    redis: Redis
 
     def token(self, subject: str, scopes: tuple[str, ...] = ("tools:read",), **extra: Any) -> str:
         return devkey.mint(
@@ -155,9 +157,10 @@ def replicas(
         resource=resource,
         issuer=issuer,
         key=key,
+        redis=store,
     )
-    for component in (proxy, *started, sample, store):
-        component.proc.stop()
+    for proc in (proxy.proc, *(a.proc for a in started), sample.proc):
+        proc.stop()
 
 
 def call(url: str, token: str, tool: str = "read_file") -> httpx.Response:
@@ -285,3 +288,43 @@ def test_call_over_the_limit_gets_429_with_retry_after_on_either_replica(replica
     # another tool, and another subject, are counted apart
     assert call(replicas.urls[1], token, "read_file").status_code == 200
     assert call(replicas.urls[1], replicas.token("grace"), "search").status_code == 200
+
+
+# ---------------------------------------------------------------- Redis forgets (issue 21 item 1; last: restarts Redis)
+
+
+def test_revoked_tokens_stay_refused_on_both_replicas_after_redis_restarts_without_persistence(
+    replicas: Replicas, redis: Factory[Redis]
+) -> None:
+    tokens = [replicas.token("henry"), replicas.token("ivy")]
+    for token in tokens:
+        claims = jwt.decode(token, options={"verify_signature": False})
+        done = admin_cli(replicas.admin[0], "revoke-token", claims["jti"], "--exp", str(claims["exp"]))
+        assert done.returncode == 0, done.stderr
+    subject_token = replicas.token("judy")
+    assert admin_cli(replicas.admin[1], "revoke-subject", "judy").returncode == 0
+    revoked = [*tokens, subject_token]
+    assert all(refused_within(url, t, 1.0).status_code == 401 for url in replicas.urls for t in revoked)
+
+    replicas.redis.proc.stop()  # no persistence: everything Redis held is gone
+    logs = [a.proc for a in replicas.authorizers]
+    for proc in logs:
+        proc.wait_log("store unreachable")
+    reachable = [proc.log_text().count("store reachable") for proc in logs]
+    fresh = redis(port=replicas.redis.port)
+    deadline = time.monotonic() + 30
+    while any(proc.log_text().count("store reachable") <= seen for proc, seen in zip(logs, reachable, strict=True)):
+        assert time.monotonic() < deadline, "a replica did not reconnect"
+        time.sleep(0.05)
+
+    for url in replicas.urls:  # the old code let every one of them through here
+        assert [call(url, t).status_code for t in revoked] == [401, 401, 401]
+    for replica in replicas.authorizers:
+        assert "store_data_loss" in replica.proc.log_text()  # logged (and counted) on both
+    client = redis_client.Redis(port=fresh.port)
+    try:  # and written back into the empty Redis for replicas started later
+        assert client.zcard("{e2e-replicas:rev}:jti") >= 2
+    finally:
+        client.close()
+    again = call(replicas.urls[1], replicas.token("henry"))  # a new token of henry works
+    assert again.status_code == 200, (again.status_code, again.text, replicas.last_denial_reason(1))
