@@ -37,12 +37,16 @@ fi
 # needs Python >= 3.12, so it gets a small venv of its own from a python3.12 on PATH or in pyenv's versions.
 # Without one the Helm chart tests fail, saying why.
 if [ ! -x .venv-helm/bin/python ]; then
-  py312=$(command -v python3.12 || true)
-  if [ -z "$py312" ]; then
-    for candidate in "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.1[2-9]*/bin/python; do
-      [ -x "$candidate" ] && py312=$candidate && break
-    done
-  fi
+  # A pyenv shim named python3.12 can exist and still fail ("command not found" for the global version),
+  # so each candidate must run before it is used.
+  py312=""
+  for candidate in "$(command -v python3.12 || true)" \
+      "$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")"/versions/3.1[2-9]*/bin/python; do
+    if [ -n "$candidate" ] && [ -x "$candidate" ] \
+        && "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 12))' >/dev/null 2>&1; then
+      py312=$candidate && break
+    fi
+  done
   if [ -n "$py312" ]; then
     "$py312" -m venv .venv-helm
     .venv-helm/bin/pip install --quiet --disable-pip-version-check 'helm-sdkpy==0.1.32'
