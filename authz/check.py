@@ -11,9 +11,9 @@ import logging
 
 from authz import request, response, routing
 from authz.config.runtime import Config, Server
-from authz.contract import SERVER_CONTEXT_KEY
-from authz.errors import Forbidden, Refusal, Unavailable
+from authz.errors import Refusal, Unavailable
 from authz.model import Caller, Decision, HttpRequest, McpRequest
+from authz.origin import check_origin
 from authz.policy.rules import authorize
 from authz.stages import Stages
 
@@ -26,25 +26,9 @@ class Checker:
     def __init__(self, config: Config, stages: Stages) -> None:
         self.config = config
         self.stages = stages
-        self._only = next(iter(config.servers.values())) if len(config.servers) == 1 else None
 
     def select_server(self, req: HttpRequest) -> Server:
-        name = req.context.get(SERVER_CONTEXT_KEY)
-        if name is None:
-            if self._only is not None:
-                return self._only
-            authority = req.headers.get(":authority") or req.headers.get("host") or ""
-            found = routing.by_host_and_path(self.config.servers.values(), authority, req.path)
-            if len(found) != 1:
-                what = "several servers match" if found else "no server's resource matches"
-                raise Forbidden(
-                    "server_unknown", f"no {SERVER_CONTEXT_KEY} context extension; {what} {authority}{req.path}"
-                )
-            return found[0]
-        server = self.config.servers.get(name)
-        if server is None:
-            raise Forbidden("server_unknown", f"{SERVER_CONTEXT_KEY} {name!r} is not configured")
-        return server
+        return routing.select_server(self.config, req)
 
     async def check(self, req: HttpRequest) -> Decision:
         server: Server | None = None
@@ -52,9 +36,7 @@ class Checker:
         caller: Caller | None = None
         try:
             server = self.select_server(req)
-            origin = req.headers.get("origin")
-            if origin is not None and server.origins is not None and origin not in server.origins:
-                raise Forbidden("origin_not_allowed", f"origin {origin!r}")
+            check_origin(req, server)
             stages = self.stages
             caller = await stages.identity.identify(req, server)
             stages.revocation.revocation(caller)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from authz.config.runtime import Server
+from authz.config.runtime import Config, Server
+from authz.contract import SERVER_CONTEXT_KEY
+from authz.errors import Forbidden
+from authz.model import HttpRequest
 
 
 def _host_name(authority: str) -> str:
@@ -45,3 +48,26 @@ def by_host_and_path(servers: Iterable[Server], authority: str, path: str) -> li
         elif length == best_len and length >= 0:
             best.append(server)
     return best
+
+
+def select_server(config: Config, req: HttpRequest) -> Server:
+    """The server named by Envoy's context extension, else the only one, else the one host and path match.
+
+    Refuses (403 ``server_unknown``) an unknown name, no match and an ambiguous match alike.
+    """
+    name = req.context.get(SERVER_CONTEXT_KEY)
+    if name is None:
+        if len(config.servers) == 1:
+            return next(iter(config.servers.values()))
+        authority = req.headers.get(":authority") or req.headers.get("host") or ""
+        found = by_host_and_path(config.servers.values(), authority, req.path)
+        if len(found) != 1:
+            what = "several servers match" if found else "no server's resource matches"
+            raise Forbidden(
+                "server_unknown", f"no {SERVER_CONTEXT_KEY} context extension; {what} {authority}{req.path}"
+            )
+        return found[0]
+    server = config.servers.get(name)
+    if server is None:
+        raise Forbidden("server_unknown", f"{SERVER_CONTEXT_KEY} {name!r} is not configured")
+    return server

@@ -10,7 +10,7 @@ from authz.config.runtime import Config
 from authz.errors import Forbidden
 from authz.identity.rfc9068 import Verifier
 from authz.model import HttpRequest
-from authz.routing import by_host_and_path
+from authz.routing import by_host_and_path, select_server
 
 CONFIG = """
 issuers: [{name: idp, issuer: "https://idp.example", jwks_uri: "https://idp.example/jwks"}]
@@ -68,3 +68,12 @@ def test_checker_selects_by_host_and_path_and_refuses_what_it_cannot_place(confi
         method="POST", path="/x", headers={":authority": "evil"}, body=b"{}", context={"mcp_server": "docs"}
     )
     assert checker.select_server(named).name == "docs"
+
+
+def test_an_unknown_server_name_is_refused_and_a_single_server_needs_no_name(config: Config) -> None:
+    named = HttpRequest(method="POST", path="/x", headers={}, body=b"{}", context={"mcp_server": "nope"})
+    with pytest.raises(Forbidden) as refused:
+        select_server(config, named)
+    assert (refused.value.reason, "'nope' is not configured" in str(refused.value)) == ("server_unknown", True)
+    only = parse_config(CONFIG.split("  - {name: github-admin")[0])
+    assert select_server(only, _request("anything.example", "/elsewhere")).name == "github"
