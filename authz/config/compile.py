@@ -389,6 +389,11 @@ def _store_topology(spec: StoreSpec) -> dict[str, Any]:
     }
 
 
+def compile_store_url(url: str) -> Store:
+    """The store section that only names ``store.url`` (for tools and tests that take a URL)."""
+    return compile_store(StoreSpec.model_validate({"url": url}))
+
+
 def compile_store(spec: StoreSpec) -> Store:
     f = spec.failure
     topology = _store_topology(spec)

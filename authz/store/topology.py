@@ -27,9 +27,8 @@ from redis.asyncio.retry import Retry
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool
 from redis.backoff import NoBackoff
 
-from authz.config.compile import compile_store
+from authz.config.compile import compile_store_url
 from authz.config.runtime import HostPort, Store, StoreTls
-from authz.config.schema import StoreSpec
 
 Kind = Literal["single", "sentinel", "cluster"]
 
@@ -94,7 +93,7 @@ class RedisTopology:
     @classmethod
     def from_url(cls, url: str) -> RedisTopology:
         """A single-node URL as it is, or a ``redis+sentinel://`` URL taken apart (as the config does)."""
-        return cls.of(compile_store(StoreSpec.model_validate({"url": url})))
+        return cls.of(compile_store_url(url))
 
     @classmethod
     def cluster(cls, nodes: list[str], **settings: Any) -> RedisTopology:
