@@ -56,20 +56,25 @@ class IdP:
     proc: Proc
 
     @property
+    def base(self) -> str:
+        """Where the endpoints live: the issuer without a trailing slash."""
+        return self.issuer.rstrip("/")
+
+    @property
     def token_endpoint(self) -> str:
-        return f"{self.issuer}/token"
+        return f"{self.base}/token"
 
     @property
     def authorization_endpoint(self) -> str:
-        return f"{self.issuer}/auth"
+        return f"{self.base}/auth"
 
     @property
     def registration_endpoint(self) -> str:
-        return f"{self.issuer}/reg"
+        return f"{self.base}/reg"
 
     @property
     def jwks_uri(self) -> str:
-        return f"{self.issuer}/jwks"
+        return f"{self.base}/jwks"
 
     def jwks(self) -> dict[str, Any]:
         response = httpx.get(self.jwks_uri, timeout=5.0)
@@ -125,9 +130,12 @@ def start_idp(
     port: int | None = None,
     clients: Sequence[Mapping[str, Any]] | None = None,
     access_token_ttl: int | None = None,
+    options: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
 ) -> IdP:
-    """Start tests/idp/server.js. `clients` replaces the pre-registered clients (see server.js)."""
+    """Start tests/idp/server.js. `clients` replaces the pre-registered clients; `options` (IDP_OPTIONS) makes
+    it behave like a vendor's IdP: issuer path, no registration, fixed audience, scope claims, typ (see
+    server.js and tests/idp/README.md)."""
     ensure_idp_installed()
     node = shutil.which("node")
     if node is None:
@@ -138,9 +146,12 @@ def start_idp(
         env["IDP_CLIENTS"] = json.dumps(list(clients))
     if access_token_ttl is not None:
         env["IDP_ACCESS_TOKEN_TTL"] = str(access_token_ttl)
+    if options is not None:
+        env["IDP_OPTIONS"] = json.dumps(dict(options))
     proc = Proc("idp", [node, IDP_DIR / "server.js", str(port)], log_dir=log_dir, env=env, cwd=IDP_DIR)
     _start_or_fail(proc, lambda p: p.wait_log("IDP READY", timeout))
-    return IdP(issuer=f"http://127.0.0.1:{port}", port=port, proc=proc)
+    issuer_path = str((options or {}).get("issuer_path", ""))
+    return IdP(issuer=f"http://127.0.0.1:{port}{issuer_path}", port=port, proc=proc)
 
 
 # ---------------------------------------------------------------------------------------------- sample MCP server

@@ -21,12 +21,28 @@
 //    "claims" (extra access-token claims), "access_token_alg" ("RS256" | "ES256")}.
 // - IDP_ACCESS_TOKEN_TTL: access-token lifetime in seconds (default 3600).
 //
+// - IDP_OPTIONS: JSON object that makes this provider behave like a given vendor's (every key is
+//   optional; without it the provider is the standards-perfect one described above). See
+//   tests/idp/README.md for what each key reproduces:
+//   {"issuer_path": "/realms/mcp" (issuer http://127.0.0.1:<port><path>; "/" gives a trailing slash),
+//    "registration": false (no registration endpoint),
+//    "public_clients": [{"client_id", "redirect_uris"}] (pre-registered public auth-code clients),
+//    "resource_indicators": false (the `resource` parameter is ignored: every token's `aud` is `audience`),
+//    "audience": "api://..." | ["a", "b"] (that fixed audience),
+//    "accepted_resource": "https://..." (with resource_indicators false: any other `resource` is invalid_target),
+//    "scope_prefix": "api://<app>/" (scopes are asked for as <prefix><name>; tokens carry <name>),
+//    "scope_claims": {"scp": "array"} (claim name -> "string" | "array"; replaces `scope`),
+//    "token_typ": "JWT" | null (the JOSE typ; null leaves it out; default at+jwt),
+//    "rename_claims": {"client_id": "azp"} (null drops the claim),
+//    "claims": {"tid": "..."} (extra claims on every access token)}
+//
 // Token exchange (RFC 8693), registered with oidc-provider's `registerGrantType`: a client whose
 // entry has `"token_exchange": true` (by default `mcp-authz`, secret `mcp-authz-secret`) may trade
 // an access token of this issuer (`subject_token`, verified here) for one whose `aud` is the
 // `resource` (or `audience`) asked for and whose `sub` is the subject token's; `act.sub` names
 // the exchanging client. Each exchange prints `TOKEN EXCHANGE {"client","sub","aud"}` on stdout.
 import { generateKeyPairSync, randomBytes } from 'node:crypto';
+import { createServer } from 'node:http';
 import { argv, env, exit, stdout } from 'node:process';
 
 import { createLocalJWKSet, jwtVerify } from 'jose';
@@ -37,9 +53,31 @@ if (!Number.isInteger(port) || port <= 0 || port > 65535) {
   console.error('usage: node server.js <port>');
   exit(2);
 }
-const issuer = `http://127.0.0.1:${port}`;
+const OPTIONS = env.IDP_OPTIONS ? JSON.parse(env.IDP_OPTIONS) : {};
+const ISSUER_PATH = OPTIONS.issuer_path ?? '';
+if (ISSUER_PATH !== '' && !ISSUER_PATH.startsWith('/')) {
+  console.error('IDP_OPTIONS.issuer_path must start with /');
+  exit(2);
+}
+// Where oidc-provider is mounted ('' for an issuer at the root, with or without its trailing slash).
+const MOUNT = ISSUER_PATH.replace(/\/+$/, '');
+const issuer = `http://127.0.0.1:${port}${ISSUER_PATH}`;
+const RESOURCE_INDICATORS = OPTIONS.resource_indicators ?? true;
+const FIXED_AUDIENCE = OPTIONS.audience;
+if (!RESOURCE_INDICATORS && !FIXED_AUDIENCE) {
+  console.error('IDP_OPTIONS: resource_indicators false needs an audience');
+  exit(2);
+}
+// With resource indicators off, the resource server every token is for, whatever `resource` says.
+const DEFAULT_INDICATOR = 'urn:mcp-authz-test-idp:api';
+const SCOPE_PREFIX = OPTIONS.scope_prefix ?? '';
+const SCOPE_CLAIMS = OPTIONS.scope_claims ?? { scope: 'string' };
+const TOKEN_TYP = OPTIONS.token_typ === undefined ? 'at+jwt' : OPTIONS.token_typ;
+const RENAME_CLAIMS = OPTIONS.rename_claims ?? {};
+const STATIC_CLAIMS = OPTIONS.claims ?? {};
 
 const RESOURCE_SCOPES = ['tools:read', 'tools:write', 'prompts:read', 'resources:read'];
+const prefixed = (scope) => scope.split(' ').filter(Boolean).map((s) => SCOPE_PREFIX + s).join(' ');
 const ACCESS_TOKEN_TTL = Number.parseInt(env.IDP_ACCESS_TOKEN_TTL ?? '3600', 10);
 
 const DEFAULT_CLIENTS = [
@@ -114,15 +152,48 @@ function groupsFor(login) {
   return login.startsWith('admin') ? ['admins'] : ['users'];
 }
 
+// The vendor's token shape (IDP_OPTIONS): scope claims, JOSE typ, renamed and extra claims.
+function shapeToken(_ctx, _token, jwt) {
+  const payload = jwt.payload;
+  const names = (payload.scope ?? '')
+    .split(' ')
+    .filter(Boolean)
+    .map((s) => (s.startsWith(SCOPE_PREFIX) ? s.slice(SCOPE_PREFIX.length) : s));
+  delete payload.scope;
+  for (const [claim, form] of Object.entries(SCOPE_CLAIMS)) {
+    if (names.length > 0) payload[claim] = form === 'array' ? names : names.join(' ');
+  }
+  for (const [from, to] of Object.entries(RENAME_CLAIMS)) {
+    if (!(from in payload)) continue;
+    if (to) payload[to] = payload[from];
+    delete payload[from];
+  }
+  if (!RESOURCE_INDICATORS) payload.aud = FIXED_AUDIENCE;
+  Object.assign(payload, STATIC_CLAIMS);
+  if (TOKEN_TYP !== 'at+jwt') jwt.header = { ...jwt.header, typ: TOKEN_TYP ?? undefined };
+}
+
+const publicClients = (OPTIONS.public_clients ?? []).map((c) => ({
+  client_id: c.client_id,
+  redirect_uris: c.redirect_uris,
+  application_type: 'native',
+  grant_types: ['authorization_code', 'refresh_token'],
+  response_types: ['code'],
+  token_endpoint_auth_method: 'none',
+}));
+
 const configuration = {
-  clients: clientSpecs.map((c) => ({
-    client_id: c.client_id,
-    client_secret: c.client_secret,
-    grant_types: c.token_exchange ? ['client_credentials', TOKEN_EXCHANGE] : ['client_credentials'],
-    response_types: [],
-    redirect_uris: [],
-    token_endpoint_auth_method: 'client_secret_basic',
-  })),
+  clients: [
+    ...clientSpecs.map((c) => ({
+      client_id: c.client_id,
+      client_secret: c.client_secret,
+      grant_types: c.token_exchange ? ['client_credentials', TOKEN_EXCHANGE] : ['client_credentials'],
+      response_types: [],
+      redirect_uris: [],
+      token_endpoint_auth_method: 'client_secret_basic',
+    })),
+    ...publicClients,
+  ],
   clientDefaults: {
     grant_types: ['authorization_code'],
     response_types: ['code'],
@@ -145,9 +216,16 @@ const configuration = {
       },
     };
   },
+  // Under a mounted issuer path the login pages live under it too.
+  ...(MOUNT && { interactions: { url: async (_ctx, interaction) => `${MOUNT}/interaction/${interaction.uid}` } }),
+  formats: { customizers: { jwt: shapeToken } },
   features: {
     devInteractions: { enabled: true },
-    registration: { enabled: true, initialAccessToken: false, issueRegistrationAccessToken: false },
+    registration: {
+      enabled: OPTIONS.registration ?? true,
+      initialAccessToken: false,
+      issueRegistrationAccessToken: false,
+    },
     clientCredentials: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
@@ -156,6 +234,7 @@ const configuration = {
       // The resource indicator is required: without one there is no token.
       async defaultResource(_ctx, _client, oneOf) {
         if (oneOf) return oneOf;
+        if (!RESOURCE_INDICATORS) return DEFAULT_INDICATOR;
         throw new errors.InvalidTarget('a resource indicator (RFC 8707) is required');
       },
       // A refresh or code exchange without `resource` keeps the one granted.
@@ -163,15 +242,24 @@ const configuration = {
         return true;
       },
       async getResourceServerInfo(_ctx, resourceIndicator, client) {
-        if (!isLocalResource(resourceIndicator)) {
+        if (RESOURCE_INDICATORS && !isLocalResource(resourceIndicator)) {
           throw new errors.InvalidTarget('resource must be an http URL on 127.0.0.1 or localhost');
+        }
+        if (
+          !RESOURCE_INDICATORS
+          && OPTIONS.accepted_resource
+          && ![DEFAULT_INDICATOR, OPTIONS.accepted_resource].includes(resourceIndicator)
+        ) {
+          // Entra ID's AADSTS9010010: a `resource` other than the scopes' own API is refused.
+          throw new errors.InvalidTarget('the resource parameter does not match the requested scopes');
         }
         const machine = machineClients.get(client.clientId);
         return {
-          audience: resourceIndicator,
+          // (oidc-provider takes one audience here; shapeToken writes a list of them)
+          audience: RESOURCE_INDICATORS ? resourceIndicator : [FIXED_AUDIENCE].flat()[0],
           accessTokenFormat: 'jwt',
           accessTokenTTL: ACCESS_TOKEN_TTL,
-          scope: machine ? machine.scope : RESOURCE_SCOPES.join(' '),
+          scope: prefixed(machine ? machine.scope : RESOURCE_SCOPES.join(' ')),
           jwt: { sign: { alg: machine ? machine.alg : 'RS256' } },
         };
       },
@@ -277,7 +365,22 @@ provider.registerGrantType(
   ['audience', 'resource'],
 );
 
-const server = provider.listen(port, '127.0.0.1', () => {
+// oidc-provider behind a plain HTTP server: at the root, or mounted under the issuer's path
+// (oidc-provider reads the mount path from `originalUrl`); anything outside the mount is a 404.
+const handle = provider.callback();
+const server = createServer((req, res) => {
+  if (MOUNT === '') return handle(req, res);
+  const rest = req.url.startsWith(MOUNT) ? req.url.slice(MOUNT.length) : null;
+  if (rest === null || !(rest === '' || rest.startsWith('/') || rest.startsWith('?'))) {
+    res.writeHead(404, { 'content-type': 'application/json' });
+    res.end('{"error":"not_found"}');
+    return undefined;
+  }
+  req.originalUrl = req.url;
+  req.url = rest.startsWith('/') ? rest : `/${rest}`;
+  return handle(req, res);
+});
+server.listen(port, '127.0.0.1', () => {
   stdout.write(`IDP READY ${issuer}\n`);
 });
 
