@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import os
 import random
 import shutil
 import subprocess
@@ -31,7 +32,10 @@ from authz.model import Decision, HttpRequest
 from authz.render import envoy as render
 
 ENVOY = shutil.which("envoy") or str(Path(sys.executable).parent / "envoy")
-needs_envoy = pytest.mark.skipif(not Path(ENVOY).is_file(), reason="envoy binary not installed")
+# Skipped only off CI: in CI (CI=true, as .ci/run runs) a missing envoy fails the tests instead of hiding them.
+needs_envoy = pytest.mark.skipif(
+    not Path(ENVOY).is_file() and not os.environ.get("CI"), reason="envoy binary not installed (scripts/setup.sh)"
+)
 
 ALLOW = Decision(
     allowed=True,
