@@ -53,13 +53,14 @@ from discovery import start as start_discovery
 log = logging.getLogger("mcp_authz")
 decisions = logging.getLogger("mcp_authz.decision")
 GRPC_GRACE = 2.0  # seconds the gRPC front drains on SIGTERM
-GRPC_SERVER_ENV = "MCP_AUTHZ_GRPC_SERVER"  # grpcio | h2corn; becomes listen.grpc_server once config/ is split
+GRPC_SERVER_ENV = "MCP_AUTHZ_GRPC_SERVER"  # grpcio | h2corn: overrides listen.grpc_server (the tests pick with it)
 GRPC_SERVERS = ("grpcio", "h2corn")
 
 
-def grpc_server() -> str:
-    """Which gRPC front serves ``listen.grpc`` (docs/grpc-server.md); refuses an unknown name."""
-    chosen = os.environ.get(GRPC_SERVER_ENV, "") or "grpcio"
+def grpc_server(config: Config) -> str:
+    """Which gRPC front serves ``listen.grpc``: ``$MCP_AUTHZ_GRPC_SERVER``, else ``listen.grpc_server``
+    (docs/grpc-server.md); refuses an unknown name."""
+    chosen = os.environ.get(GRPC_SERVER_ENV, "") or config.listen.grpc_server
     if chosen not in GRPC_SERVERS:
         raise ValueError(f"{GRPC_SERVER_ENV}={chosen!r}: expected one of {', '.join(GRPC_SERVERS)}")
     return chosen
@@ -204,7 +205,7 @@ class Authorizer:
             "mcp-authz serving",
             extra={
                 "grpc": str(self.config.listen.grpc),
-                "grpc_server": grpc_server(),
+                "grpc_server": grpc_server(self.config),
                 "http": _text(self.config.listen.http),
                 "discovery": _text(self.config.listen.discovery),
                 "servers": sorted(self.config.servers),
@@ -221,7 +222,7 @@ class Authorizer:
     async def _start_grpc(self) -> None:
         """The gRPC front ``listen.grpc_server`` names: ext_authz, the list filter (ext_proc), health."""
         processor = ExtProcService(lambda: self.config)
-        if grpc_server() == "h2corn":
+        if grpc_server(self.config) == "h2corn":
             admission = Admission(self.config.listen.max_inflight)
             front = GrpcFront(lambda: self.checker, self.observe, self.message_limit, processor, admission)
             self._grpc = await start_grpc_h2corn(str(self.config.listen.grpc), front, grace=GRPC_GRACE)

@@ -30,6 +30,9 @@ PEER_DNS_SAN_HEADER = "x-mcp-authz-peer-dns-san"  # ... its DNS SAN
 PEER_SUBJECT_HEADER = "x-mcp-authz-peer-subject"  # ... its Subject
 # In the order Envoy picks ``source.principal``: URI SAN, else DNS SAN, else Subject.
 PEER_HEADERS = (PEER_URI_SAN_HEADER, PEER_DNS_SAN_HEADER, PEER_SUBJECT_HEADER)
+# Envoy >= 1.40 with envoy.mcp_filter: its MCP filter's metadata as JSON (authz.mcp_metadata), on the metadata routes
+MCP_METADATA_HEADER = "x-mcp-authz-mcp"
+MCP_METADATA_NAMESPACE = "envoy.filters.http.mcp"  # the filter's dynamic metadata namespace
 AUTHORIZATION_REQUEST_HEADERS = (SERVER_HEADER, SOURCE_HEADER, *PEER_HEADERS)
 
 # ``listen.http_shared_secret``: Envoy proves it is Envoy by sending the secret in this header on every

@@ -11,6 +11,7 @@ HANDSHAKE_REVISIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26", "2025-06-18"
 STATELESS_REVISIONS: tuple[str, ...] = ("2026-07-28",)
 KNOWN_REVISIONS: tuple[str, ...] = HANDSHAKE_REVISIONS + STATELESS_REVISIONS
 DEFAULT_REVISION = "2025-03-26"  # what a request without MCP-Protocol-Version is taken as
+BATCH_REVISIONS: tuple[str, ...] = ("2024-11-05", "2025-03-26")  # JSON-RPC batches: removed in 2025-06-18
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +30,8 @@ class HttpRequest:
     source_principal: str = ""  # mTLS peer: URI SAN, else DNS SAN, else subject
     context: Mapping[str, str] = field(default_factory=dict)  # per-route context_extensions
     header_values: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
+    # Envoy's MCP filter's parse of the body (its dynamic metadata, JSON-like), sent instead of the body
+    envoy_mcp: Mapping[str, Any] | None = None
 
     def values(self, name: str) -> tuple[str, ...]:
         """Every value of a header, for duplicate detection."""
@@ -48,6 +51,8 @@ class McpCall:
     prompt: str | None = None
     uri: str | None = None
     arguments: Mapping[str, Any] | None = None
+    # tools/call: the declared Mcp-Param-{Name} values (servers[].param_headers), Name -> value; None: none declared
+    params: Mapping[str, str] | None = None
 
     @property
     def name(self) -> str | None:

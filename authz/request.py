@@ -7,6 +7,13 @@ Header/body agreement (MCP 2026-07-28): whenever the body is here, the decision 
 body, and ``Mcp-Method`` / ``Mcp-Name`` / ``MCP-Protocol-Version`` must agree with it. An older
 revision carrying routing headers is held to the same agreement, so a caller can never pick
 whichever source suits them.
+
+``Mcp-Param-{Name}`` (tools whose input schema declares ``x-mcp-header``): the declarations the
+server's ``param_headers`` lists are checked like ``Mcp-Name`` (characters, encoding, agreement with
+the argument; required in 2026-07-28 when the argument is set) and handed to policy as
+``McpCall.params``, from the body whenever it is here. Undeclared ones are ignored (Envoy forwards them
+unchanged). Decided on headers alone only in header-only mode, which takes 2026-07-28 requests only:
+older revisions' servers need not check mirrored headers against the body.
 """
 
 from __future__ import annotations
@@ -15,9 +22,12 @@ import base64
 import binascii
 import json
 import re
+from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
-from authz.config.runtime import Server
+from authz import mcp_metadata
+from authz.config.runtime import ParamHeader, Server
 from authz.errors import (
     HEADER_MISMATCH,
     INVALID_PARAMS,
@@ -25,8 +35,9 @@ from authz.errors import (
     UNSUPPORTED_PROTOCOL_VERSION,
     BadRequest,
     TooLarge,
+    Unavailable,
 )
-from authz.model import DEFAULT_REVISION, STATELESS_REVISIONS, HttpRequest, McpCall, McpRequest
+from authz.model import BATCH_REVISIONS, DEFAULT_REVISION, STATELESS_REVISIONS, HttpRequest, McpCall, McpRequest
 
 VERSION_HEADER = "mcp-protocol-version"
 METHOD_HEADER = "mcp-method"
@@ -43,6 +54,7 @@ MAX_BODY_BYTES = 16 * 1024 * 1024
 _B64_FORM = re.compile(r"=\?base64\?(?P<payload>.*)\?=")
 # RFC 9110 field values as MCP lets clients send them plain: visible ASCII, space, tab (else base64-encoded).
 _PLAIN_VALUE = re.compile(r"[\t\x20-\x7e]*")
+_DECIMAL = re.compile(r"-?[0-9]+(\.0+)?")  # an integer argument's header, compared by value ("42.0" is 42)
 
 
 def decode_header_value(value: str) -> str | None:
@@ -101,20 +113,31 @@ def _parse(req: HttpRequest, server: Server) -> McpRequest:
         _check_revision(revision, server, initialize=False)
         return McpRequest(http_method, revision, (), session_id=session)
 
-    if not req.body:
+    if not req.body and req.envoy_mcp is None:
         return _from_headers(req, server, revision, method_header, _name(name_header), version_header)
 
     content_type = req.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if content_type != "application/json":
         raise BadRequest("content_type_invalid", f"content-type {content_type!r}")
-    if len(req.body) > MAX_BODY_BYTES:
-        raise TooLarge(detail=f"{len(req.body)} bytes")
-    message = _load_json(req.body)
+    if req.body:
+        if len(req.body) > MAX_BODY_BYTES:
+            raise TooLarge(detail=f"{len(req.body)} bytes")
+        message = _load_json(req.body)
+    else:  # Envoy's MCP filter parsed the body: its metadata is the message (authz.mcp_metadata)
+        message = _envoy_message(req.envoy_mcp or {}, server)
     try:
-        return _parse_message(message, server, revision, version_header, method_header, name_header, session)
+        return _parse_message(req, message, server, revision, version_header, method_header, name_header, session)
     except BadRequest as refusal:
         refusal.request_id = _request_id(message)
         raise
+
+
+def _envoy_message(fields: Mapping[str, Any], server: Server) -> Any:
+    """The message from Envoy's MCP filter; refused for a server whose decisions need the body."""
+    needed = mcp_metadata.body_needed(server)
+    if needed is not None:
+        raise Unavailable("envoy_metadata_insufficient", f"{needed}: the body is needed (render Envoy again)")
+    return mcp_metadata.message(fields)
 
 
 def _has_body(req: HttpRequest) -> bool:
@@ -126,6 +149,7 @@ def _has_body(req: HttpRequest) -> bool:
 
 
 def _parse_message(
+    req: HttpRequest,
     message: Any,
     server: Server,
     revision: str,
@@ -145,10 +169,12 @@ def _parse_message(
     initialize = not batch and first.method == "initialize"
     _check_revision(revision, server, initialize=initialize and version_header is None)
     stateless = version_header in STATELESS_REVISIONS
-    if stateless and batch:
+    if batch and revision not in BATCH_REVISIONS:  # removed in 2025-06-18; Envoy's MCP filter refuses them too
         raise BadRequest("batch_invalid", "JSON-RPC batches are not part of this revision")
     if stateless or method_header is not None or name_header is not None:
         _agree(first, items[0], batch, stateless, method_header, name, version_header)
+    if server.param_headers:
+        calls = tuple(_with_params(req, server, call, stateless=stateless, batch=batch) for call in calls)
     if stateless and first.method and first.id is not None:
         _envelope(items[0])  # after the header agreement: a mismatch is answered as one (-32020)
     return McpRequest("POST", revision, calls, session_id=None if stateless else session, batch=batch)
@@ -162,6 +188,81 @@ def _envelope(item: dict[str, Any]) -> None:
     missing = [k for k in REQUIRED_META_KEYS if k not in meta] if isinstance(meta, dict) else REQUIRED_META_KEYS
     if missing:
         raise BadRequest("params_meta_missing", f"params._meta lacks {', '.join(missing)}", code=INVALID_PARAMS)
+
+
+def _with_params(req: HttpRequest, server: Server, call: McpCall, *, stateless: bool, batch: bool) -> McpCall:
+    """The call with its declared ``Mcp-Param-*`` values (from the body), the headers checked against them."""
+    declared = server.param_headers.get(call.tool or "", ()) if call.method == "tools/call" else ()
+    if not declared:
+        return call
+    params: dict[str, str] = {}
+    for param in declared:
+        raw = _single(req, param.header)
+        if raw is not None and batch:
+            raise BadRequest("header_mismatch", f"{param.header} on a batch", code=HEADER_MISMATCH)
+        header = None if raw is None else _header_value(raw, param.header)
+        value = _argument(call.arguments, param.path)
+        rendered = _render(value)
+        if rendered is None:  # absent, null or not a primitive: a conforming client sends no header
+            if header is not None:
+                detail = f"{param.header} without arguments.{param.at}"
+                raise BadRequest("header_mismatch", detail, code=HEADER_MISMATCH)
+            continue
+        if header is None:
+            if stateless:
+                detail = f"{param.header} is required: arguments.{param.at} is set"
+                raise BadRequest("header_missing", detail, code=HEADER_MISMATCH)
+        elif not _same(value, rendered, header):
+            detail = f"{param.header} disagrees with arguments.{param.at}"
+            raise BadRequest("header_mismatch", detail, code=HEADER_MISMATCH)
+        params[param.name] = rendered
+    return replace(call, params=params)
+
+
+def _header_params(req: HttpRequest, declared: tuple[ParamHeader, ...]) -> dict[str, str]:
+    """Header-only mode: the declared values as the (2026-07-28) headers carry them."""
+    params: dict[str, str] = {}
+    for param in declared:
+        raw = _single(req, param.header)
+        if raw is not None:
+            params[param.name] = _header_value(raw, param.header)
+    return params
+
+
+def _argument(arguments: Any, path: tuple[str, ...]) -> Any:
+    """The value at ``path`` in the arguments; None where a step is missing or not an object."""
+    node = arguments
+    for key in path:
+        if not isinstance(node, dict):
+            return None
+        node = node.get(key)
+    return node
+
+
+def _render(value: Any) -> str | None:
+    """An argument as a client mirrors it (2026-07-28 Value Encoding), or None where it mirrors nothing."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):  # an integral one as an integer, so policy sees "42" for 42 and 42.0
+        return str(int(value)) if value.is_integer() and abs(value) < 2**53 else str(value)
+    return value if isinstance(value, str) else None
+
+
+def _same(value: Any, rendered: str, header: str) -> bool:
+    """Does the decoded header carry the argument? An integral number also matches "42.0" (compared by value)."""
+    if header == rendered:
+        return True
+    integral = (isinstance(value, int) and not isinstance(value, bool)) or (
+        isinstance(value, float) and value.is_integer()
+    )
+    if not integral or _DECIMAL.fullmatch(header) is None:
+        return False
+    try:
+        return int(header.partition(".")[0]) == int(value)
+    except ValueError:  # more digits than Python converts: not a value any client mirrors
+        return False
 
 
 def _name(header: str | None) -> str | None:
@@ -214,6 +315,8 @@ def _from_headers(
     if method in NAME_PARAM and not name:
         raise BadRequest("header_missing", f"Mcp-Name is required for {method}", code=HEADER_MISMATCH)
     call = _named_call(method, None, name, None)
+    if server.param_headers and call.tool is not None:
+        call = replace(call, params=_header_params(req, server.param_headers.get(call.tool, ())))
     return McpRequest("POST", revision, (call,), from_headers=True)
 
 
@@ -243,6 +346,8 @@ def _call(item: Any) -> McpCall:
     if not isinstance(item, dict) or item.get("jsonrpc") != "2.0":
         raise BadRequest("jsonrpc_invalid", "not a JSON-RPC 2.0 message")
     request_id = item.get("id")
+    if isinstance(request_id, float) and request_id.is_integer():
+        request_id = int(request_id)  # 1.0 is the integer 1 (as the MCP SDKs and Envoy's MCP filter take it)
     if "id" in item and (not isinstance(request_id, str | int) or isinstance(request_id, bool)):
         raise BadRequest("jsonrpc_invalid", "id must be a string or an integer")
     method = item.get("method")

@@ -34,6 +34,7 @@ from authz.config.runtime import (
     IdentityHeaders,
     Issuer,
     Listen,
+    ParamHeader,
     Policy,
     ProxyTrust,
     RateLimit,
@@ -198,6 +199,13 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
         ),
         filter_lists=spec.filter_lists,
         hosts=frozenset(h.lower() for h in (spec.hosts or [urlsplit(spec.resource).hostname or "*"])),
+        param_headers={
+            tool: tuple(
+                ParamHeader(name, f"mcp-param-{name.lower()}", tuple(path.split(".")), path)
+                for name, path in headers.items()
+            )
+            for tool, headers in spec.param_headers.items()
+        },
     )
 
 
@@ -295,6 +303,7 @@ def compile_listen(spec: ListenSpec) -> Listen:
         http_shared_secret=secret,
         http_mesh_mtls=spec.http_mesh_mtls,
         max_inflight=spec.max_inflight,
+        grpc_server=spec.grpc_server,
     )
 
 

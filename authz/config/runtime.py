@@ -214,6 +214,16 @@ class RateLimit:
 
 
 @dataclass(frozen=True, slots=True)
+class ParamHeader:
+    """One declared MCP 2026-07-28 ``Mcp-Param-{name}`` header (``servers[].param_headers``)."""
+
+    name: str  # the x-mcp-header token as configured: the key of mcp.params
+    header: str  # "mcp-param-<name, lower-case>"
+    path: tuple[str, ...]  # into the tools/call arguments
+    at: str  # the path as configured ("target.tenant"), for messages
+
+
+@dataclass(frozen=True, slots=True)
 class Server:
     name: str
     resource: str
@@ -237,6 +247,8 @@ class Server:
     sessions: Sessions = Sessions()
     rate_limits: tuple[RateLimit, ...] = ()
     hosts: frozenset[str] = frozenset({"*"})  # lower-case host names that select it without a context extension
+    # tool name -> its declared Mcp-Param-* headers (MCP 2026-07-28 x-mcp-header)
+    param_headers: Mapping[str, tuple[ParamHeader, ...]] = field(default_factory=dict)
 
     @property
     def injected_headers(self) -> tuple[str, ...]:
@@ -260,6 +272,7 @@ class Listen:
     http_shared_secret: Secret | None = None  # Envoy sends it in contract.SHARED_SECRET_HEADER
     http_mesh_mtls: bool = False
     max_inflight: int = DEFAULT_MAX_INFLIGHT  # Checks in progress at once on each front; beyond: a retryable 503
+    grpc_server: Literal["grpcio", "h2corn"] = "grpcio"  # which server serves `grpc` ($MCP_AUTHZ_GRPC_SERVER wins)
 
 
 @dataclass(frozen=True, slots=True)

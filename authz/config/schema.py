@@ -61,6 +61,12 @@ class ListenSpec(_Spec):
         "and an ALLOW AuthorizationPolicy by principals); lets `http` listen beyond loopback without "
         "`http_shared_secret`.",
     )
+    grpc_server: Literal["grpcio", "h2corn"] = Field(
+        "grpcio",
+        description="Which server serves `grpc` (docs/grpc-server.md): `grpcio`, or `h2corn` (a Rust HTTP/2 "
+        "server with a small gRPC layer of our own, several times less CPU per Check). `$MCP_AUTHZ_GRPC_SERVER` "
+        "overrides it.",
+    )
     max_inflight: int = Field(
         DEFAULT_MAX_INFLIGHT,
         ge=1,
@@ -451,6 +457,15 @@ class ServerSpec(_Spec):
         description="Decide 2026-07-28 requests on Mcp-Method/Mcp-Name without the body. Only for "
         "upstreams that validate header/body agreement themselves (as the revision requires).",
     )
+    param_headers: dict[str, dict[str, str]] = Field(
+        {},
+        description="MCP 2026-07-28 `Mcp-Param-{Name}` headers, per tool: the `x-mcp-header` names the tool's "
+        "input schema declares and the argument each one mirrors, as a dotted path into `arguments` (e.g. "
+        "`{execute_sql: {Region: region, Tenant: target.tenant}}`). Each declared header is checked against the "
+        "body like `Mcp-Name` (400 -32020 when it disagrees, is sent twice or is badly encoded; required in "
+        "2026-07-28 when the argument is set) and handed to policy as `mcp.params.<Name>`; header_only decides "
+        "2026-07-28 requests on them. `Mcp-Param-*` headers not listed here are forwarded unchanged, never read.",
+    )
     policy: PolicySpec | None = Field(None, description="Per-operation rules. Unset: any valid caller.")
     filter_lists: bool = Field(
         False,
@@ -530,6 +545,28 @@ class ServerSpec(_Spec):
         if unknown or not value:
             raise ValueError(f"unknown revisions {unknown}; known: {list(KNOWN_REVISIONS)}")
         return value
+
+    @field_validator("param_headers")
+    @classmethod
+    def _param_headers(cls, value: dict[str, dict[str, str]]) -> dict[str, dict[str, str]]:
+        for tool, headers in value.items():
+            _check_param_headers(tool, headers)
+        return value
+
+
+def _check_param_headers(tool: str, headers: dict[str, str]) -> None:
+    """One tool's ``Mcp-Param-{Name}`` declarations: RFC 9110 tokens, unique ignoring case, dotted paths."""
+    if not tool or not headers:
+        raise ValueError(f"tool {tool!r}: name the tool and at least one Name: argument.path")
+    seen: dict[str, str] = {}
+    for name, path in headers.items():
+        if not _FIELD_NAME.fullmatch(name):
+            raise ValueError(f"{tool}: {name!r} is not an RFC 9110 token (the x-mcp-header value, e.g. Region)")
+        if name.lower() in seen:
+            raise ValueError(f"{tool}: {seen[name.lower()]!r} and {name!r} are one header (names ignore case)")
+        seen[name.lower()] = name
+        if not path or any(not part for part in path.split(".")):
+            raise ValueError(f"{tool}.{name}: {path!r} is not a dotted path into the arguments (e.g. target.tenant)")
 
 
 # ---------------------------------------------------------------- schema: Envoy and the whole file

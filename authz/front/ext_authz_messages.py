@@ -6,8 +6,10 @@ from typing import Any
 
 from envoy.config.core.v3 import base_pb2
 from envoy.service.auth.v3 import attribute_context_pb2, external_auth_pb2
+from google.protobuf import struct_pb2
 from google.rpc import code_pb2
 
+from authz.mcp_metadata import NAMESPACE as MCP_NAMESPACE
 from authz.model import Decision, HttpRequest
 
 OVERWRITE = base_pb2.HeaderValueOption.OVERWRITE_IF_EXISTS_OR_ADD
@@ -41,6 +43,8 @@ def to_http_request(check: external_auth_pb2.CheckRequest) -> HttpRequest:
     else:
         body = None
     source = attrs.source
+    filter_metadata = attrs.metadata_context.filter_metadata
+    envoy_mcp = struct_to_dict(filter_metadata[MCP_NAMESPACE]) if MCP_NAMESPACE in filter_metadata else None
     return HttpRequest(
         method=http.method,
         path=http.path,
@@ -50,7 +54,28 @@ def to_http_request(check: external_auth_pb2.CheckRequest) -> HttpRequest:
         source_principal=source.principal,
         context=dict(attrs.context_extensions),
         header_values=values,
+        envoy_mcp=envoy_mcp,
     )
+
+
+def struct_to_dict(struct: struct_pb2.Struct) -> dict[str, Any]:
+    """A ``google.protobuf.Struct`` as plain Python values (numbers stay doubles)."""
+    return {key: _value(value) for key, value in struct.fields.items()}
+
+
+def _value(value: struct_pb2.Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_value(item) for item in value.list_value.values]
+    if kind == "string_value":
+        return value.string_value
+    if kind == "number_value":
+        return value.number_value
+    if kind == "bool_value":
+        return value.bool_value
+    return None
 
 
 def to_check_response(decision: Decision) -> external_auth_pb2.CheckResponse:

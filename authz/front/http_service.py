@@ -65,13 +65,14 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+import json
 import logging
 import re
 import time
 from collections import deque
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import cast
+from typing import Any, cast
 
 import httptools
 
@@ -79,6 +80,7 @@ from authz.check import Checker
 from authz.config.runtime import DEFAULT_MAX_INFLIGHT, HostPort
 from authz.contract import (
     ENVOY_HEADER_PREFIX,
+    MCP_METADATA_HEADER,
     PEER_HEADERS,
     SERVER_CONTEXT_KEY,
     SERVER_HEADER,
@@ -102,6 +104,18 @@ DEFAULT_MAX_BODY = 1_048_576
 _ENVOY_PREFIX = ENVOY_HEADER_PREFIX.encode()
 _SECRET = SHARED_SECRET_HEADER.encode()
 _BAD_VALUE = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
+
+
+def _envoy_mcp(raw: bytes) -> dict[str, Any] | None:
+    """``x-mcp-authz-mcp``: Envoy's MCP filter metadata as JSON (``authz.mcp_metadata``). Empty or ``-``: the
+    route sends none. Anything but a JSON object is kept as a failed parse, which the Check refuses."""
+    if raw in (b"", b"-"):
+        return None
+    try:
+        fields = json.loads(raw)
+    except ValueError:  # JSONDecodeError and UnicodeDecodeError
+        return {"status": "x-mcp-authz-mcp unreadable"}
+    return fields if isinstance(fields, dict) else {"status": "x-mcp-authz-mcp not an object"}
 
 
 def _status_line(code: int) -> bytes:
@@ -295,6 +309,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
         context: dict[str, str] = {}
         source = ""
         peers: dict[str, str] = {}
+        envoy_mcp: dict[str, Any] | None = None
         for raw_name, raw_value in self._headers:
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("utf-8", "replace")
@@ -305,6 +320,8 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
                     source = value
                 elif name in PEER_HEADERS:
                     peers[name] = value
+                elif name == MCP_METADATA_HEADER:
+                    envoy_mcp = _envoy_mcp(raw_value)
                 continue
             previous = headers.get(name)
             headers[name] = value if previous is None else f"{previous},{value}"
@@ -330,6 +347,7 @@ class ExtAuthzHttpProtocol(asyncio.Protocol):
             source_address=source,
             source_principal=principal,
             context=context,
+            envoy_mcp=envoy_mcp,
         )
 
     async def _serve(self) -> None:

@@ -110,6 +110,7 @@ def _context(base: Mapping[str, Any], mcp: McpRequest, call: McpCall | None) -> 
             "uri": (call.uri if call else None) or "",
             "name": (call.name if call else None) or "",
             "arguments": dict(call.arguments or {}) if call else {},
+            "params": dict(call.params or {}) if call else {},  # declared Mcp-Param-{Name} values (2026-07-28)
             "session_id": mcp.session_id or "",
             "revision": mcp.revision,
         },

@@ -299,7 +299,7 @@ def _cors_per_route(server: Server) -> dict[str, AnyMessage]:
     policy = CorsPolicy(
         allow_origin_string_match=[StringMatcher(exact=origin) for origin in sorted(server.origins)],
         allow_methods="GET, POST, DELETE, OPTIONS",  # the same lists in Istio: authz.render.istio.cors_policy
-        allow_headers=CORS_ALLOW_HEADERS,
+        allow_headers=", ".join(cors_allow_headers(server)),
         expose_headers=CORS_EXPOSE_HEADERS,
         max_age="86400",
         forward_not_matching_preflights=False,
@@ -472,10 +472,21 @@ def proxy_headers(config: Config) -> list[str]:
     return sorted(names - set(HTTP_ALLOWED_HEADERS))
 
 
+def param_headers(*servers: Server) -> list[str]:
+    """The declared MCP 2026-07-28 ``Mcp-Param-*`` headers (``servers[].param_headers``), lower-case, sorted:
+    the Check compares them with the body; undeclared ones travel upstream unread."""
+    return sorted({p.header for s in servers for declared in s.param_headers.values() for p in declared})
+
+
 def http_request_headers(config: Config) -> list[str]:
     """HTTP ext_authz: the client request headers sent to the authorizer (Envoy ``allowed_headers``,
     Istio ``includeRequestHeadersInCheck``)."""
-    return list(HTTP_ALLOWED_HEADERS) + proxy_headers(config)
+    return list(HTTP_ALLOWED_HEADERS) + param_headers(*config.servers.values()) + proxy_headers(config)
+
+
+def cors_allow_headers(server: Server) -> list[str]:
+    """What the server's ``origins`` may send from a browser: the MCP headers and its declared ``Mcp-Param-*``."""
+    return [h.strip() for h in CORS_ALLOW_HEADERS.split(",")] + param_headers(server)
 
 
 def http_upstream_headers(config: Config) -> list[str]:

@@ -331,7 +331,7 @@ def cors_policy(server: Server) -> dict[str, Any]:
     return {
         "allowOrigins": [{"exact": origin} for origin in sorted(server.origins or ())],
         "allowMethods": ["GET", "POST", "DELETE", "OPTIONS"],
-        "allowHeaders": [h.strip() for h in envoy.CORS_ALLOW_HEADERS.split(",")],
+        "allowHeaders": envoy.cors_allow_headers(server),
         "exposeHeaders": [h.strip() for h in envoy.CORS_EXPOSE_HEADERS.split(",")],
         "maxAge": "24h",
     }

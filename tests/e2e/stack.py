@@ -223,15 +223,19 @@ def start_stack(
     envoy_settings: Mapping[str, Any] | None = None,
     log_level: str = "info",
     grpc_server: str | None = None,
+    port: int | None = None,
+    issuer: Mapping[str, Any] | None = None,
 ) -> Stack:
     """Start a sample server, the authorizer and Envoy for one `demo` server.
 
     `server` overrides fields of the `demo` server entry (policy, origins, revisions, header_only,
     scopes_supported, ...); `envoy_settings` overrides the config's `envoy` section; `grpc_server` names
-    the gRPC front (grpcio | h2corn; else the run's choice, see `components.with_grpc_server`, or the default).
+    the gRPC front (grpcio | h2corn; else the run's choice, see `components.with_grpc_server`, or the default);
+    `port` is Envoy's (when the IdP must know the MCP URL first); `issuer` overrides fields of the `idp` issuer
+    entry (profile, token_type, ...; a None value removes the field).
     """
     sample = sample_server()
-    port = free_port()
+    port = port or free_port()
     resource = f"http://127.0.0.1:{port}/mcp"
     dev_key = devkey.ensure_key(log_dir / f"{name}-dev-key.pem")
     dev_issuer = f"http://127.0.0.1:{port}/dev"
@@ -251,10 +255,15 @@ def start_stack(
         "log_level": log_level,
         "issuers": [
             {
-                "name": "idp",
-                "issuer": idp.issuer,
-                "algorithms": ["RS256", "ES256"],
-                "token_type": "at+jwt",
+                k: v
+                for k, v in {
+                    "name": "idp",
+                    "issuer": idp.issuer,
+                    "algorithms": ["RS256", "ES256"],
+                    "token_type": "at+jwt",
+                    **(issuer or {}),
+                }.items()
+                if v is not None
             },
             {
                 "name": "dev",

@@ -631,3 +631,147 @@ def test_the_sdk_refuses_what_the_parser_refuses() -> None:
 def test_a_mcp_name_with_invalid_characters_is_32020(header: str) -> None:
     """2026-07-28 Server Validation: a header value with invalid characters is a failure (clients encode)."""
     assert_mismatch(stateless(tool_call(header), "tools/call", header), "header_malformed")
+
+
+# ---------------------------------------------------------------- 2026-07-28: Mcp-Param-{Name} (x-mcp-header)
+
+
+PARAMS = make_server(
+    param_headers={"execute_sql": {"Region": "region", "Tenant": "target.tenant", "Dry": "dry_run", "Limit": "limit"}},
+    header_only=True,
+)
+SQL_ARGS: dict[str, Any] = {"region": "us-west1", "target": {"tenant": "acme"}, "dry_run": True, "limit": 42, "q": "x"}
+SQL_HEADERS = {"Region": "us-west1", "Tenant": "acme", "Dry": "true", "Limit": "42"}
+
+
+def sql(
+    arguments: dict[str, Any] | None = None,
+    params: dict[str, str] | None = None,
+    revision: str | None = STATELESS,
+    **kw: Any,
+) -> HttpRequest:
+    body = tool_call("execute_sql", **(SQL_ARGS if arguments is None else arguments))
+    headers = {f"mcp-param-{k.lower()}": v for k, v in (SQL_HEADERS if params is None else params).items()}
+    if revision == STATELESS:
+        return stateless(body, "tools/call", "execute_sql", headers=headers, **kw)
+    return http_request(body, headers={**headers, **({"mcp-protocol-version": revision} if revision else {})}, **kw)
+
+
+def test_declared_param_headers_are_checked_and_handed_to_policy() -> None:
+    call = parsed(sql(), PARAMS).calls[0]
+    assert call.params == SQL_HEADERS
+
+
+def test_an_encoded_param_value_is_decoded_before_the_comparison() -> None:
+    region = "Zürich 東"
+    call = parsed(sql({**SQL_ARGS, "region": region}, {**SQL_HEADERS, "Region": sdk_encode(region)}), PARAMS).calls[0]
+    assert call.params is not None and call.params["Region"] == region
+
+
+@pytest.mark.parametrize(
+    ("arguments", "params", "reason"),
+    [
+        (SQL_ARGS, {**SQL_HEADERS, "Region": "eu-west1"}, "header_mismatch"),
+        ({**SQL_ARGS, "limit": 7}, SQL_HEADERS, "header_mismatch"),
+        (SQL_ARGS, {**SQL_HEADERS, "Limit": "42.5"}, "header_mismatch"),
+        (SQL_ARGS, {**SQL_HEADERS, "Dry": "True"}, "header_mismatch"),  # values are case-sensitive
+        ({k: v for k, v in SQL_ARGS.items() if k != "region"}, SQL_HEADERS, "header_mismatch"),  # no argument
+        ({**SQL_ARGS, "region": None}, SQL_HEADERS, "header_mismatch"),  # null: no header expected
+        ({**SQL_ARGS, "region": ["a"]}, {**SQL_HEADERS, "Region": "a"}, "header_mismatch"),  # not a primitive
+        (SQL_ARGS, {k: v for k, v in SQL_HEADERS.items() if k != "Tenant"}, "header_missing"),
+        (SQL_ARGS, {**SQL_HEADERS, "Region": "us\x01west1"}, "header_malformed"),
+        (SQL_ARGS, {**SQL_HEADERS, "Region": "=?base64?aGVsbG9=?="}, "header_malformed"),
+    ],
+    ids=[
+        "other-value",
+        "other-integer",
+        "fractional-integer",
+        "boolean-case",
+        "argument-absent",
+        "argument-null",
+        "argument-not-primitive",
+        "header-missing",
+        "control-character",
+        "bad-encoding",
+    ],
+)
+def test_a_param_header_that_disagrees_with_the_body_is_32020(
+    arguments: dict[str, Any], params: dict[str, str], reason: str
+) -> None:
+    bad = refused(sql(arguments, params), PARAMS)
+    assert (bad.status, bad.reason, bad.code, bad.request_id) == (400, reason, HEADER_MISMATCH, 1)
+
+
+def test_an_integer_argument_compares_by_value() -> None:
+    assert parsed(sql(params={**SQL_HEADERS, "Limit": "42.0"}), PARAMS).calls[0].params == SQL_HEADERS
+    assert parsed(sql({**SQL_ARGS, "limit": 42.0}), PARAMS).calls[0].params == SQL_HEADERS
+
+
+def test_a_declared_param_header_sent_twice_is_32020() -> None:
+    req = sql(header_values={"mcp-param-region": ("us-west1", "us-west1")})
+    assert refused(req, PARAMS).reason == "header_duplicated"
+
+
+def test_undeclared_param_headers_are_ignored() -> None:
+    """Forwarded unchanged by Envoy, never read: any value, even one a declared header could not carry."""
+    extra = {"Other": "x\x01y", "Regionx": "anything"}
+    call = parsed(sql(params={**SQL_HEADERS, **extra}), PARAMS).calls[0]
+    assert call.params == SQL_HEADERS
+    other_tool = stateless(tool_call("search", q="x"), "tools/call", "search", headers={"mcp-param-region": "\x01"})
+    assert parsed(other_tool, PARAMS).calls[0].params is None
+
+
+def test_an_older_revision_is_decided_on_the_body() -> None:
+    """Its clients mirror nothing, and its servers need not check a mirror: the body's values count."""
+    for revision in ("2025-11-25", None):  # absent: taken as 2025-03-26
+        server = make_server(
+            param_headers={"execute_sql": {"Region": "region"}}, revisions=["2025-03-26", "2025-11-25"]
+        )
+        call = parsed(sql(params={}, revision=revision), server).calls[0]
+        assert call.params == {"Region": "us-west1"}
+        # a header it does carry is still held to the body
+        assert refused(sql(params={"Region": "eu-west1"}, revision=revision), server).code == HEADER_MISMATCH
+
+
+def test_header_only_decides_on_param_headers_in_2026_only() -> None:
+    headers = {**stateless_headers("tools/call", "execute_sql"), "mcp-param-region": "us-west1"}
+    call = parsed(http_request(None, headers=headers), PARAMS).calls[0]
+    assert call.params == {"Region": "us-west1"}  # only what the headers say: no body to check them against
+    older = {**headers, "mcp-protocol-version": "2025-11-25"}
+    server = make_server(param_headers={"execute_sql": {"Region": "region"}}, header_only=True)
+    assert refused(http_request(None, headers=older), server).reason == "body_missing"
+    bad = {**headers, "mcp-param-region": "=?base64?/w==?="}
+    assert refused(http_request(None, headers=bad), PARAMS).reason == "header_malformed"
+
+
+def test_the_sdk_and_the_parser_agree_on_param_headers() -> None:
+    """mcp 2.x's client mirrors, its server validates: the parser accepts and refuses the same requests."""
+    from mcp.shared.inbound import mcp_param_headers, validate_mcp_param_headers, x_mcp_header_map
+
+    schema = {
+        "type": "object",
+        "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "limit": {"type": "integer", "x-mcp-header": "Limit"},
+            "target": {"type": "object", "properties": {"tenant": {"type": "string", "x-mcp-header": "Tenant"}}},
+        },
+    }
+    server = make_server(
+        param_headers={"execute_sql": {"Region": "region", "Limit": "limit", "Tenant": "target.tenant"}}
+    )
+    cases: list[dict[str, Any]] = [
+        {"region": "us-west1", "limit": 3, "target": {"tenant": "acme"}},
+        {"region": "Hello, 世界", "limit": -7},
+        {"region": " padded ", "target": {}},
+        {"region": "=?base64?literal?="},
+        {},
+    ]
+    for arguments in cases:
+        mirrored = mcp_param_headers(x_mcp_header_map(schema), arguments)
+        assert validate_mcp_param_headers(schema, arguments, mirrored) is None
+        params = {k.removeprefix("Mcp-Param-"): v for k, v in mirrored.items()}
+        parsed(sql(arguments, params), server)
+        tampered = {**mirrored, "Mcp-Param-Region": "elsewhere"}
+        assert validate_mcp_param_headers(schema, arguments, tampered) is not None
+        tampered_params = {k.removeprefix("Mcp-Param-"): v for k, v in tampered.items()}
+        assert refused(sql(arguments, tampered_params), server).code == HEADER_MISMATCH

@@ -270,6 +270,27 @@ EVERY_ERROR = [
         id="server revisions unknown",
     ),
     pytest.param(
+        {"servers": a_server(param_headers={"sql": {"Re gion": "region"}})},
+        "servers.0.param_headers: sql: 'Re gion' is not an RFC 9110 token (the x-mcp-header value, e.g. Region)",
+        id="param header not a token",
+    ),
+    pytest.param(
+        {"servers": a_server(param_headers={"sql": {"Region": "region", "REGION": "zone"}})},
+        "servers.0.param_headers: sql: 'Region' and 'REGION' are one header (names ignore case)",
+        id="param header twice",
+    ),
+    pytest.param(
+        {"servers": a_server(param_headers={"sql": {"Tenant": "target..tenant"}})},
+        "servers.0.param_headers: sql.Tenant: 'target..tenant' is not a dotted path into the arguments "
+        "(e.g. target.tenant)",
+        id="param header path",
+    ),
+    pytest.param(
+        {"servers": a_server(param_headers={"sql": {}})},
+        "servers.0.param_headers: tool 'sql': name the tool and at least one Name: argument.path",
+        id="param headers empty",
+    ),
+    pytest.param(
         {"servers": a_server(identity=["jwt", "jwt"])},
         "servers.0.identity: list jwt and/or proxy, each once",
         id="server identity twice",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import http_request, make_config, policy, rpc, server_spec, tool_call
+from support import enveloped, http_request, make_config, policy, rpc, server_spec, stateless_headers, tool_call
 
 from authz import request
 from authz.config.cel import CelError, Expression
@@ -231,6 +231,32 @@ def test_cel_sees_mcp_and_request() -> None:
     assert refusal_of(pol, caller(), http_request(tool_call("deploy"))).reason == "policy_condition_failed"
     assert decide(pol, caller(), http_request(rpc("ping"), headers={"x-team": "blue"})) == "header"
     assert refusal_of(pol, caller(), http_request(rpc("ping"), headers={"x-team": "red"})).rule == "header"
+
+
+def test_cel_sees_the_declared_param_headers_as_mcp_params() -> None:
+    """MCP 2026-07-28 ``Mcp-Param-{Name}``: the checked values, from the body; {} where none is declared."""
+    spec = server_spec(
+        param_headers={"query": {"Region": "target.region"}},
+        policy=policy(
+            {"name": "eu-only", "tools": ["*"], "when": 'mcp.params.Region == "eu" && mcp.params.size() == 1'}
+        ),
+    )
+    server = make_config(servers=[spec]).servers["mcp"]
+    assert server.policy is not None
+
+    def decided(name: str, region: str) -> str | None:
+        body = enveloped(tool_call(name, target={"region": region}))
+        req = http_request(body, headers={**stateless_headers("tools/call", name), "mcp-param-region": region})
+        mcp = request.parse(req, server)
+        assert isinstance(mcp, McpRequest), mcp
+        assert server.policy is not None
+        return authorize(server.policy, caller(), mcp, req)
+
+    assert decided("query", "eu") == "eu-only"
+    with pytest.raises(Forbidden, match="not true"):
+        decided("query", "us")
+    with pytest.raises(Forbidden, match="not true"):
+        decided("other", "eu")  # no declaration for this tool: its header is not read
 
 
 def test_cel_non_boolean_result_is_false() -> None:

@@ -285,7 +285,7 @@ def test_declared_param_headers_reach_the_http_authorizer_and_browsers(tmp_path:
     }
     config = parse_config(yaml.safe_dump(spec), "params.yaml")
     bootstrap = render_envoy(config)
-    authz = http_filters(bootstrap)[0]["typed_config"]
+    [authz] = [f["typed_config"] for f in http_filters(bootstrap) if f["name"] == EXT_AUTHZ]
     allowed = [p["exact"] for p in authz["allowed_headers"]["patterns"]]
     assert {"mcp-param-region", "mcp-param-tenant"} <= set(allowed)
     assert len(allowed) == len(set(allowed))
