@@ -225,6 +225,7 @@ def start_stack(
     grpc_server: str | None = None,
     port: int | None = None,
     issuer: Mapping[str, Any] | None = None,
+    listen: Mapping[str, Any] | None = None,
 ) -> Stack:
     """Start a sample server, the authorizer and Envoy for one `demo` server.
 
@@ -232,7 +233,8 @@ def start_stack(
     scopes_supported, ...); `envoy_settings` overrides the config's `envoy` section; `grpc_server` names
     the gRPC front (grpcio | h2corn; else the run's choice, see `components.with_grpc_server`, or the default);
     `port` is Envoy's (when the IdP must know the MCP URL first); `issuer` overrides fields of the `idp` issuer
-    entry (profile, token_type, ...; a None value removes the field).
+    entry (profile, token_type, ...; a None value removes the field); `listen` adds to the `listen` section
+    (e.g. `http` for `envoy_settings={"authorizer": "http"}`).
     """
     sample = sample_server()
     port = port or free_port()
@@ -251,7 +253,7 @@ def start_stack(
         **(server or {}),
     }
     spec = {
-        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}"},
+        "listen": {"grpc": f"127.0.0.1:{free_port()}", "discovery": f"127.0.0.1:{free_port()}", **(listen or {})},
         "log_level": log_level,
         "issuers": [
             {
