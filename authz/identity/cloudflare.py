@@ -86,11 +86,7 @@ async def verify(token: str, access: CloudflareAccess, keys: KeySet | None) -> d
         raise InvalidToken("proxy_assertion_invalid", "kid must be a short string")
     if keys is None:
         raise Unavailable("jwks_unavailable", f"no key set for {access.keys.jwks_uri}")
-    key = await keys.lookup(kid)
-    if key is None and keys.failing:
-        raise Unavailable("jwks_unavailable", f"no key {kid!r} at {access.keys.jwks_uri}: {keys.last_error}")
-    if key is None:
-        raise InvalidToken("proxy_assertion_kid_unknown", f"no key {kid!r} at {access.keys.jwks_uri}")
+    key = await keys.key_for(kid, unknown="proxy_assertion_kid_unknown", where=str(access.keys.jwks_uri))
     if not key.fits(ALGORITHM):
         raise InvalidToken("proxy_assertion_invalid", f"key {kid!r} cannot verify {ALGORITHM}")
     try:

@@ -29,6 +29,7 @@ import aiohttp
 import jwt
 
 from authz.config.runtime import Issuer
+from authz.errors import InvalidToken, Unavailable
 from authz.identity import devkey
 from authz.oauth.rfc8414 import MetadataError, fetch_issuer_metadata, fetch_json
 from authz.observe import telemetry
@@ -161,6 +162,21 @@ class KeySet:
                 self._misses.pop(_NO_KID if kid is None else kid, None)
                 return key
         return None
+
+    async def key_for(self, kid: str | None, *, unknown: str, where: str) -> Key:
+        """The one key-lookup ladder of every verifier: the key for ``kid``, else the refusal that says why.
+
+        Absent after a fetch that could know it: 401 ``unknown`` (the token is bad). The key set failing, or a
+        refetch throttled (``jwks_min_refetch``): 503 ``jwks_unavailable`` (retryable: the client keeps its token).
+        """
+        key = await self.lookup(kid)
+        if key is not None:
+            return key
+        miss = self.miss(kid)
+        if miss == "absent":
+            raise InvalidToken(unknown, f"no key {kid!r} at {where}")
+        why = self.last_error if miss == "failing" else "refetch throttled (jwks_min_refetch)"
+        raise Unavailable("jwks_unavailable", f"no key {kid!r} at {where}: {why}")
 
     def miss(self, kid: str | None) -> Miss:
         """Why the last ``lookup(kid)`` found nothing: ``absent``, ``failing`` or ``throttled``."""

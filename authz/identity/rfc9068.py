@@ -33,7 +33,7 @@ from typing import Any, TypeVar
 import jwt
 
 from authz.config.runtime import Issuer, Server
-from authz.errors import InvalidToken, Unavailable
+from authz.errors import InvalidToken
 from authz.identity.jwks import Key, KeySet
 from authz.model import Caller
 from authz.observe import telemetry
@@ -322,13 +322,7 @@ class Verifier:
             raise InvalidToken("token_malformed", "kid must be a short string")
 
         keyset = self._keys[issuer.name]
-        key = await keyset.lookup(kid)
-        if key is None:
-            miss = keyset.miss(kid)
-            if miss == "absent":
-                raise InvalidToken("token_kid_unknown", f"no key {kid!r} at {issuer.name}")
-            why = keyset.last_error if miss == "failing" else "refetch throttled (jwks_min_refetch)"
-            raise Unavailable("jwks_unavailable", f"no key {kid!r} at {issuer.name}: {why}")
+        key = await keyset.key_for(kid, unknown="token_kid_unknown", where=issuer.name)
         if not key.fits(alg):
             raise InvalidToken("token_alg_key_mismatch", f"key {kid!r} cannot verify {alg}")
         signing_input = f"{parts[0]}.{parts[1]}".encode("ascii")

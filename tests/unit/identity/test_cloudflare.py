@@ -274,6 +274,31 @@ async def test_unknown_kid_while_the_team_keys_cannot_be_fetched_is_503(
     assert (await authz.check(request({ASSERTION: assertion()}))).allowed  # fetched again once it is back
 
 
+async def test_a_new_kid_while_refetching_is_throttled_is_503_not_401(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    """Issue 21 item 5, for Access as for bearer tokens: a rotation seen within jwks_min_refetch is retryable."""
+    jwks_server.docs[CERTS] = jwks(keys().rsa)
+    config = cloudflare_config(jwks_server)
+    access = config.servers["mcp"].proxy
+    assert access is not None and access.cloudflare is not None
+    throttled = dataclasses.replace(
+        config.servers["mcp"],
+        proxy=dataclasses.replace(
+            access,
+            cloudflare=dataclasses.replace(
+                access.cloudflare, keys=dataclasses.replace(access.cloudflare.keys, jwks_min_refetch=60)
+            ),
+        ),
+    )
+    config = dataclasses.replace(config, servers={"mcp": throttled})
+    authz = checker(config, http_session)
+    assert (await authz.check(request({ASSERTION: assertion()}))).allowed  # its kid fetched the keys
+    jwks_server.docs[CERTS] = jwks(keys().rsa, keys().rsa_new)  # the team rotates
+    decision = await authz.check(request({ASSERTION: assertion(key=keys().rsa_new)}))
+    assert refused(decision) == (False, 503, "jwks_unavailable")  # no refetch yet: retry, keep the token
+
+
 async def test_an_assertion_is_never_a_bearer_token(team: JwksServer, http_session: aiohttp.ClientSession) -> None:
     config = cloudflare_config(team, identity=["jwt", "proxy"])
     authz = checker(config, http_session)
