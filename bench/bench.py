@@ -392,6 +392,57 @@ def jwt_authn(bench: Bench, run: Run, *, cache: bool = False) -> dict[str, Any]:
     }
 
 
+def in_process_reference(bench: Bench, run: Run) -> list[dict[str, Any]]:
+    """The fastest per-tool authorization a user could build in Envoy alone (issue 19 item 3): jwt_authn with
+    its cache and the payload in dynamic metadata, Envoy's MCP filter (1.40) parsing the body, and RBAC on the
+    MCP method, the tool name and the scope claim. No 401 challenge, step-up, sessions, revocation or lists."""
+    [authn] = [jwt_authn(bench, run, cache=True)]
+    authn["typed_config"]["providers"]["dev"]["payload_in_metadata"] = "jwt_payload"
+
+    def mcp_field(*path: str, exact: str) -> dict[str, Any]:
+        return {
+            "filter": "envoy.filters.http.mcp",
+            "path": [{"key": key} for key in path],
+            "value": {"string_match": {"exact": exact}},
+        }
+
+    scope = {
+        "filter": "envoy.filters.http.jwt_authn",
+        "path": [{"key": "jwt_payload"}, {"key": "scope"}],
+        "value": {"string_match": {"safe_regex": {"regex": r"(^|.* )tools:read( .*|$)"}}},
+    }
+    policy = {
+        "permissions": [
+            {
+                "and_rules": {
+                    "rules": [
+                        {"metadata": mcp_field("method", exact="tools/call")},
+                        {"metadata": mcp_field("params", "name", exact=TOOL)},
+                    ]
+                }
+            }
+        ],
+        "principals": [{"metadata": scope}],
+    }
+    return [
+        authn,
+        {
+            "name": "envoy.filters.http.mcp",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp",
+                "traffic_mode": "REJECT_NO_MCP",
+            },
+        },
+        {
+            "name": "envoy.filters.http.rbac",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.http.rbac.v3.RBAC",
+                "rules": {"action": "ALLOW", "policies": {"search-with-tools-read": policy}},
+            },
+        },
+    ]
+
+
 # ---------------------------------------------------------------- cases
 
 
@@ -669,6 +720,11 @@ CASES: list[Case] = [
         "jwt_authn-cache",
         "Envoy jwt_authn, jwt_cache_config",
         lambda bench, run: [jwt_authn(bench, run, cache=True)],
+    ),
+    EnvoyCase(
+        "envoy-per-tool",
+        "Envoy alone per tool: jwt_authn (cache) + MCP filter + RBAC on method, tool, scope",
+        in_process_reference,
     ),
     AuthzCase("mcp-authz", "Envoy + mcp-authz, no policy, header-only", header_only=True, grpc_server="grpcio"),
     AuthzCase("mcp-authz-body", "Envoy + mcp-authz, no policy, body sent", grpc_server="grpcio"),
