@@ -10,9 +10,11 @@ import sys
 from pathlib import Path
 from typing import Any, NoReturn
 
+import yaml
+
 from authz import __version__
 from authz.config.errors import ConfigError
-from authz.config.load import advice, load_config
+from authz.config.load import advice, load_config, profile_lines
 from authz.config.runtime import Config
 
 DEFAULT_CONFIG = "examples/config.yaml"
@@ -101,6 +103,10 @@ def cmd_config_check(args: argparse.Namespace) -> int:
     config = _load(path)
     for warning in advice(config):
         print(f"mcp-authz: warning: {warning}", file=sys.stderr)
+    raw = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    entries = [i for i in raw.get("issuers", []) if isinstance(i, dict)] if isinstance(raw, dict) else []
+    for line in profile_lines(config, entries):
+        print(line)
     print(f"{path}: ok ({len(config.servers)} MCP servers, {len(config.issuers)} issuers)")
     return 0
 

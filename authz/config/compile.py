@@ -19,6 +19,7 @@ from urllib.parse import urlsplit
 
 from authz.config.cel import POLICY_VARIABLES, CelError, Expression
 from authz.config.errors import ConfigError
+from authz.config.profiles import PROFILES, TENANT
 from authz.config.runtime import (
     Admin,
     Approvals,
@@ -56,6 +57,7 @@ from authz.config.schema import (
     ConfigSpec,
     EnvoySpec,
     ExtProcSpec,
+    IssuerSpec,
     ListenSpec,
     ProxySpec,
     RuleSpec,
@@ -199,6 +201,7 @@ def _compile_server(spec: ServerSpec, all_issuers: list[str], errors: list[str],
         ),
         filter_lists=spec.filter_lists,
         hosts=frozenset(h.lower() for h in (spec.hosts or [urlsplit(spec.resource).hostname or "*"])),
+        audiences=frozenset(spec.audiences),
         param_headers={
             tool: tuple(
                 ParamHeader(name, f"mcp-param-{name.lower()}", tuple(path.split(".")), path)
@@ -398,6 +401,30 @@ def _store_topology(spec: StoreSpec) -> dict[str, Any]:
     }
 
 
+def _token_type(spec: IssuerSpec) -> str | None:
+    """The explicit ``token_type``, else the ``typ`` the issuer's profile says its IdP sets."""
+    if "token_type" in spec.model_fields_set:
+        return spec.token_type.lower() if spec.token_type else None
+    return PROFILES[spec.profile].token_type
+
+
+def _profile_settings(spec: IssuerSpec) -> dict[str, Any]:
+    """The claims an issuer's tokens use, from its profile where the entry does not say (authz.config.profiles)."""
+    profile = PROFILES[spec.profile]
+    if spec.tenants:
+        accepted: dict[str, str | None] = {spec.issuer.replace(TENANT, t): t for t in spec.tenants}
+    else:
+        accepted = {spec.issuer: None}
+    return {
+        "profile": profile.name,
+        "scope_claims": tuple(spec.scope_claims) if spec.scope_claims else profile.scope_claims,
+        "client_id_claims": profile.client_id_claims,
+        "token_id_claim": profile.token_id_claim,
+        "tenant_claim": profile.tenant_claim if spec.tenants else None,
+        "accepted_issuers": accepted,
+    }
+
+
 def compile_store_url(url: str) -> Store:
     """The store section that only names ``store.url`` (for tools and tests that take a URL)."""
     return compile_store(StoreSpec.model_validate({"url": url}))
@@ -437,13 +464,14 @@ def compile_config(spec: ConfigSpec, source: str = "", base: Path | None = None)
             audiences=frozenset(i.audiences),
             clock_skew=i.clock_skew,
             required_claims=tuple(dict.fromkeys([*i.required_claims, *(["exp"] if i.require_exp else [])])),
-            token_type=i.token_type.lower() if i.token_type else None,
+            token_type=_token_type(i),
             max_token_bytes=i.max_token_bytes,
             max_lifetime=i.max_lifetime,
             jwks_refresh=i.jwks_refresh,
             jwks_min_refetch=i.jwks_min_refetch,
             jwks_timeout=i.jwks_timeout,
             require_jti=i.require_jti,
+            **_profile_settings(i),
         )
         for i in spec.issuers
     }

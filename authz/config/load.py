@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from authz.config.compile import compile_config
 from authz.config.errors import ConfigError
+from authz.config.profiles import PROFILES, describe
 from authz.config.runtime import Config, HostPort
 from authz.config.schema import ConfigSpec, ListenSpec, cross_checks, insecure_urls, keys_at
 
@@ -143,12 +144,38 @@ def _unknown_key(key: str, valid: list[str]) -> str:
 
 def advice(config: Config) -> list[str]:
     """What a valid config may mean by mistake, one ``key: advice`` line each (``config check`` prints them)."""
-    return [
+    lines = [
         f"issuers.{k}.token_type is unset: the JOSE typ header of its tokens is not checked (RFC 8725 §3.11); set "
-        "at+jwt for RFC 9068 access tokens, or the typ your IdP sends (Entra ID: JWT)"
+        "at+jwt for RFC 9068 access tokens, or the typ your IdP sends (Entra ID: JWT), or a profile that knows it"
         for k, issuer in enumerate(config.issuers.values())
         if issuer.token_type is None
     ]
+    servers = list(config.servers.values())
+    for k, server in enumerate(servers):
+        for other in servers[k + 1 :]:
+            for alias in sorted(server.audiences & (other.audiences | {other.resource})):
+                lines.append(
+                    f"servers.{k}.audiences: {alias!r} is accepted by both {server.name!r} and {other.name!r}: a "
+                    "token issued for one is accepted by the other (audience binding is weaker); give each its own"
+                )
+            for alias in sorted(other.audiences & {server.resource}):
+                lines.append(
+                    f"servers.{servers.index(other)}.audiences: {alias!r} is {server.name!r}'s resource: a token "
+                    f"for {server.name!r} is accepted by {other.name!r} too"
+                )
+    return lines
+
+
+def profile_lines(config: Config, spec_issuers: list[dict[str, object]]) -> list[str]:
+    """``config check``: what each issuer's profile sets (``issuers.N (profile P): setting``)."""
+    lines = []
+    for k, issuer in enumerate(config.issuers.values()):
+        if issuer.profile == "generic":
+            continue
+        explicit = set(spec_issuers[k]) if k < len(spec_issuers) else set()
+        for line in describe(PROFILES[issuer.profile], explicit):
+            lines.append(f"issuers.{k} ({issuer.name}, profile {issuer.profile}): {line}")
+    return lines
 
 
 def load_config(path: str | os.PathLike[str]) -> Config:

@@ -103,6 +103,14 @@ class Issuer:
     jwks_min_refetch: int
     jwks_timeout: float
     require_jti: bool
+    # from the issuer's profile (authz.config.profiles) unless set explicitly
+    profile: str = "generic"
+    scope_claims: tuple[str, ...] = ("scope", "scp")
+    client_id_claims: tuple[str, ...] = ("client_id", "azp")
+    token_id_claim: str = "jti"
+    tenant_claim: str | None = None
+    # every `iss` value accepted, and the tenant each names (None: a single-tenant issuer)
+    accepted_issuers: Mapping[str, str | None] = field(default_factory=dict)
 
 
 # ---------------------------------------------------------------- identity sources
@@ -247,6 +255,7 @@ class Server:
     sessions: Sessions = Sessions()
     rate_limits: tuple[RateLimit, ...] = ()
     hosts: frozenset[str] = frozenset({"*"})  # lower-case host names that select it without a context extension
+    audiences: frozenset[str] = frozenset()  # extra accepted `aud` values (servers[].audiences)
     # tool name -> its declared Mcp-Param-* headers (MCP 2026-07-28 x-mcp-header)
     param_headers: Mapping[str, tuple[ParamHeader, ...]] = field(default_factory=dict)
 

@@ -14,6 +14,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 
+from authz.config.profiles import PROFILES, TENANT, ProfileName
 from authz.config.runtime import DEFAULT_MAX_INFLIGHT, HostPort
 from authz.contract import ENVOY_HEADER_PREFIX
 from authz.model import KNOWN_REVISIONS
@@ -148,6 +149,24 @@ class IssuerSpec(_Spec):
         description="Refuse tokens without `exp` (a revoked `jti` is kept only until its `exp`), even when "
         "required_claims leaves `exp` out.",
     )
+    profile: ProfileName = Field(
+        "generic",
+        description="The identity provider's habits (docs/idp/): which claims carry scopes, the client id and "
+        "the token id, the `typ` its access tokens carry (checked unless `token_type` says otherwise), and for "
+        "`entra` the tenant claim of a multi-tenant issuer. Settings written here win over the profile; "
+        "`mcp-authz config check` prints what the profile sets.",
+    )
+    scope_claims: list[str] | None = Field(
+        None,
+        description="Claims whose values are scopes (a space-separated string or an array), merged. "
+        "Unset: the profile's (`scope`, `scp` for generic).",
+    )
+    tenants: list[str] = Field(
+        [],
+        description="A multi-tenant issuer (`issuer` holding `{tenantid}`, e.g. "
+        "`https://login.microsoftonline.com/{tenantid}/v2.0`): the tenant ids accepted; each token's tenant "
+        "claim (`tid`) must name the tenant of its `iss`. Needs `jwks_uri` (the keys all tenants share).",
+    )
 
     @model_validator(mode="after")
     def _one_key_source(self) -> IssuerSpec:
@@ -155,6 +174,22 @@ class IssuerSpec(_Spec):
             raise ValueError("set jwks_uri or local_key_file, not both")
         if not self.algorithms:
             raise ValueError("algorithms: at least one algorithm is required")
+        return self
+
+    @model_validator(mode="after")
+    def _tenants(self) -> IssuerSpec:
+        templated = TENANT in self.issuer
+        if templated and not self.tenants:
+            raise ValueError(f"tenants: an issuer with {TENANT} needs the tenant ids it accepts")
+        if self.tenants and not templated:
+            raise ValueError(f"tenants: only for an issuer holding {TENANT} (e.g. .../{TENANT}/v2.0)")
+        if templated and not self.jwks_uri:
+            raise ValueError(f"jwks_uri: an issuer with {TENANT} has no single metadata document; name the keys")
+        if templated and PROFILES[self.profile].tenant_claim is None:
+            raise ValueError(f"profile: {self.profile!r} has no tenant claim; a {TENANT} issuer needs profile entra")
+        for tenant in self.tenants:
+            if not re.fullmatch(r"[A-Za-z0-9._-]+", tenant):
+                raise ValueError(f"tenants: {tenant!r} is not a tenant id (letters, digits, '.', '_', '-')")
         return self
 
     @field_validator("issuer", "jwks_uri")
@@ -456,6 +491,13 @@ class ServerSpec(_Spec):
         False,
         description="Decide 2026-07-28 requests on Mcp-Method/Mcp-Name without the body. Only for "
         "upstreams that validate header/body agreement themselves (as the revision requires).",
+    )
+    audiences: list[str] = Field(
+        [],
+        description="Extra `aud` values accepted for this server besides its `resource` (for IdPs without "
+        "RFC 8707 resource indicators: an Auth0 API identifier, an Entra application id or `api://...`, a "
+        "Keycloak audience mapper's value). `config check` warns when two servers share one: a token for "
+        "one is then accepted by the other.",
     )
     param_headers: dict[str, dict[str, str]] = Field(
         {},

@@ -217,8 +217,17 @@ def _audiences(claims: Mapping[str, Any]) -> frozenset[str]:
     raise InvalidToken("token_claim_invalid", "aud must be a string or a list of strings")
 
 
-def _scopes(claims: Mapping[str, Any]) -> frozenset[str]:
-    scope = claims.get("scope", claims.get("scp"))
+def _scopes(claims: Mapping[str, Any], names: tuple[str, ...]) -> frozenset[str]:
+    """The scopes of every claim in ``names`` (the issuer's ``scope_claims``) that is present, merged."""
+    if names == ("scope", "scp"):  # the generic profile: the first present, as before profiles
+        return _scope_value(claims.get("scope", claims.get("scp")))
+    found: frozenset[str] = frozenset()
+    for name in names:
+        found |= _scope_value(claims.get(name))
+    return found
+
+
+def _scope_value(scope: Any) -> frozenset[str]:
     if isinstance(scope, str):
         return frozenset(scope.split())
     if isinstance(scope, list) and all(isinstance(s, str) for s in scope):
@@ -240,7 +249,8 @@ class Verifier:
         keep_claims: bool = True,
     ) -> None:
         """``keep_claims``: callers carry every claim (a policy reads ``jwt.*``); else only ``iat``."""
-        self._by_iss = {i.issuer: i for i in issuers.values()}
+        # every accepted `iss` (a multi-tenant issuer has one per tenant) → its issuer
+        self._by_iss = {iss: i for i in issuers.values() for iss in (i.accepted_issuers or {i.issuer: None})}
         self._keys = keys
         self._max_bytes = max((i.max_token_bytes for i in issuers.values()), default=8000)
         self.cache = TokenCache(cache_size)
@@ -274,7 +284,7 @@ class Verifier:
         grant = entry.grant
         if grant.issuer not in server.issuers:
             raise InvalidToken("token_issuer_untrusted", f"issuer {grant.issuer!r} not trusted for {server.name!r}")
-        accepted = self._by_iss[entry.issuer or ""].audiences | {server.resource}
+        accepted = self._by_iss[entry.issuer or ""].audiences | server.audiences | {server.resource}
         if not grant.audiences & accepted:
             raise InvalidToken("token_audience_mismatch", f"aud does not contain {server.resource}")
         return entry
@@ -338,8 +348,12 @@ class Verifier:
         for name in issuer.required_claims:
             if claims.get(name) is None:
                 raise InvalidToken("token_claim_missing", f"no {name} claim")
-        if issuer.require_jti and not isinstance(claims.get("jti"), str):
-            raise InvalidToken("token_claim_missing", "no jti claim")
+        if issuer.require_jti and not isinstance(claims.get(issuer.token_id_claim), str):
+            raise InvalidToken("token_claim_missing", f"no {issuer.token_id_claim} claim")
+        if issuer.tenant_claim is not None:  # a multi-tenant issuer: the token's tenant is its iss's
+            tenant = issuer.accepted_issuers.get(claims["iss"])
+            if claims.get(issuer.tenant_claim) != tenant:
+                raise InvalidToken("token_tenant_mismatch", f"{issuer.tenant_claim} is not the tenant of iss")
         exp = _numeric_date(claims, "exp")
         exp = self._shared(exp) if exp is not None else None  # tokens issued in the same second share it
         nbf = _numeric_date(claims, "nbf")
@@ -356,9 +370,9 @@ class Verifier:
         sub = claims.get("sub")
         if sub is not None and not isinstance(sub, str):
             raise InvalidToken("token_claim_invalid", "sub must be a string")
-        client_id = claims.get("client_id", claims.get("azp"))
+        client_id = next((claims[n] for n in issuer.client_id_claims if claims.get(n) is not None), None)
         client_id = self._shared(client_id) if isinstance(client_id, str) else None
-        jti = claims.get("jti")
+        jti = claims.get(issuer.token_id_claim)
         if self.keep_claims:
             kept: Mapping[str, Any] = claims
         else:
@@ -368,9 +382,9 @@ class Verifier:
         return Verified(
             subject=self._shared(sub or client_id or ""),
             claims=kept,
-            scopes=self._shared(_scopes(claims)),
+            scopes=self._shared(_scopes(claims, issuer.scope_claims)),
             client_id=client_id,
-            issuer=issuer.issuer,
+            issuer=claims["iss"],
             mode="jwt",
             token_id=jti if isinstance(jti, str) else None,
             expires_at=exp,

@@ -67,7 +67,8 @@ def test_config_check_warns_when_an_issuer_does_not_check_typ(repo: Path, capsys
     assert (code, out) == (0, "loose.yaml: ok (1 MCP servers, 2 issuers)\n")
     assert err.splitlines() == [
         "mcp-authz: warning: issuers.0.token_type is unset: the JOSE typ header of its tokens is not checked "
-        "(RFC 8725 §3.11); set at+jwt for RFC 9068 access tokens, or the typ your IdP sends (Entra ID: JWT)"
+        "(RFC 8725 §3.11); set at+jwt for RFC 9068 access tokens, or the typ your IdP sends (Entra ID: JWT), "
+        "or a profile that knows it"
     ]
 
 
@@ -197,3 +198,31 @@ def test_serve_on_a_busy_port_names_the_listen_key(repo: Path, held: socket.sock
     assert done.returncode == 2, done.stderr
     line = one_line(done.stderr)
     assert f"listen.{key} {busy}" in line and "already in use" in line
+
+
+def test_config_check_says_what_a_profile_sets_and_warns_on_a_shared_audience(
+    repo: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (repo / "entra.yaml").write_text(
+        "issuers:\n"
+        "  - name: entra\n"
+        "    issuer: https://login.microsoftonline.com/{tenantid}/v2.0\n"
+        "    jwks_uri: https://login.microsoftonline.com/common/discovery/v2.0/keys\n"
+        "    profile: entra\n"
+        "    tenants: [t1]\n"
+        "    token_type: at+jwt\n"
+        "servers:\n"
+        "  - {name: a, resource: https://mcp.example.com/a, audiences: [api://shared]}\n"
+        "  - {name: b, resource: https://mcp.example.com/b, audiences: [api://shared]}\n",
+        encoding="utf-8",
+    )
+    code, out, err = run(["config", "check", "entra.yaml"], capsys)
+    lines = out.splitlines()
+    assert code == 0 and lines[-1] == "entra.yaml: ok (2 MCP servers, 1 issuers)"
+    assert "issuers.0 (entra, profile entra): scopes from claim(s) scp" in lines
+    assert "issuers.0 (entra, profile entra): token_type jwt (explicit setting wins)" in lines
+    assert "issuers.0 (entra, profile entra): the tid claim must match the issuer's tenant" in lines
+    assert err.splitlines() == [
+        "mcp-authz: warning: servers.0.audiences: 'api://shared' is accepted by both 'a' and 'b': a token issued "
+        "for one is accepted by the other (audience binding is weaker); give each its own"
+    ]

@@ -212,6 +212,36 @@ EVERY_ERROR = [
         id="issuer no algorithms",
     ),
     pytest.param(
+        {"issuers": an_issuer(tenants=["t1"])},
+        "issuers.0.tenants: only for an issuer holding {tenantid} (e.g. .../{tenantid}/v2.0)",
+        id="issuer tenants without a template",
+    ),
+    pytest.param(
+        {"issuers": an_issuer(issuer="https://login.example/{tenantid}/v2.0", profile="entra")},
+        "issuers.0.tenants: an issuer with {tenantid} needs the tenant ids it accepts",
+        id="issuer template without tenants",
+    ),
+    pytest.param(
+        {"issuers": [issuer_spec(issuer="https://l.example/{tenantid}/v2.0", profile="entra", tenants=["t"])]},
+        "issuers.0.jwks_uri: an issuer with {tenantid} has no single metadata document; name the keys",
+        id="issuer template without jwks_uri",
+    ),
+    pytest.param(
+        {"issuers": an_issuer(issuer="https://login.example/{tenantid}/v2.0", tenants=["t1"])},
+        "issuers.0.profile: 'generic' has no tenant claim; a {tenantid} issuer needs profile entra",
+        id="issuer template without a tenant claim",
+    ),
+    pytest.param(
+        {"issuers": an_issuer(issuer="https://login.example/{tenantid}/v2.0", profile="entra", tenants=["a/b"])},
+        "issuers.0.tenants: 'a/b' is not a tenant id (letters, digits, '.', '_', '-')",
+        id="issuer tenant id",
+    ),
+    pytest.param(
+        {"issuers": an_issuer(profile="azure")},
+        "issuers.0.profile: Input should be 'generic', 'entra', 'okta', 'auth0', 'keycloak' or 'google'",
+        id="issuer profile unknown",
+    ),
+    pytest.param(
         {"issuers": an_issuer(algorithms=["HS256"])},
         "issuers.0.algorithms.0: Input should be 'RS256', 'RS384', 'RS512', 'PS256', 'PS384', 'PS512', 'ES256', "
         "'ES384' or 'EdDSA'",

@@ -511,3 +511,59 @@ def test_a_cache_entry_is_found_by_the_token_and_no_other() -> None:
     cache.put("a.b.c", entry)
     assert cache.get("a.b.c") is entry
     assert cache.get("a.b.d") is None and cache.get("a.b.c ") is None
+
+
+# ---------------------------------------------------------------- issuer profiles (issue 18 items 1-2)
+
+ENTRA = "https://login.microsoftonline.com/{tenantid}/v2.0"
+
+
+def _entra(tenant: str) -> str:
+    return ENTRA.replace("{tenantid}", tenant)
+
+
+async def test_auth0_scopes_are_the_scope_and_permissions_claims_merged(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    s = make_setup(jwks_server, http_session, keys().rsa, profile="auth0", token_type="at+jwt")
+    token = keys().rsa.token(make_claims(scope="openid", permissions=["tools:read"], azp="app-1", client_id=REMOVE))
+    caller = await s.verify(token)
+    assert (caller.scopes, caller.client_id) == (frozenset({"openid", "tools:read"}), "app-1")
+    generic = make_setup(jwks_server, http_session, keys().rsa)
+    assert (await generic.verify(token)).scopes == frozenset({"openid"})  # generic reads scope (or scp) alone
+
+
+async def test_okta_scp_array_and_cid(jwks_server: JwksServer, http_session: aiohttp.ClientSession) -> None:
+    s = make_setup(jwks_server, http_session, keys().rsa, profile="okta", token_type="at+jwt")
+    token = keys().rsa.token(make_claims(scope=REMOVE, scp=["tools:read", "openid"], cid="0oa1", client_id=REMOVE))
+    caller = await s.verify(token)
+    assert (caller.scopes, caller.client_id) == (frozenset({"tools:read", "openid"}), "0oa1")
+
+
+async def test_entra_multi_tenant_issuer_accepts_listed_tenants_whose_tid_matches(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    s = make_setup(
+        jwks_server, http_session, keys().rsa, issuer=ENTRA, profile="entra", tenants=["t1", "t2"], token_type="jwt"
+    )
+    head = {"typ": "JWT"}
+    ok = keys().rsa.token(make_claims(iss=_entra("t1"), tid="t1", scp="tools:read", uti="u-1", jti=REMOVE), header=head)
+    caller = await s.verify(ok)
+    assert (caller.issuer, caller.scopes, caller.token_id) == (_entra("t1"), frozenset({"tools:read"}), "u-1")
+    crossed = keys().rsa.token(make_claims(iss=_entra("t1"), tid="t2"), header=head)
+    assert await s.refuse(crossed) == "token_tenant_mismatch"
+    missing = keys().rsa.token(make_claims(iss=_entra("t1")), header=head)
+    assert await s.refuse(missing) == "token_tenant_mismatch"
+    other = keys().rsa.token(make_claims(iss=_entra("t3"), tid="t3"), header=head)
+    assert await s.refuse(other) == "token_issuer_unknown"
+    assert await s.refuse(keys().rsa.token(make_claims(iss=_entra("t1"), tid="t1"))) == "token_type_invalid"
+
+
+async def test_a_server_audience_alias_is_accepted_for_that_server_only(
+    jwks_server: JwksServer, http_session: aiohttp.ClientSession
+) -> None:
+    servers = [server_spec(audiences=["api://mcp"]), server_spec("other", "https://mcp.test/other")]
+    s = make_setup(jwks_server, http_session, keys().rsa, servers=servers)
+    token = keys().rsa.token(make_claims(aud="api://mcp"))
+    assert (await s.verify(token)).subject == "alice"
+    assert await s.refuse(token, "other") == "token_audience_mismatch"
