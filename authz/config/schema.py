@@ -990,6 +990,9 @@ class StoreSpec(_Spec):
         return self
 
 
+MAX_TOKEN_CACHE_SIZE = 1_000_000  # token_cache_size: ~400 MB at ~0.4 KB per cached token (docs/tokens.md)
+
+
 class ConfigSpec(_Spec):
     listen: ListenSpec = Field(default_factory=ListenSpec, description="Listen addresses.")  # type: ignore[arg-type]
     issuers: list[IssuerSpec] = Field(description="Token issuers (authorization servers).")
@@ -1006,9 +1009,21 @@ class ConfigSpec(_Spec):
     token_cache_size: int = Field(
         10_000,
         ge=1,
-        le=1_000_000,
-        description="Verified tokens kept in memory (the oldest goes first when full); bounds the authorizer's memory.",
+        le=MAX_TOKEN_CACHE_SIZE,
+        description="Verified tokens kept in memory (the oldest goes first when full); bounds the authorizer's "
+        "memory: ~0.4 KB per token, plus the token's claims (~3 KB) where a policy uses CEL (docs/tokens.md).",
     )
+
+    @field_validator("token_cache_size", mode="before")
+    @classmethod
+    def _token_cache_size(cls, value: Any) -> Any:
+        if isinstance(value, int) and value > MAX_TOKEN_CACHE_SIZE:
+            raise ValueError(
+                f"{value} is above the maximum {MAX_TOKEN_CACHE_SIZE} (~400 MB of cached tokens, ~3 GB with CEL "
+                f"policies); set at most {MAX_TOKEN_CACHE_SIZE}: tokens beyond it are verified again, not refused"
+            )
+        return value
+
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="JSON logs on stderr.")
     envoy: EnvoySpec = Field(
         default_factory=EnvoySpec,  # type: ignore[arg-type]

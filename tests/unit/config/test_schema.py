@@ -300,6 +300,12 @@ EVERY_ERROR = [
         id="server revisions unknown",
     ),
     pytest.param(
+        {"token_cache_size": 2_000_000},
+        "token_cache_size: 2000000 is above the maximum 1000000 (~400 MB of cached tokens, ~3 GB with CEL "
+        "policies); set at most 1000000: tokens beyond it are verified again, not refused",
+        id="token cache above its maximum",
+    ),
+    pytest.param(
         {"servers": a_server(param_headers={"sql": {"Re gion": "region"}})},
         "servers.0.param_headers: sql: 'Re gion' is not an RFC 9110 token (the x-mcp-header value, e.g. Region)",
         id="param header not a token",
