@@ -40,13 +40,14 @@ def challenge(refusal: Refusal, server: Server | None) -> str | None:
     elif isinstance(refusal, InsufficientScope):
         params.append(("error", "insufficient_scope"))
         if refusal.scopes:
-            params.append(("scope", " ".join(refusal.scopes)))
+            asked = server.asked_as(refusal.scopes) if server is not None else list(refusal.scopes)
+            params.append(("scope", " ".join(asked)))
     elif isinstance(refusal, InvalidRequest):
         params.append(("error", "invalid_request"))
     elif not isinstance(refusal, MissingToken):
         return None
     elif server is not None and server.scopes_supported:
-        params.append(("scope", " ".join(s for s in server.scopes_supported if s != "offline_access")))
+        params.append(("scope", " ".join(server.asked_as(s for s in server.scopes_supported if s != "offline_access"))))
     if server is not None:
         params.append(("resource_metadata", server.metadata_url))
     return "Bearer " + ", ".join(f'{k}="{_quote(v)}"' for k, v in params) if params else "Bearer"

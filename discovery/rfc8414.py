@@ -23,7 +23,9 @@ def is_local(issuer: Issuer) -> bool:
 
 def mirrored_issuers(config: Config) -> list[Issuer]:
     """Issuers whose metadata is mirrored: every configured issuer except local-key ones."""
-    return [i for i in config.issuers.values() if not is_local(i)]
+    return [
+        i for i in config.issuers.values() if not is_local(i) and i.tenant_claim is None
+    ]  # templates: no one document
 
 
 def issuer_paths(issuer: str) -> list[str]:

@@ -25,14 +25,19 @@ def document(server: Server, issuers: Mapping[str, Issuer]) -> dict[str, Any]:
     """The metadata document (RFC 9728 §2) for ``server``."""
     doc: dict[str, Any] = {
         "resource": server.resource,
-        "authorization_servers": [issuers[name].issuer for name in server.issuers],
+        "authorization_servers": [iss for name in server.issuers for iss in _issuers_of(issuers[name])],
         "bearer_methods_supported": ["header"],
     }
     if server.scopes_supported:
-        doc["scopes_supported"] = list(server.scopes_supported)
+        doc["scopes_supported"] = server.asked_as(server.scopes_supported)
     if server.resource_name:
         doc["resource_name"] = server.resource_name
     return doc
+
+
+def _issuers_of(issuer: Issuer) -> list[str]:
+    """A multi-tenant issuer is each of its tenants' issuers; any other is its own identifier."""
+    return list(issuer.accepted_issuers) if issuer.tenant_claim else [issuer.issuer]
 
 
 def well_known_path(server: Server) -> str:

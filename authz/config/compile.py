@@ -48,6 +48,8 @@ from authz.config.runtime import (
     Telemetry,
 )
 from authz.config.schema import (
+    MCP_FILTER_MAX_BYTES,
+    MCP_FILTER_SINCE,
     PROXY_PRESETS,
     SENTINEL_SCHEMES,
     AdminSpec,
@@ -67,6 +69,7 @@ from authz.config.schema import (
     StoreTlsSpec,
     TelemetrySpec,
     WebhookSpec,
+    envoy_release,
     sentinel_url_parts,
 )
 from authz.config.secrets import MIN_HMAC_KEY, Secret, SecretError, parse_key, read_key_file, reveal
@@ -311,7 +314,17 @@ def compile_listen(spec: ListenSpec) -> Listen:
 
 
 def compile_envoy(spec: EnvoySpec) -> Envoy:
-    return Envoy(HostPort.parse(spec.listen), spec.max_request_bytes, spec.timeout_ms, spec.authorizer, spec.admin_port)
+    mcp_filter = spec.mcp_filter
+    if mcp_filter is None:  # on where this Envoy has it and its bound holds ours
+        mcp_filter = envoy_release(spec.version) >= MCP_FILTER_SINCE and spec.max_request_bytes <= MCP_FILTER_MAX_BYTES
+    return Envoy(
+        HostPort.parse(spec.listen),
+        spec.max_request_bytes,
+        spec.timeout_ms,
+        spec.authorizer,
+        spec.admin_port,
+        mcp_filter=mcp_filter,
+    )
 
 
 def compile_ext_proc(spec: ExtProcSpec) -> ExtProc:
@@ -422,7 +435,14 @@ def _profile_settings(spec: IssuerSpec) -> dict[str, Any]:
         "token_id_claim": profile.token_id_claim,
         "tenant_claim": profile.tenant_claim if spec.tenants else None,
         "accepted_issuers": accepted,
+        "scope_prefix": profile.scope_prefix if spec.scope_prefix is None else spec.scope_prefix,
     }
+
+
+def _with_scope_prefix(server: Server, issuers: Mapping[str, Issuer]) -> Server:
+    """The server's scopes as clients must ask for them: its first issuer's prefix, if any, for this resource."""
+    prefix = next((issuers[n].scope_prefix for n in server.issuers if n in issuers and issuers[n].scope_prefix), "")
+    return replace(server, scope_prefix=prefix.replace("{resource}", server.resource)) if prefix else server
 
 
 def compile_store_url(url: str) -> Store:
@@ -483,6 +503,7 @@ def compile_config(spec: ConfigSpec, source: str = "", base: Path | None = None)
     for k, s in enumerate(spec.servers):
         compiled = _compile_server(s, list(issuers), errors, k)
         if compiled is not None:
+            compiled = _with_scope_prefix(compiled, issuers)
             servers[s.name] = _compile_upstream(compiled, s, issuers, secret_keys, errors, k)
     approvals = _compile_approvals(spec.approvals, secret_keys, errors)
     audit = _compile_audit(spec.audit, secret_keys, errors)

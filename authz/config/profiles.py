@@ -25,13 +25,17 @@ class Profile:
     token_id_claim: str  # the claim revocation by id reads
     tenant_claim: str | None  # multi-tenant issuers: the claim that must equal the issuer's tenant
     groups: str  # where group / role claims are, for CEL (documentation only: CEL reads jwt.* as it is)
+    # how clients must ask for a scope ("{resource}": the MCP server's resource URL); tokens carry the short name
+    scope_prefix: str = ""
 
 
 PROFILES: dict[str, Profile] = {
     p.name: p
     for p in (
         Profile("generic", ("scope", "scp"), None, ("client_id", "azp"), "jti", None, "jwt.groups (RFC 9068 §7.2)"),
-        Profile("entra", ("scp",), "jwt", ("azp", "appid"), "uti", "tid", "jwt.roles (app roles), jwt.groups"),
+        Profile(
+            "entra", ("scp",), "jwt", ("azp", "appid"), "uti", "tid", "jwt.roles (app roles), jwt.groups", "{resource}/"
+        ),
         Profile("okta", ("scp",), None, ("cid", "client_id"), "jti", None, "jwt.groups (a claim you add)"),
         Profile("auth0", ("scope", "permissions"), "jwt", ("azp", "client_id"), "jti", None, "jwt.permissions"),
         Profile("keycloak", ("scope",), "jwt", ("azp", "client_id"), "jti", None, "jwt.realm_access.roles"),
@@ -50,6 +54,7 @@ def describe(profile: Profile, explicit: set[str]) -> list[str]:
         f"scopes from claim(s) {', '.join(profile.scope_claims)}",
         f"token_type {profile.token_type or 'not checked'}{mark('token_type')}",
         f"client id from {', '.join(profile.client_id_claims)}",
+        *([f"scopes asked for as {profile.scope_prefix}<scope>{mark('scope_prefix')}"] if profile.scope_prefix else []),
         f"token id (revocation) from {profile.token_id_claim}",
         *([f"the {profile.tenant_claim} claim must match the issuer's tenant"] if profile.tenant_claim else []),
         f"groups/roles for CEL: {profile.groups}",

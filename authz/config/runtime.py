@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -109,6 +109,7 @@ class Issuer:
     client_id_claims: tuple[str, ...] = ("client_id", "azp")
     token_id_claim: str = "jti"
     tenant_claim: str | None = None
+    scope_prefix: str = ""  # clients ask for "<prefix><scope>" ("{resource}": the server's resource URL)
     # every `iss` value accepted, and the tenant each names (None: a single-tenant issuer)
     accepted_issuers: Mapping[str, str | None] = field(default_factory=dict)
 
@@ -221,6 +222,9 @@ class RateLimit:
     window: int
 
 
+_OPENID_SCOPES = frozenset({"openid", "profile", "email", "offline_access"})
+
+
 @dataclass(frozen=True, slots=True)
 class ParamHeader:
     """One declared MCP 2026-07-28 ``Mcp-Param-{name}`` header (``servers[].param_headers``)."""
@@ -256,8 +260,15 @@ class Server:
     rate_limits: tuple[RateLimit, ...] = ()
     hosts: frozenset[str] = frozenset({"*"})  # lower-case host names that select it without a context extension
     audiences: frozenset[str] = frozenset()  # extra accepted `aud` values (servers[].audiences)
+    scope_prefix: str = ""  # from its first issuer's scope_prefix: how challenges and scopes_supported name scopes
     # tool name -> its declared Mcp-Param-* headers (MCP 2026-07-28 x-mcp-header)
     param_headers: Mapping[str, tuple[ParamHeader, ...]] = field(default_factory=dict)
+
+    def asked_as(self, scopes: Iterable[str]) -> list[str]:
+        """Scopes as a client must ask the server's IdP for them (``scope_prefix``, e.g. Entra's Application ID
+        URI), while tokens and policy carry the short names. OpenID scopes are never prefixed."""
+        prefix = self.scope_prefix
+        return [prefix + s if prefix and s not in _OPENID_SCOPES else s for s in scopes]
 
     @property
     def injected_headers(self) -> tuple[str, ...]:
@@ -293,6 +304,7 @@ class Envoy:
     timeout_ms: int
     authorizer: Literal["grpc", "http"]
     admin_port: int
+    mcp_filter: bool = False  # Envoy's MCP filter before ext_authz; its parse is the Check's input (authz.mcp_metadata)
 
 
 @dataclass(frozen=True, slots=True)

@@ -161,6 +161,13 @@ class IssuerSpec(_Spec):
         description="Claims whose values are scopes (a space-separated string or an array), merged. "
         "Unset: the profile's (`scope`, `scp` for generic).",
     )
+    scope_prefix: str | None = Field(
+        None,
+        description="How clients must ask this IdP for a scope: `<prefix><scope>` in challenges and "
+        "`scopes_supported`, while tokens and policy use the short name (Entra ID: the Application ID URI and "
+        "`/`; `{resource}` stands for the MCP server's resource URL, the entra profile's default). Unset: the "
+        "profile's (none but entra).",
+    )
     tenants: list[str] = Field(
         [],
         description="A multi-tenant issuer (`issuer` holding `{tenantid}`, e.g. "
@@ -624,12 +631,47 @@ class EnvoySpec(_Spec):
         "grpc", description="Which ext_authz transport the rendered Envoy uses (`http` needs listen.http)."
     )
     admin_port: int = Field(0, ge=0, le=65535, description="Envoy admin port on 127.0.0.1 (0: ephemeral).")
+    version: str = Field(
+        "1.40",
+        pattern=r"^[0-9]+\.[0-9]+$",
+        description="The Envoy release (`major.minor`) the rendered config is for; from 1.40 on it has the MCP "
+        "filter (`mcp_filter`).",
+    )
+    mcp_filter: bool | None = Field(
+        None,
+        description="Put Envoy's MCP filter (`envoy.filters.http.mcp`) before ext_authz, so the Check reads its "
+        "parse (dynamic metadata) instead of the body for requests of revisions without batches, on servers whose "
+        "policy needs no tool arguments (docs/envoy-mcp-filter.md). Left out: on when `version` is 1.40 or later "
+        "and `max_request_bytes` is at most 10 MiB (the filter's bound). Istio's sidecars keep the body.",
+    )
 
     @field_validator("listen")
     @classmethod
     def _host_port(cls, value: str) -> str:
         HostPort.parse(value)
         return value
+
+    @model_validator(mode="after")
+    def _mcp_filter(self) -> EnvoySpec:
+        if self.mcp_filter:
+            if envoy_release(self.version) < MCP_FILTER_SINCE:
+                raise ValueError(f"mcp_filter: Envoy's MCP filter needs version 1.40 or later, not {self.version}")
+            if self.max_request_bytes > MCP_FILTER_MAX_BYTES:
+                raise ValueError(
+                    f"mcp_filter: the filter parses at most {MCP_FILTER_MAX_BYTES} bytes; lower max_request_bytes "
+                    f"({self.max_request_bytes}) or set mcp_filter: false"
+                )
+        return self
+
+
+MCP_FILTER_SINCE = (1, 40)  # the first Envoy with envoy.filters.http.mcp as rendered (attribute_source)
+MCP_FILTER_MAX_BYTES = 10 * 1024 * 1024  # its max_request_body_size bound
+
+
+def envoy_release(version: str) -> tuple[int, int]:
+    """``"1.40"`` → ``(1, 40)``."""
+    major, minor = version.split(".")
+    return int(major), int(minor)
 
 
 class ExtProcSpec(_Spec):
