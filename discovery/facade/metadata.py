@@ -32,7 +32,7 @@ def document(issuer: str, scopes: list[str]) -> dict[str, Any]:
         "registration_endpoint": f"{base}/register",
         "jwks_uri": f"{base}/jwks.json",
         "response_types_supported": ["code"],
-        "grant_types_supported": ["authorization_code", "refresh_token"],
+        "grant_types_supported": ["authorization_code"],
         "code_challenge_methods_supported": ["S256"],
         "token_endpoint_auth_methods_supported": ["none"],
         "scopes_supported": scopes,
