@@ -641,8 +641,9 @@ class EnvoySpec(_Spec):
         None,
         description="Put Envoy's MCP filter (`envoy.filters.http.mcp`) before ext_authz, so the Check reads its "
         "parse (dynamic metadata) instead of the body for requests of revisions without batches, on servers whose "
-        "policy needs no tool arguments (docs/envoy-mcp-filter.md). Left out: on when `version` is 1.40 or later "
-        "and `max_request_bytes` is at most 10 MiB (the filter's bound). Istio's sidecars keep the body.",
+        "policy needs no tool arguments (docs/envoy-mcp-filter.md). Opt-in for now (left out: off); it needs "
+        "`version` 1.40 or later and `max_request_bytes` at most 10 MiB (the filter's bound). Istio's sidecars "
+        "keep the body.",
     )
 
     @field_validator("listen")
