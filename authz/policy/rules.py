@@ -13,6 +13,7 @@ from typing import Any
 from authz.config.runtime import Policy, Rule
 from authz.errors import Forbidden, InsufficientScope, MissingToken, Refusal
 from authz.model import Caller, HttpRequest, McpCall, McpRequest
+from authz.request import NAME_PARAM, decode_header_value
 
 NEVER_CHALLENGED = frozenset({"offline_access"})
 
@@ -81,7 +82,9 @@ def _require(rule: Rule, caller: Caller, mcp: McpRequest, call: McpCall | None, 
     if missing:
         challenge = tuple(sorted(needed - NEVER_CHALLENGED))
         if caller.anonymous:
-            raise MissingToken("token_missing", f"rule {rule.name!r} needs a token")
+            anonymous = MissingToken("token_missing", f"rule {rule.name!r} needs a token")
+            anonymous.scopes = challenge
+            raise anonymous
         raise InsufficientScope(challenge, detail=f"rule {rule.name!r} needs {' '.join(challenge)}")
     if rule.when is not None and base is not None and not rule.when.evaluate(_context(base, mcp, call)):
         raise Forbidden("policy_condition_failed", f"rule {rule.name!r}: {rule.when.source} is not true")
@@ -115,3 +118,30 @@ def _context(base: Mapping[str, Any], mcp: McpRequest, call: McpCall | None) -> 
             "revision": mcp.revision,
         },
     }
+
+
+def needed_by_headers(policy: Policy | None, req: HttpRequest) -> tuple[str, ...]:
+    """Scopes the operation the MCP 2026-07-28 routing headers (``Mcp-Method``/``Mcp-Name``) name needs, for a 401
+    challenge: the first matching rule's, if it allows. Empty where the headers name nothing (then the challenge
+    offers the minimal set). A hint only: the body of an unauthenticated request is never parsed."""
+    method = req.headers.get("mcp-method")
+    if policy is None or not method or len(req.values("mcp-method")) > 1:
+        return ()
+    raw = req.headers.get("mcp-name")
+    name = decode_header_value(raw) if raw is not None and len(req.values("mcp-name")) == 1 else None
+    named = NAME_PARAM.get(method)
+    if named is not None and name is None:
+        return ()
+    call = McpCall(
+        method,
+        tool=name if method == "tools/call" else None,
+        prompt=name if method == "prompts/get" else None,
+        uri=name if method == "resources/read" else None,
+    )
+    for rule in policy.rules:
+        if _matches(rule, req.method, call):
+            if not rule.allow:
+                return ()
+            needed = rule.scopes | ({rule.any_scopes[0]} if rule.any_scopes else set())
+            return tuple(sorted(needed - NEVER_CHALLENGED))
+    return ()

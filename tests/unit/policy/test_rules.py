@@ -321,3 +321,34 @@ def test_bare_responses_carry_no_operation() -> None:
     assert decide(pol, caller(), http_request({"jsonrpc": "2.0", "id": 1, "result": {}})) is None
     mixed = [{"jsonrpc": "2.0", "id": 1, "result": {}}, tool_call("other", id=2)]
     assert refusal_of(pol, caller(), http_request(mixed)).reason == "policy_no_match"
+
+
+# ---------------------------------------------------------------- 401 scope from the routing headers (issue 18 item 3)
+
+
+def _routed(headers: dict[str, str]) -> HttpRequest:
+    return http_request(None, headers=headers)
+
+
+def test_needed_by_headers_names_the_operations_scopes_never_offline_access() -> None:
+    from authz.policy.rules import needed_by_headers
+
+    pol = compile_policy(
+        {"name": "deny-rm", "effect": "deny", "tools": ["rm"]},
+        {"name": "write", "tools": ["write_*"], "scopes": ["files:write", "offline_access"]},
+        {"name": "read", "methods": ["resources/read"], "scopes": ["files:read"]},
+    )
+    assert needed_by_headers(pol, _routed({"mcp-method": "tools/call", "mcp-name": "write_a"})) == ("files:write",)
+    assert needed_by_headers(pol, _routed({"mcp-method": "resources/read", "mcp-name": "file:///x"})) == ("files:read",)
+    # nothing named, a name missing, a denied or unmatched operation: empty (the challenge offers the minimal set)
+    assert needed_by_headers(pol, _routed({})) == ()
+    assert needed_by_headers(pol, _routed({"mcp-method": "tools/call"})) == ()
+    assert needed_by_headers(pol, _routed({"mcp-method": "tools/call", "mcp-name": "rm"})) == ()
+    assert needed_by_headers(None, _routed({"mcp-method": "tools/call", "mcp-name": "write_a"})) == ()
+
+
+def test_an_anonymous_caller_refused_by_a_scoped_rule_is_told_its_scopes() -> None:
+    pol = compile_policy({"name": "write", "tools": ["*"], "scopes": ["files:write"]})
+    refusal = refusal_of(pol, ANONYMOUS, call("x"))
+    assert isinstance(refusal, MissingToken)
+    assert refusal.scopes == ("files:write",)
