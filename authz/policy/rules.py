@@ -8,6 +8,7 @@ anonymous caller) and its CEL condition (else 403). A batch is allowed only if e
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import replace
 from typing import Any
 
 from authz.config.runtime import Policy, Rule
@@ -25,6 +26,9 @@ def authorize(policy: Policy | None, caller: Caller, mcp: McpRequest, req: HttpR
     """
     if policy is None:
         return None
+    if policy.scope_implies and caller.scopes & policy.scope_implies.keys():  # a broader scope implies narrower
+        implied = [policy.scope_implies.get(s, frozenset()) for s in caller.scopes]
+        caller = replace(caller, scopes=caller.scopes.union(*implied))
     base = _base_context(caller, req) if policy.uses_cel else None
     if not mcp.calls:
         return _decide(policy, caller, mcp, None, base)

@@ -5,7 +5,17 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import enveloped, http_request, make_config, policy, rpc, server_spec, stateless_headers, tool_call
+from support import (
+    enveloped,
+    http_request,
+    issuer_spec,
+    make_config,
+    policy,
+    rpc,
+    server_spec,
+    stateless_headers,
+    tool_call,
+)
 
 from authz import request
 from authz.config.cel import CelError, Expression
@@ -352,3 +362,22 @@ def test_an_anonymous_caller_refused_by_a_scoped_rule_is_told_its_scopes() -> No
     refusal = refusal_of(pol, ANONYMOUS, call("x"))
     assert isinstance(refusal, MissingToken)
     assert refusal.scopes == ("files:write",)
+
+
+def test_a_broader_scope_implies_the_narrower_ones_its_issuer_declares() -> None:
+    rules = policy({"name": "read", "tools": ["*"], "scopes": ["repo:read"]})
+    config = make_config(
+        servers=[server_spec(policy=rules)],
+        issuers=[
+            issuer_spec(
+                jwks_uri="http://127.0.0.1:9/jwks",
+                scope_hierarchy={"admin": ["repo"], "repo": ["repo:read", "repo:write"]},
+            )
+        ],
+    )
+    pol = config.servers["mcp"].policy
+    assert pol is not None
+    assert decide(pol, caller("repo"), call("x")) == "read"
+    assert decide(pol, caller("admin"), call("x")) == "read"  # transitively
+    refusal = refusal_of(pol, caller("repo:write"), call("x"))  # a narrower scope never implies a broader one
+    assert isinstance(refusal, InsufficientScope) and refusal.scopes == ("repo:read",)
