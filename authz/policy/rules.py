@@ -46,7 +46,7 @@ def _decide(
         if not _matches(rule, mcp.http_method, call):
             continue
         try:
-            _require(rule, caller, mcp, call, base)
+            _require(rule, caller, mcp, call, base, policy.scope_implies)
         except Refusal as refusal:
             refusal.rule = rule.name
             raise
@@ -77,14 +77,24 @@ def _matches(rule: Rule, http_method: str, call: McpCall | None) -> bool:
     return rule.resources is None or (call.uri is not None and rule.resources.match(call.uri) is not None)
 
 
-def _require(rule: Rule, caller: Caller, mcp: McpRequest, call: McpCall | None, base: dict[str, Any] | None) -> None:
+def _require(
+    rule: Rule,
+    caller: Caller,
+    mcp: McpRequest,
+    call: McpCall | None,
+    base: dict[str, Any] | None,
+    implies: Mapping[str, frozenset[str]],
+) -> None:
     needed = rule.scopes
     missing = not needed <= caller.scopes
     if rule.any_scopes and not any(s in caller.scopes for s in rule.any_scopes):
         needed = needed | {rule.any_scopes[0]}
         missing = True
     if missing:
-        challenge = tuple(sorted(needed - NEVER_CHALLENGED))
+        asked = needed - NEVER_CHALLENGED
+        if implies:  # a scope another asked-for one implies is redundant (repo ⊇ repo:read: ask for repo)
+            asked = asked.difference(*(implies.get(s, frozenset()) for s in asked))
+        challenge = tuple(sorted(asked))
         if caller.anonymous:
             anonymous = MissingToken("token_missing", f"rule {rule.name!r} needs a token")
             anonymous.scopes = challenge

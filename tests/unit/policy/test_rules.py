@@ -381,3 +381,16 @@ def test_a_broader_scope_implies_the_narrower_ones_its_issuer_declares() -> None
     assert decide(pol, caller("admin"), call("x")) == "read"  # transitively
     refusal = refusal_of(pol, caller("repo:write"), call("x"))  # a narrower scope never implies a broader one
     assert isinstance(refusal, InsufficientScope) and refusal.scopes == ("repo:read",)
+
+
+def test_a_challenge_leaves_out_a_scope_another_needed_one_implies() -> None:
+    rules = policy({"name": "both", "tools": ["*"], "scopes": ["repo", "repo:read", "other"]})
+    hierarchy = {"repo": ["repo:read"]}
+    config = make_config(
+        issuers=[issuer_spec(jwks_uri="http://127.0.0.1:9/jwks", scope_hierarchy=hierarchy)],
+        servers=[server_spec(policy=rules)],
+    )
+    pol = config.servers["mcp"].policy
+    assert pol is not None
+    refusal = refusal_of(pol, caller("repo:read"), call("x"))
+    assert isinstance(refusal, InsufficientScope) and refusal.scopes == ("other", "repo")
