@@ -11,10 +11,10 @@ import logging
 
 from authz import request, response, routing
 from authz.config.runtime import Config, Server
-from authz.errors import MissingToken, Refusal, Unavailable
+from authz.errors import Refusal, Unavailable
 from authz.model import Caller, Decision, HttpRequest, McpRequest
 from authz.origin import check_origin
-from authz.policy.rules import authorize, needed_by_headers
+from authz.policy.rules import authorize
 from authz.stages import Stages
 
 log = logging.getLogger("mcp_authz.check")
@@ -59,8 +59,6 @@ class Checker:
                 client_headers=req.headers,
             )
         except Refusal as refusal:
-            if isinstance(refusal, MissingToken) and not refusal.scopes and server is not None and mcp is None:
-                refusal.scopes = needed_by_headers(server.policy, req)
             return response.deny(refusal, server, mcp, caller=caller)
         except Exception as exc:  # fail closed: never allow, never crash
             log.exception("internal error in Check", extra={"reason": "internal_error"})

@@ -35,7 +35,6 @@ class MissingToken(Refusal):
 
     status = 401
     default_reason = "token_missing"
-    scopes: tuple[str, ...] = ()  # what the operation needs, for the challenge's scope (empty: the minimal set)
 
 
 class InvalidToken(Refusal):

@@ -46,9 +46,8 @@ def challenge(refusal: Refusal, server: Server | None) -> str | None:
         params.append(("error", "invalid_request"))
     elif not isinstance(refusal, MissingToken):
         return None
-    elif server is not None and (refusal.scopes or server.scopes_supported):
-        offered = refusal.scopes or tuple(s for s in server.scopes_supported if s != "offline_access")
-        params.append(("scope", " ".join(server.asked_as(offered))))
+    elif server is not None and server.scopes_supported:
+        params.append(("scope", " ".join(server.asked_as(s for s in server.scopes_supported if s != "offline_access"))))
     if server is not None:
         params.append(("resource_metadata", server.metadata_url))
     return "Bearer " + ", ".join(f'{k}="{_quote(v)}"' for k, v in params) if params else "Bearer"

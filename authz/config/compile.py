@@ -10,7 +10,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import replace
 from fnmatch import translate
 from pathlib import Path
@@ -442,28 +442,6 @@ def _with_scope_prefix(server: Server, issuers: Mapping[str, Issuer]) -> Server:
     return replace(server, scope_prefix=prefix.replace("{resource}", server.resource)) if prefix else server
 
 
-def _with_scope_hierarchy(server: Server, specs: Sequence[IssuerSpec]) -> Server:
-    """The server's policy with its issuers' scope hierarchies, closed transitively."""
-    direct: dict[str, set[str]] = {}
-    for issuer in specs:
-        if issuer.name in server.issuers:
-            for broad, narrow in issuer.scope_hierarchy.items():
-                direct.setdefault(broad, set()).update(narrow)
-    if server.policy is None or not direct:
-        return server
-    closed: dict[str, frozenset[str]] = {}
-    for broad in direct:
-        seen: set[str] = set()
-        todo = list(direct[broad])
-        while todo:
-            scope = todo.pop()
-            if scope not in seen and scope != broad:
-                seen.add(scope)
-                todo.extend(direct.get(scope, ()))
-        closed[broad] = frozenset(seen)
-    return replace(server, policy=replace(server.policy, scope_implies=closed))
-
-
 def compile_store_url(url: str) -> Store:
     """The store section that only names ``store.url`` (for tools and tests that take a URL)."""
     return compile_store(StoreSpec.model_validate({"url": url}))
@@ -523,7 +501,6 @@ def compile_config(spec: ConfigSpec, source: str = "", base: Path | None = None)
         compiled = _compile_server(s, list(issuers), errors, k)
         if compiled is not None:
             compiled = _with_scope_prefix(compiled, issuers)
-            compiled = _with_scope_hierarchy(compiled, spec.issuers)
             servers[s.name] = _compile_upstream(compiled, s, issuers, secret_keys, errors, k)
     approvals = _compile_approvals(spec.approvals, secret_keys, errors)
     audit = _compile_audit(spec.audit, secret_keys, errors)

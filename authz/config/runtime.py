@@ -84,8 +84,6 @@ class Policy:
     default_allow: bool
     uses_cel: bool
     approval_rules: frozenset[str] = frozenset()  # names of rules whose calls wait for approval
-    # scope -> every narrower scope it implies (transitive; issuers[].scope_hierarchy of the server's issuers)
-    scope_implies: Mapping[str, frozenset[str]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)

@@ -168,12 +168,6 @@ class IssuerSpec(_Spec):
         "`/`; `{resource}` stands for the MCP server's resource URL, the entra profile's default). Unset: the "
         "profile's (none but entra).",
     )
-    scope_hierarchy: dict[str, list[str]] = Field(
-        {},
-        description="Broader scopes and the narrower ones each implies, e.g. `{repo: [repo:read, repo:write]}`: "
-        "a token with `repo` satisfies rules needing `repo:read` (transitively). Applies to the policy of the "
-        "servers this issuer serves.",
-    )
     tenants: list[str] = Field(
         [],
         description="A multi-tenant issuer (`issuer` holding `{tenantid}`, e.g. "

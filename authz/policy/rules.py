@@ -8,13 +8,11 @@ anonymous caller) and its CEL condition (else 403). A batch is allowed only if e
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import replace
 from typing import Any
 
 from authz.config.runtime import Policy, Rule
 from authz.errors import Forbidden, InsufficientScope, MissingToken, Refusal
 from authz.model import Caller, HttpRequest, McpCall, McpRequest
-from authz.request import NAME_PARAM, decode_header_value
 
 NEVER_CHALLENGED = frozenset({"offline_access"})
 
@@ -26,9 +24,6 @@ def authorize(policy: Policy | None, caller: Caller, mcp: McpRequest, req: HttpR
     """
     if policy is None:
         return None
-    if policy.scope_implies and caller.scopes & policy.scope_implies.keys():  # a broader scope implies narrower
-        implied = [policy.scope_implies.get(s, frozenset()) for s in caller.scopes]
-        caller = replace(caller, scopes=caller.scopes.union(*implied))
     base = _base_context(caller, req) if policy.uses_cel else None
     if not mcp.calls:
         return _decide(policy, caller, mcp, None, base)
@@ -46,7 +41,7 @@ def _decide(
         if not _matches(rule, mcp.http_method, call):
             continue
         try:
-            _require(rule, caller, mcp, call, base, policy.scope_implies)
+            _require(rule, caller, mcp, call, base)
         except Refusal as refusal:
             refusal.rule = rule.name
             raise
@@ -77,28 +72,16 @@ def _matches(rule: Rule, http_method: str, call: McpCall | None) -> bool:
     return rule.resources is None or (call.uri is not None and rule.resources.match(call.uri) is not None)
 
 
-def _require(
-    rule: Rule,
-    caller: Caller,
-    mcp: McpRequest,
-    call: McpCall | None,
-    base: dict[str, Any] | None,
-    implies: Mapping[str, frozenset[str]],
-) -> None:
+def _require(rule: Rule, caller: Caller, mcp: McpRequest, call: McpCall | None, base: dict[str, Any] | None) -> None:
     needed = rule.scopes
     missing = not needed <= caller.scopes
     if rule.any_scopes and not any(s in caller.scopes for s in rule.any_scopes):
         needed = needed | {rule.any_scopes[0]}
         missing = True
     if missing:
-        asked = needed - NEVER_CHALLENGED
-        if implies:  # a scope another asked-for one implies is redundant (repo ⊇ repo:read: ask for repo)
-            asked = asked.difference(*(implies.get(s, frozenset()) for s in asked))
-        challenge = tuple(sorted(asked))
+        challenge = tuple(sorted(needed - NEVER_CHALLENGED))
         if caller.anonymous:
-            anonymous = MissingToken("token_missing", f"rule {rule.name!r} needs a token")
-            anonymous.scopes = challenge
-            raise anonymous
+            raise MissingToken("token_missing", f"rule {rule.name!r} needs a token")
         raise InsufficientScope(challenge, detail=f"rule {rule.name!r} needs {' '.join(challenge)}")
     if rule.when is not None and base is not None and not rule.when.evaluate(_context(base, mcp, call)):
         raise Forbidden("policy_condition_failed", f"rule {rule.name!r}: {rule.when.source} is not true")
@@ -132,30 +115,3 @@ def _context(base: Mapping[str, Any], mcp: McpRequest, call: McpCall | None) -> 
             "revision": mcp.revision,
         },
     }
-
-
-def needed_by_headers(policy: Policy | None, req: HttpRequest) -> tuple[str, ...]:
-    """Scopes the operation the MCP 2026-07-28 routing headers (``Mcp-Method``/``Mcp-Name``) name needs, for a 401
-    challenge: the first matching rule's, if it allows. Empty where the headers name nothing (then the challenge
-    offers the minimal set). A hint only: the body of an unauthenticated request is never parsed."""
-    method = req.headers.get("mcp-method")
-    if policy is None or not method or len(req.values("mcp-method")) > 1:
-        return ()
-    raw = req.headers.get("mcp-name")
-    name = decode_header_value(raw) if raw is not None and len(req.values("mcp-name")) == 1 else None
-    named = NAME_PARAM.get(method)
-    if named is not None and name is None:
-        return ()
-    call = McpCall(
-        method,
-        tool=name if method == "tools/call" else None,
-        prompt=name if method == "prompts/get" else None,
-        uri=name if method == "resources/read" else None,
-    )
-    for rule in policy.rules:
-        if _matches(rule, req.method, call):
-            if not rule.allow:
-                return ()
-            needed = rule.scopes | ({rule.any_scopes[0]} if rule.any_scopes else set())
-            return tuple(sorted(needed - NEVER_CHALLENGED))
-    return ()

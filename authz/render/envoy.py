@@ -69,7 +69,6 @@ from envoy_data_plane.envoy.config.listener.v3 import Filter, FilterChain, Liste
 from envoy_data_plane.envoy.config.overload.v3 import OverloadManager, ResourceMonitor
 from envoy_data_plane.envoy.config.route.v3 import (
     DirectResponseAction,
-    FilterConfig,
     HeaderMatcher,
     Route,
     RouteAction,
@@ -100,7 +99,6 @@ from envoy_data_plane.envoy.extensions.filters.http.ext_proc.v3 import (
 )
 from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import HeaderMutation as HeaderMutationFilter
 from envoy_data_plane.envoy.extensions.filters.http.header_mutation.v3 import Mutations as HeaderMutations
-from envoy_data_plane.envoy.extensions.filters.http.mcp.v3 import Mcp, McpTrafficMode
 from envoy_data_plane.envoy.extensions.filters.http.router.v3 import Router
 from envoy_data_plane.envoy.extensions.filters.network.http_connection_manager.v3 import (
     HttpConnectionManager,
@@ -117,21 +115,13 @@ from envoy_data_plane.envoy.extensions.upstreams.http.v3 import (
     HttpProtocolOptions as UpstreamHttpProtocolOptions,
 )
 from envoy_data_plane.envoy.extensions.upstreams.http.v3 import HttpProtocolOptionsExplicitHttpConfig
-from envoy_data_plane.envoy.type.matcher.v3 import (
-    ListStringMatcher,
-    MetadataMatcher,
-    MetadataMatcherPathSegment,
-    RegexMatcher,
-    StringMatcher,
-    ValueMatcher,
-)
+from envoy_data_plane.envoy.type.matcher.v3 import ListStringMatcher, StringMatcher
 from envoy_data_plane.envoy.type.v3 import HttpStatus, StatusCode
 from envoy_data_plane.google.protobuf import Any as AnyMessage
 from envoy_data_plane.google.protobuf import Struct
 
-from authz import contract, mcp_metadata
+from authz import contract
 from authz.config.runtime import Config, HostPort, Server
-from authz.model import BATCH_REVISIONS, KNOWN_REVISIONS
 
 AUTHZ_CLUSTER = "mcp_authz"
 DISCOVERY_CLUSTER = "mcp_discovery"
@@ -140,12 +130,6 @@ ROUTER = "envoy.filters.http.router"
 EXT_PROC = "envoy.filters.http.ext_proc"
 CORS = "envoy.filters.http.cors"
 HEADER_MUTATION = "envoy.filters.http.header_mutation"
-# envoy.mcp_filter (docs/envoy-mcp-filter.md): Envoy's MCP filter, and a second ext_authz that sends its metadata
-# instead of the body; each route enables one of the two ext_authz filters.
-MCP_FILTER = "envoy.filters.http.mcp"
-EXT_AUTHZ_METADATA = "envoy.filters.http.ext_authz.mcp_metadata"
-METADATA_ROUTE = "/envoy-mcp"  # suffix of the routes decided on the MCP filter's metadata
-RESPONSE_ROUTE = "/envoy-mcp-response"  # ... of the routes where a JSON-RPC response's body is sent
 # CORS for browser MCP clients, on the routes of servers with `origins`: what they send and may read.
 CORS_ALLOW_HEADERS = (
     "authorization, content-type, accept, last-event-id, mcp-protocol-version, mcp-session-id, mcp-method, mcp-name"
@@ -382,63 +366,6 @@ def server_routes(server: Server, *, http_authorizer: bool = False) -> list[Rout
     return routes
 
 
-def metadata_routes(server: Server, body_routes: list[Route]) -> list[Route]:
-    """envoy.mcp_filter: routes deciding on Envoy's MCP filter's parse, before ``body_routes`` (the server's own).
-
-    ``<server>/envoy-mcp``: a POST with an ``MCP-Protocol-Version`` of a revision without batches (what the
-    filter cannot parse) goes through the filter and the metadata ext_authz (no body). ``<server>/envoy-mcp-response``:
-    picked again once the filter says the message is a JSON-RPC response (``clear_route_cache``): the body
-    ext_authz, which sends the body the filter buffered. Everything else (no version header, ``initialize``,
-    GET, DELETE, older revisions) takes ``body_routes`` with the filter off: today's path.
-    """
-    revisions = sorted((set(server.revisions) & set(KNOWN_REVISIONS)) - set(BATCH_REVISIONS))
-    if not revisions:
-        return []
-    version = HeaderMatcher(
-        name="mcp-protocol-version",
-        string_match=StringMatcher(safe_regex=RegexMatcher(regex="|".join(re.escape(r) for r in revisions))),
-    )
-    post = HeaderMatcher(name=":method", string_match=StringMatcher(exact="POST"))
-    response = MetadataMatcher(
-        filter=contract.MCP_METADATA_NAMESPACE,
-        path=[MetadataMatcherPathSegment(key="method")],
-        value=ValueMatcher(string_match=StringMatcher(exact=mcp_metadata.RESPONSE_METHOD)),
-    )
-    plain = [r for r in body_routes if not r.name.endswith("/header-only")]
-    routes: list[Route] = []
-    for suffix, own, other in (
-        (RESPONSE_ROUTE, EXT_AUTHZ, EXT_AUTHZ_METADATA),
-        (METADATA_ROUTE, EXT_AUTHZ_METADATA, EXT_AUTHZ),
-    ):
-        for base in plain:
-            route = deepcopy(base)
-            route.name = f"{base.name}{suffix}"
-            assert route.match is not None
-            route.match.headers = [*route.match.headers, post, version]
-            if suffix == RESPONSE_ROUTE:
-                route.match.dynamic_metadata = [response]
-            settings = route.typed_per_filter_config.pop(EXT_AUTHZ)
-            route.typed_per_filter_config = {
-                **route.typed_per_filter_config,
-                own: settings,
-                other: AnyMessage.pack(ExtAuthzPerRoute(disabled=True)),
-            }
-            routes.append(route)
-    return routes
-
-
-def _without_mcp_filter(routes: list[Route]) -> list[Route]:
-    """The MCP filter and the metadata ext_authz off on every route but the metadata ones."""
-    off = AnyMessage.pack(FilterConfig(disabled=True))
-    authz_off = AnyMessage.pack(ExtAuthzPerRoute(disabled=True))
-    for route in routes:
-        if METADATA_ROUTE in route.name:
-            continue
-        own = route.typed_per_filter_config
-        route.typed_per_filter_config = {**own, MCP_FILTER: off, EXT_AUTHZ_METADATA: authz_off}
-    return routes
-
-
 def discovery_routes() -> list[Route]:
     """Discovery documents and dev JWKS: public, never checked."""
     return [
@@ -520,14 +447,10 @@ def route_config(config: Config, *, with_discovery: bool) -> RouteConfiguration:
     http_authorizer = config.envoy.authorizer == "http"
     for server in servers:
         own = server_routes(server, http_authorizer=http_authorizer)
-        if config.envoy.mcp_filter and mcp_metadata.body_needed(server) is None:
-            own = metadata_routes(server, own) + own
         if lists:
             own = _unless_listing(server, own) if server.filter_lists else _without_extproc(own)
         routes.extend(own)
     routes.extend(_without_extproc([not_found_route()]) if lists else [not_found_route()])
-    if config.envoy.mcp_filter:
-        _without_mcp_filter(routes)
     return RouteConfiguration(name="mcp", virtual_hosts=[VirtualHost(name="mcp", domains=["*"], routes=routes)])
 
 
@@ -587,7 +510,7 @@ def _deny_on_error() -> HttpStatus:
     return HttpStatus(code=StatusCode.ServiceUnavailable)  # authorizer unreachable, slow or 5xx: deny with 503
 
 
-def http_ext_authz_filter(config: Config, authorizer: str | HostPort, *, metadata: bool = False) -> HttpFilter:
+def http_ext_authz_filter(config: Config, authorizer: str | HostPort) -> HttpFilter:
     """ext_authz over HTTP/1.1 (``http_service``) to ``authz.front.http_service`` at ``authorizer`` (host:port).
 
     The contract is the docstring of ``authz.front.http_service``: which request headers go to the
@@ -606,9 +529,7 @@ def http_ext_authz_filter(config: Config, authorizer: str | HostPort, *, metadat
                 timeout=_milliseconds(config.envoy.timeout_ms),
             ),
             authorization_request=AuthorizationRequest(
-                headers_to_add=[
-                    HeaderValue(key=key, value=value) for key, value in http_context_headers(config, metadata=metadata)
-                ]
+                headers_to_add=[HeaderValue(key=key, value=value) for key, value in http_context_headers(config)]
             ),
             authorization_response=AuthorizationResponse(
                 allowed_upstream_headers=_exact(http_upstream_headers(config)),
@@ -619,23 +540,21 @@ def http_ext_authz_filter(config: Config, authorizer: str | HostPort, *, metadat
         transport_api_version=ApiVersion.V3,
         failure_mode_allow=False,
         status_on_error=_deny_on_error(),
-        with_request_body=None if metadata else _body(config),
+        with_request_body=_body(config),
     )
-    return HttpFilter(name=EXT_AUTHZ_METADATA if metadata else EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
+    return HttpFilter(name=EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
 
 
-def http_context_headers(config: Config, *, metadata: bool = False) -> list[tuple[str, str]]:
+def http_context_headers(config: Config) -> list[tuple[str, str]]:
     """The headers Envoy sets on each HTTP authorization request: the server, the peer, and with
     ``listen.http_shared_secret`` the secret, from Envoy's environment (``$MCP_AUTHZ_HTTP_SHARED_SECRET``)."""
     headers = list(HTTP_CONTEXT_HEADERS)
     if config.listen.http_shared_secret is not None:
         headers.append((contract.SHARED_SECRET_HEADER, SHARED_SECRET_VALUE))
-    if metadata:  # envoy.mcp_filter: the MCP filter's parse as JSON (authz.front.http_service)
-        headers.append((contract.MCP_METADATA_HEADER, f"%DYNAMIC_METADATA({contract.MCP_METADATA_NAMESPACE})%"))
     return headers
 
 
-def ext_authz_filter(config: Config, *, metadata: bool = False) -> HttpFilter:
+def ext_authz_filter(config: Config) -> HttpFilter:
     """ext_authz over gRPC (``envoy.service.auth.v3``) to the ``mcp_authz`` cluster."""
     authz = ExtAuthz(
         grpc_service=GrpcService(
@@ -645,9 +564,7 @@ def ext_authz_filter(config: Config, *, metadata: bool = False) -> HttpFilter:
         transport_api_version=ApiVersion.V3,
         failure_mode_allow=False,
         status_on_error=_deny_on_error(),
-        with_request_body=None if metadata else _body(config),
-        # envoy.mcp_filter: the MCP filter's parse instead of the body (authz.mcp_metadata)
-        metadata_context_namespaces=[contract.MCP_METADATA_NAMESPACE] if metadata else [],
+        with_request_body=_body(config),
         include_peer_certificate=True,
         # Headers as a list in attributes.request.http.header_map, one entry per header line:
         # a header sent twice (two Mcp-Name) reaches the authorizer as two values, not joined.
@@ -655,7 +572,7 @@ def ext_authz_filter(config: Config, *, metadata: bool = False) -> HttpFilter:
         # The list filter: the route is picked again after the Check's x-mcp-authz-list header.
         clear_route_cache=filters_lists(config),
     )
-    return HttpFilter(name=EXT_AUTHZ_METADATA if metadata else EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
+    return HttpFilter(name=EXT_AUTHZ, typed_config=AnyMessage.pack(authz))
 
 
 def ext_proc_filter(config: Config) -> HttpFilter:
@@ -716,37 +633,10 @@ def router_filter() -> HttpFilter:
     return HttpFilter(name=ROUTER, typed_config=AnyMessage.pack(Router()))
 
 
-def mcp_filter(config: Config) -> HttpFilter:
-    """Envoy's MCP filter (envoy.mcp_filter): refuses non-MCP traffic and duplicate JSON keys, holds the
-    routing headers to the body (``attribute_source: VERIFY``, added in ``_readable``: the typed classes predate
-    it), over ``envoy.max_request_bytes`` refused (``REJECT_NO_MCP``: 400; the Check also refuses a metadata
-    marked ``is_exceeding_limit``). ``clear_route_cache``: a JSON-RPC response is routed to its body route."""
-    mcp = Mcp(
-        traffic_mode=McpTrafficMode.REJECT_NO_MCP,
-        clear_route_cache=True,
-        max_request_body_size=config.envoy.max_request_bytes,
-        reject_duplicate_keys=True,
-    )
-    return HttpFilter(name=MCP_FILTER, typed_config=AnyMessage.pack(mcp))
-
-
-def metadata_ext_authz_filter(config: Config, authorizer: str | HostPort) -> HttpFilter:
-    """The second ext_authz (envoy.mcp_filter): no body; gRPC gets the MCP filter's metadata in
-    ``metadata_context``, HTTP as JSON in ``x-mcp-authz-mcp``."""
-    if config.envoy.authorizer == "http":
-        return http_ext_authz_filter(config, authorizer, metadata=True)
-    return ext_authz_filter(config, metadata=True)
-
-
 def http_filters(config: Config, authorizer: str | HostPort) -> list[HttpFilter]:
     """The HTTP filter chain in order; the router is last. Add a filter here with a function of its own."""
     http_authorizer = config.envoy.authorizer == "http"
     authz = http_ext_authz_filter(config, authorizer) if http_authorizer else ext_authz_filter(config)
-    if config.envoy.mcp_filter:  # each route enables one of the two ext_authz
-        cors_ = [cors_filter()] if any(s.origins for s in config.servers.values()) else []
-        extproc_ = [ext_proc_filter(config)] if filters_lists(config) else []
-        mcp = [mcp_filter(config), authz, metadata_ext_authz_filter(config, authorizer)]
-        return [*cors_, *mcp, *extproc_, strip_authorizer_headers_filter(), router_filter()]
     cors = [cors_filter()] if any(s.origins for s in config.servers.values()) else []  # before ext_authz
     extproc = [ext_proc_filter(config)] if filters_lists(config) else []  # after ext_authz: it needs the metadata
     return [*cors, authz, *extproc, strip_authorizer_headers_filter(), router_filter()]
@@ -859,7 +749,6 @@ def bootstrap(
 
 _EXT_AUTHZ_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz"
 _EXT_PROC_TYPE = "type.googleapis.com/envoy.extensions.filters.http.ext_proc.v3.ExternalProcessor"
-_MCP_TYPE = "type.googleapis.com/envoy.extensions.filters.http.mcp.v3.Mcp"
 _FRACTIONAL_SECONDS = re.compile(r"(\d+)\.(\d*?)0+s")
 
 
@@ -882,8 +771,6 @@ def _readable(node: Any) -> Any:
             result["with_request_body"].setdefault("allow_partial_message", False)
     if result.get("@type") == _EXT_PROC_TYPE:
         result.setdefault("failure_mode_allow", False)
-    if result.get("@type") == _MCP_TYPE:
-        result["attribute_source"] = "VERIFY"  # Envoy 1.40: Mcp-Method / Mcp-Name checked against the body
     return result
 
 

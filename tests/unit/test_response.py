@@ -29,13 +29,3 @@ async def test_the_list_route_header_the_check_sets_is_not_removed(tmp_path: Pat
     decision = await dev.checker.check(req)
     assert (LIST_ROUTE_HEADER, "0") in decision.set_headers  # the client's "1" is overwritten, not kept
     assert LIST_ROUTE_HEADER not in decision.remove_headers  # Envoy removes after it sets
-
-
-async def test_a_401_challenge_offers_the_scopes_the_routing_headers_operation_needs(tmp_path: Path) -> None:
-    rules = policy({"name": "write", "tools": ["write"], "scopes": ["files:write"]}, {"name": "any", "methods": ["*"]})
-    dev = dev_stack(tmp_path, [server_spec(policy=rules, scopes_supported=["files:read", "offline_access"])])
-    named = await dev.checker.check(http_request(None, headers={"mcp-method": "tools/call", "mcp-name": "write"}))
-    assert named.status == 401
-    assert 'scope="files:write"' in dict(named.deny_headers).get("www-authenticate", "")
-    unnamed = await dev.checker.check(http_request(None))
-    assert 'scope="files:read"' in dict(unnamed.deny_headers).get("www-authenticate", "")

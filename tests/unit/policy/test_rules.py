@@ -5,17 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from support import (
-    enveloped,
-    http_request,
-    issuer_spec,
-    make_config,
-    policy,
-    rpc,
-    server_spec,
-    stateless_headers,
-    tool_call,
-)
+from support import enveloped, http_request, make_config, policy, rpc, server_spec, stateless_headers, tool_call
 
 from authz import request
 from authz.config.cel import CelError, Expression
@@ -331,66 +321,3 @@ def test_bare_responses_carry_no_operation() -> None:
     assert decide(pol, caller(), http_request({"jsonrpc": "2.0", "id": 1, "result": {}})) is None
     mixed = [{"jsonrpc": "2.0", "id": 1, "result": {}}, tool_call("other", id=2)]
     assert refusal_of(pol, caller(), http_request(mixed)).reason == "policy_no_match"
-
-
-# ---------------------------------------------------------------- 401 scope from the routing headers (issue 18 item 3)
-
-
-def _routed(headers: dict[str, str]) -> HttpRequest:
-    return http_request(None, headers=headers)
-
-
-def test_needed_by_headers_names_the_operations_scopes_never_offline_access() -> None:
-    from authz.policy.rules import needed_by_headers
-
-    pol = compile_policy(
-        {"name": "deny-rm", "effect": "deny", "tools": ["rm"]},
-        {"name": "write", "tools": ["write_*"], "scopes": ["files:write", "offline_access"]},
-        {"name": "read", "methods": ["resources/read"], "scopes": ["files:read"]},
-    )
-    assert needed_by_headers(pol, _routed({"mcp-method": "tools/call", "mcp-name": "write_a"})) == ("files:write",)
-    assert needed_by_headers(pol, _routed({"mcp-method": "resources/read", "mcp-name": "file:///x"})) == ("files:read",)
-    # nothing named, a name missing, a denied or unmatched operation: empty (the challenge offers the minimal set)
-    assert needed_by_headers(pol, _routed({})) == ()
-    assert needed_by_headers(pol, _routed({"mcp-method": "tools/call"})) == ()
-    assert needed_by_headers(pol, _routed({"mcp-method": "tools/call", "mcp-name": "rm"})) == ()
-    assert needed_by_headers(None, _routed({"mcp-method": "tools/call", "mcp-name": "write_a"})) == ()
-
-
-def test_an_anonymous_caller_refused_by_a_scoped_rule_is_told_its_scopes() -> None:
-    pol = compile_policy({"name": "write", "tools": ["*"], "scopes": ["files:write"]})
-    refusal = refusal_of(pol, ANONYMOUS, call("x"))
-    assert isinstance(refusal, MissingToken)
-    assert refusal.scopes == ("files:write",)
-
-
-def test_a_broader_scope_implies_the_narrower_ones_its_issuer_declares() -> None:
-    rules = policy({"name": "read", "tools": ["*"], "scopes": ["repo:read"]})
-    config = make_config(
-        servers=[server_spec(policy=rules)],
-        issuers=[
-            issuer_spec(
-                jwks_uri="http://127.0.0.1:9/jwks",
-                scope_hierarchy={"admin": ["repo"], "repo": ["repo:read", "repo:write"]},
-            )
-        ],
-    )
-    pol = config.servers["mcp"].policy
-    assert pol is not None
-    assert decide(pol, caller("repo"), call("x")) == "read"
-    assert decide(pol, caller("admin"), call("x")) == "read"  # transitively
-    refusal = refusal_of(pol, caller("repo:write"), call("x"))  # a narrower scope never implies a broader one
-    assert isinstance(refusal, InsufficientScope) and refusal.scopes == ("repo:read",)
-
-
-def test_a_challenge_leaves_out_a_scope_another_needed_one_implies() -> None:
-    rules = policy({"name": "both", "tools": ["*"], "scopes": ["repo", "repo:read", "other"]})
-    hierarchy = {"repo": ["repo:read"]}
-    config = make_config(
-        issuers=[issuer_spec(jwks_uri="http://127.0.0.1:9/jwks", scope_hierarchy=hierarchy)],
-        servers=[server_spec(policy=rules)],
-    )
-    pol = config.servers["mcp"].policy
-    assert pol is not None
-    refusal = refusal_of(pol, caller("repo:read"), call("x"))
-    assert isinstance(refusal, InsufficientScope) and refusal.scopes == ("other", "repo")
